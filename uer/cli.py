@@ -1,0 +1,115 @@
+"""Command-line entry points: preprocess.py, pretrain.py (and the uer-* console scripts)."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import fields
+
+from uer.errors import ConfigError, run_cli
+
+
+def _preprocess(argv: list[str] | None) -> int:
+    from uer.config import preprocess_problems
+    from uer.data.builders import BuilderConfig
+    from uer.data.masking import MaskingConfig
+    from uer.data.preprocess import PreprocessJob, build_dataset
+    from uer.options import build_preprocess_parser
+    from uer.vocab import load_vocab
+
+    args = build_preprocess_parser().parse_args(argv)
+    problems = preprocess_problems(args)
+    if problems:
+        raise ConfigError(problems)
+    vocab = load_vocab(args.vocab_path, args.spm_model_path)
+    vocab.special_ids()
+    builder = BuilderConfig(
+        seq_length=args.seq_length, dup_factor=args.dup_factor, short_seq_prob=args.short_seq_prob,
+        full_sentences=args.full_sentences, dynamic_masking=args.dynamic_masking,
+        docs_buffer_size=args.docs_buffer_size,
+        masking=MaskingConfig(args.span_masking, args.span_geo_prob, args.span_max_length))
+    job = PreprocessJob(corpus_path=args.corpus_path, dataset_path=args.dataset_path, target=args.target,
+                        tokenizer=args.tokenizer, vocab=vocab, spm_model_path=args.spm_model_path,
+                        builder=builder, processes_num=args.processes_num, seed=args.seed,
+                        do_lower_case=args.do_lower_case)
+    header = build_dataset(job)
+    c = header["corpus"]
+    print(f"Wrote {args.dataset_path}: {header['instances']} instances for target {args.target} from "
+          f"{c['documents']} documents ({c['tokens']} tokens, {c['lines']} lines) in "
+          f"{header['seconds']:.1f}s, {os.path.getsize(args.dataset_path) / 2**20:.1f} MiB.")
+    return 0
+
+
+def dataset_problems(header: dict, path: str, target: str, vocab, max_seq_length: int) -> list[str]:
+    p = []
+    if header["target"] != target:
+        p.append(f"dataset {path} was built for target {header['target']!r}, not {target!r}: "
+                 f"pass --target {header['target']} or rebuild it with preprocess.py --target {target}")
+    if header["vocab_fingerprint"] != vocab.fingerprint() or header["vocab_size"] != len(vocab):
+        p.append(f"dataset {path} was built with another vocabulary ({header.get('vocab_source')}, "
+                 f"{header['vocab_size']} tokens) than {vocab.source} ({len(vocab)} tokens)")
+    if header["seq_length"] > max_seq_length:
+        p.append(f"dataset {path} has seq_length {header['seq_length']}, beyond the model's position "
+                 f"table (max_seq_length {max_seq_length})")
+    return p
+
+
+def _pretrain(argv: list[str] | None) -> int:
+    from uer.config import ModelConfig, TrainConfig, load_recipe, masking_problems, merge, \
+        model_problems, train_problems
+    from uer.data.dataset import Dataset
+    from uer.data.masking import MaskingConfig
+    from uer.options import build_pretrain_parser, explicit_dests
+    from uer.train.trainer import train
+    from uer.vocab import load_vocab
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_pretrain_parser()
+    args = parser.parse_args(argv)
+    explicit = explicit_dests(parser, argv)
+    recipe = load_recipe(args.config_path)
+    vocab = load_vocab(args.vocab_path, args.spm_model_path)
+    special = vocab.special_ids()
+    dataset = Dataset(args.dataset_path)
+    header = dataset.header
+
+    model_defaults = {f.name: f.default for f in fields(ModelConfig) if f.name != "vocab_size"}
+    model_kw = merge(model_defaults, recipe, vars(args), explicit)
+    mcfg = ModelConfig(vocab_size=len(vocab), **model_kw)
+
+    train_kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    train_kw["gpu_ranks"] = tuple(args.gpu_ranks)
+    for name in ("span_masking", "span_geo_prob", "span_max_length"):
+        train_kw[name] = getattr(args, name) if name in explicit else None
+    tcfg = TrainConfig(**train_kw)
+
+    problems = model_problems(mcfg) + train_problems(tcfg) + dataset_problems(
+        header, args.dataset_path, mcfg.target, vocab, mcfg.max_seq_length)
+    problems += masking_problems(tcfg.span_geo_prob, tcfg.span_max_length)
+    if tcfg.world_size > 1 or len(tcfg.gpu_ranks) > 1:
+        problems.append("distributed training (--world_size > 1) is not available in this version")
+    if tcfg.fp16 and not tcfg.gpu_ranks:
+        problems.append("--fp16 needs a GPU (--gpu_ranks); on the CPU use --bf16")
+    masking = None
+    if header["dynamic_masking"]:
+        masking = MaskingConfig(
+            header["span_masking"] if tcfg.span_masking is None else tcfg.span_masking,
+            header["span_geo_prob"] if tcfg.span_geo_prob is None else tcfg.span_geo_prob,
+            header["span_max_length"] if tcfg.span_max_length is None else tcfg.span_max_length)
+    elif tcfg.span_masking is not None and tcfg.span_masking != header["span_masking"]:
+        problems.append(f"--span_masking differs from the dataset {args.dataset_path}, which was masked "
+                        "in preprocess (masking options apply at pretrain only to datasets built "
+                        "with --dynamic_masking)")
+    if problems:
+        raise ConfigError(problems)
+    train(tcfg, mcfg, dataset, special, masking)
+    return 0
+
+
+def preprocess_main(argv: list[str] | None = None) -> int:
+    return run_cli(_preprocess, argv)
+
+
+def pretrain_main(argv: list[str] | None = None) -> int:
+    return run_cli(_pretrain, argv)
+
+

@@ -1,0 +1,177 @@
+"""The on-disk dataset: one file, a JSON header, then flat arrays read with numpy.memmap.
+
+Layout:  MAGIC (8 bytes) | header length (uint64 LE) | header JSON | padding | arrays...
+Each array starts at a 64-byte aligned offset recorded in the header. A ragged field `f` (one
+variable-length list per instance) is stored as `f` (all values, concatenated) and `f.offsets`
+(int64, instances + 1); a scalar field is one array of length `instances`. Nothing is padded.
+The file is assembled under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from uer.errors import UerError
+from uer.utils import atomic_path
+
+MAGIC = b"UERDSET\x00"
+FORMAT_VERSION = 1
+ALIGN = 64
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    ragged: bool
+    dtype: str  # numpy dtype name
+
+
+class DatasetWriter:
+    """Collects chunks of instances (in order) into per-array spill files, then assembles the
+    dataset file atomically. Memory use is one chunk at a time."""
+
+    def __init__(self, path: str, fields: list[Field]):
+        self.path = path
+        self.fields = fields
+        self.count = 0
+        directory = os.path.dirname(os.path.abspath(path)) or "."
+        os.makedirs(directory, exist_ok=True)
+        self._tmpdir = tempfile.mkdtemp(prefix=".uer-dataset-", dir=directory)
+        self._files = {}
+        self._ragged_total = {f.name: 0 for f in fields if f.ragged}
+        for f in fields:
+            self._files[f.name] = open(os.path.join(self._tmpdir, f.name), "wb")
+            if f.ragged:
+                off = open(os.path.join(self._tmpdir, f.name + ".offsets"), "wb")
+                np.zeros(1, dtype=np.int64).tofile(off)
+                self._files[f.name + ".offsets"] = off
+
+    def add(self, chunk: dict[str, np.ndarray]) -> None:
+        """chunk[name] is the values array; for ragged fields chunk[name + '.lengths'] too."""
+        n = None
+        for f in self.fields:
+            values = np.asarray(chunk[f.name]).astype(f.dtype, copy=False)
+            if f.ragged:
+                lengths = np.asarray(chunk[f.name + ".lengths"], dtype=np.int64)
+                assert lengths.sum() == len(values), f"{f.name}: lengths do not match values"
+                offs = self._ragged_total[f.name] + np.cumsum(lengths)
+                offs.tofile(self._files[f.name + ".offsets"])
+                self._ragged_total[f.name] = int(offs[-1]) if len(offs) else self._ragged_total[f.name]
+                k = len(lengths)
+            else:
+                k = len(values)
+            n = k if n is None else n
+            assert n == k, f"field {f.name} has {k} instances, expected {n}"
+            values.tofile(self._files[f.name])
+        self.count += n or 0
+
+    def finish(self, header: dict) -> dict:
+        for fh in self._files.values():
+            fh.close()
+        arrays = {}
+        names = []
+        for f in self.fields:
+            names.append((f.name, f.dtype))
+            if f.ragged:
+                names.append((f.name + ".offsets", "int64"))
+        header = dict(header, format="uer-dataset", version=FORMAT_VERSION, instances=self.count)
+        # Offsets depend on the header size, which depends on the offsets: settle them with a
+        # fixed-width header (padded with spaces) big enough for any value.
+        sizes = {name: os.path.getsize(os.path.join(self._tmpdir, name)) for name, _ in names}
+        header_room = len(json.dumps(header, ensure_ascii=False).encode()) + 200 * len(names) + 256
+        pos = _align(len(MAGIC) + 8 + header_room)
+        for name, dtype in names:
+            nbytes = sizes[name]
+            arrays[name] = {"dtype": dtype, "offset": pos, "length": nbytes // np.dtype(dtype).itemsize}
+            pos = _align(pos + nbytes)
+        header["arrays"] = arrays
+        header["total_bytes"] = pos
+        blob = json.dumps(header, ensure_ascii=False).encode("utf-8")
+        assert len(blob) <= header_room
+        blob = blob + b" " * (header_room - len(blob))
+        try:
+            with atomic_path(self.path) as tmp:
+                with open(tmp, "wb") as out:
+                    out.write(MAGIC)
+                    out.write(np.uint64(header_room).tobytes())
+                    out.write(blob)
+                    for name, _ in names:
+                        out.seek(arrays[name]["offset"])
+                        with open(os.path.join(self._tmpdir, name), "rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 22)
+                    out.truncate(pos)
+        finally:
+            self.abort()
+        return header
+
+    def abort(self) -> None:
+        for fh in self._files.values():
+            if not fh.closed:
+                fh.close()
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+
+def _align(x: int) -> int:
+    return (x + ALIGN - 1) // ALIGN * ALIGN
+
+
+def read_header(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UerError(f"dataset not found: {path} (build it with preprocess.py)")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            raise UerError(f"{path} is not a uer dataset (it does not start with the dataset "
+                           "signature); build it with this version's preprocess.py")
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise UerError(f"dataset {path} is truncated (incomplete header)")
+        hlen = int(np.frombuffer(raw_len, dtype=np.uint64)[0])
+        blob = f.read(hlen)
+    if len(blob) < hlen:
+        raise UerError(f"dataset {path} is truncated (incomplete header)")
+    try:
+        header = json.loads(blob.decode("utf-8"))
+    except ValueError:
+        raise UerError(f"dataset {path} has a corrupted header") from None
+    if header.get("version") != FORMAT_VERSION:
+        raise UerError(f"dataset {path} has format version {header.get('version')}, this version "
+                       f"reads version {FORMAT_VERSION}: rebuild it with preprocess.py")
+    if size != header.get("total_bytes"):
+        raise UerError(f"dataset {path} is truncated or corrupted: {size} bytes on disk, the "
+                       f"header says {header.get('total_bytes')}")
+    return header
+
+
+class Dataset:
+    """Read-only, memory-mapped view of a dataset file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.header = read_header(path)
+        self.arrays: dict[str, np.ndarray] = {}
+        for name, spec in self.header["arrays"].items():
+            if spec["length"] == 0:
+                self.arrays[name] = np.zeros(0, dtype=spec["dtype"])
+            else:
+                self.arrays[name] = np.memmap(path, dtype=spec["dtype"], mode="r",
+                                              offset=spec["offset"], shape=(spec["length"],))
+
+    def __len__(self) -> int:
+        return int(self.header["instances"])
+
+    def ragged(self, name: str, i: int) -> np.ndarray:
+        off = self.arrays[name + ".offsets"]
+        return self.arrays[name][off[i]:off[i + 1]]
+
+    def scalar(self, name: str, i: int):
+        return self.arrays[name][i]
+
+    def has(self, name: str) -> bool:
+        return name in self.arrays

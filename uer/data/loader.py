@@ -1,0 +1,81 @@
+"""Training data loader: each rank reads only its contiguous share of the memory-mapped dataset,
+visits it in a fresh permutation every epoch, and yields padded batches (numpy -> torch).
+
+The position in the stream is (epoch, batch index); every random draw of a batch (the
+permutation, dynamic masks) comes from generators seeded by (seed, rank, epoch[, batch]), so a
+batch can be recomputed from its position alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig
+from uer.data.dataset import Dataset
+from uer.data.masking import MaskingConfig
+from uer.vocab import SpecialIds
+
+
+def builder_config_from_header(header: dict, masking: MaskingConfig | None = None) -> BuilderConfig:
+    return BuilderConfig(
+        seq_length=header["seq_length"], dup_factor=header["dup_factor"],
+        short_seq_prob=header.get("short_seq_prob", 0.1), full_sentences=header.get("full_sentences", False),
+        dynamic_masking=header["dynamic_masking"], docs_buffer_size=header.get("docs_buffer_size", 100000),
+        masking=masking or MaskingConfig(header["span_masking"], header["span_geo_prob"],
+                                         header["span_max_length"]))
+
+
+def shard(n: int, rank: int, world_size: int) -> range:
+    """The contiguous share of rank r: disjoint shares that together cover [0, n)."""
+    return range(n * rank // world_size, n * (rank + 1) // world_size)
+
+
+class BatchLoader:
+    def __init__(self, dataset: Dataset, special: SpecialIds, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 7, masking: MaskingConfig | None = None):
+        self.ds = dataset
+        header = dataset.header
+        self.builder = INSTANCE_BUILDERS[header["target"]](
+            builder_config_from_header(header, masking), special, header["vocab_size"])
+        self.batch_size = batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.share = shard(len(dataset), rank, world_size)
+        if len(self.share) == 0:
+            from uer.errors import UerError
+
+            raise UerError(f"dataset {dataset.path} has {len(dataset)} instances, too few for "
+                           f"{world_size} processes")
+        self.batches_per_epoch = -(-len(self.share) // batch_size)
+        self.epoch, self.index = 0, 0
+        self._order = None
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.index, self._order = state["epoch"], state["index"], None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order is None:
+            rng = np.random.default_rng([self.seed, self.rank, self.epoch])
+            self._order = self.share.start + rng.permutation(len(self.share))
+        return self._order
+
+    def next_arrays(self) -> dict:
+        order = self._epoch_order()
+        b = self.index
+        indices = order[b * self.batch_size:(b + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.rank, self.epoch, b, 1])
+        arrays = self.builder.collate(self.ds, indices, rng)
+        self.index += 1
+        if self.index >= self.batches_per_epoch:
+            self.epoch, self.index, self._order = self.epoch + 1, 0, None
+        return arrays
+
+    def __iter__(self):
+        import torch
+
+        while True:
+            arrays = self.next_arrays()
+            batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            batch["tokens"] = int((arrays["seg"] > 0).sum())  # real (non-pad) tokens
+            yield batch

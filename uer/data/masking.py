@@ -1,0 +1,104 @@
+"""Masking for MLM-style targets (SPEC 1.3, with the fixes of section 8).
+
+Budget K = max(1, round(0.15 * n)) where n counts every token of the instance ([CLS]/[SEP]
+included). Candidates are the positions that hold no special token. Token mode picks K of them
+at random; span mode draws spans whose lengths follow a geometric distribution truncated to
+[1, span_max_length], never covering a special token. Each picked token (each span, as a whole)
+becomes [MASK] with p = 0.8, a random non-special token with p = 0.1, and stays with p = 0.1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from uer.vocab import SpecialIds
+
+MASK_RATE = 0.15
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    span_masking: bool = False
+    span_geo_prob: float = 0.2
+    span_max_length: int = 10
+
+
+class Masker:
+    def __init__(self, cfg: MaskingConfig, vocab_size: int, special: SpecialIds):
+        self.cfg = cfg
+        self.special = special
+        specials = np.array(sorted(set(special.all())), dtype=np.int64)
+        self._specials = specials
+        # Random replacements are drawn from every id that is not a special token.
+        keep = np.ones(vocab_size, dtype=bool)
+        keep[specials[specials < vocab_size]] = False
+        self._replacement_pool = np.flatnonzero(keep)
+        p, m = cfg.span_geo_prob, cfg.span_max_length
+        probs = np.array([p * (1 - p) ** (k - 1) for k in range(1, m + 1)])
+        self._span_cdf = np.cumsum(probs / probs.sum())
+
+    def is_special(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, self._specials)
+
+    def __call__(self, ids: np.ndarray, rng: np.random.Generator):
+        """Return (masked_ids, positions, original_ids); positions are sorted."""
+        n = len(ids)
+        ids = np.asarray(ids)
+        budget = max(1, round(MASK_RATE * n))
+        eligible = ~self.is_special(ids)
+        if not eligible.any():
+            empty = np.zeros(0, dtype=np.int64)
+            return ids.copy(), empty, ids[:0].copy()
+        if self.cfg.span_masking:
+            positions, fate_of_pos = self._spans(eligible, budget, rng)
+        else:
+            cand = np.flatnonzero(eligible)
+            chosen = rng.permutation(cand)[:budget]
+            positions = np.sort(chosen)
+            fate_of_pos = rng.random(len(positions))
+        originals = ids[positions].copy()
+        out = ids.copy()
+        to_mask = fate_of_pos < 0.8
+        to_rand = (fate_of_pos >= 0.8) & (fate_of_pos < 0.9)
+        out[positions[to_mask]] = self.special.mask
+        n_rand = int(to_rand.sum())
+        if n_rand:
+            pool = self._replacement_pool
+            out[positions[to_rand]] = pool[rng.integers(0, len(pool), n_rand)]
+        return out, positions.astype(np.int64), originals
+
+    def _spans(self, eligible: np.ndarray, budget: int, rng: np.random.Generator):
+        n = len(eligible)
+        lengths = np.searchsorted(self._span_cdf, rng.random(n), side="right") + 1
+        lengths = np.minimum(lengths, self.cfg.span_max_length)
+        spans = []
+        i = 0
+        while i < n:
+            if not eligible[i]:
+                i += 1
+                continue
+            length = int(lengths[i])
+            end = min(i + length, n)
+            stop = np.flatnonzero(~eligible[i:end])  # a span never covers a special token
+            if len(stop):
+                end = i + int(stop[0])
+            spans.append((i, end - i))
+            i = end
+        order = rng.permutation(len(spans))
+        covered = 0
+        picked_pos, picked_fate = [], []
+        for k in order:
+            start, length = spans[k]
+            if covered + length > budget:
+                continue
+            fate = rng.random()
+            picked_pos.extend(range(start, start + length))
+            picked_fate.extend([fate] * length)
+            covered += length
+            if covered >= budget:
+                break
+        positions = np.array(picked_pos, dtype=np.int64)
+        fates = np.array(picked_fate, dtype=np.float64)
+        srt = np.argsort(positions, kind="stable")
+        return positions[srt], fates[srt]

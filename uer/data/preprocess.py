@@ -1,0 +1,198 @@
+"""preprocess: corpus -> dataset file for one target.
+
+Two parallel phases, each independent of the number of processes:
+  1. tokenize byte ranges of the corpus (deterministic) into a flat token file + line lengths;
+  2. group lines into documents, cut the documents into fixed units (UNIT_DOCS documents, inside
+     buffers of docs_buffer_size documents that share a negative-sampling pool) and build the
+     instances of each unit with its own random generator, seeded by (seed, unit index).
+So the same corpus, options and seed give the same dataset whatever --processes_num is.
+"""
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig, InstanceBuilder
+from uer.data.corpus import BLANK, CorpusIndex, byte_ranges, group_documents, init_tokenize_worker, \
+    tokenize_range
+from uer.data.dataset import DatasetWriter
+from uer.errors import UerError
+from uer.tokenizers import build_tokenizer
+from uer.vocab import Vocab
+
+UNIT_DOCS = 256
+
+
+@dataclass(frozen=True)
+class PreprocessJob:
+    corpus_path: str
+    dataset_path: str
+    target: str
+    tokenizer: str
+    vocab: Vocab
+    spm_model_path: str | None
+    builder: BuilderConfig
+    processes_num: int = 1
+    seed: int = 7
+    do_lower_case: bool = True
+    show_progress: bool | None = None
+
+
+def _pool(processes: int, initializer, initargs):
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return mp.get_context(method).Pool(processes, initializer=initializer, initargs=initargs)
+
+
+def _progress(total, desc, unit, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
+                unit_scale=True)
+
+
+def tokenize_corpus(job: PreprocessJob, workdir: str, dtype) -> np.ndarray:
+    """Phase 1. Writes workdir/tokens.bin and returns the per-line token counts."""
+    factory = functools.partial(build_tokenizer, job.tokenizer, job.vocab, job.spm_model_path,
+                                job.do_lower_case)
+    ranges = byte_ranges(job.corpus_path)
+    tasks = [(job.corpus_path, a, b, dtype) for a, b in ranges]
+    lengths = []
+    line_base = 0
+    size = os.path.getsize(job.corpus_path)
+    bar = _progress(size, "tokenize", "B", job.show_progress)
+    pool = None
+    try:
+        if job.processes_num > 1:
+            pool = _pool(job.processes_num, init_tokenize_worker, (factory, True))
+            results = pool.imap(tokenize_range, tasks)
+        else:
+            init_tokenize_worker(factory, False)
+            results = map(tokenize_range, tasks)
+        with open(os.path.join(workdir, "tokens.bin"), "wb") as out:
+            for (start, end), (line_len, flat, error) in zip(ranges, results):
+                if error is not None:
+                    k, msg = error
+                    raise UerError(f"{job.corpus_path} line {line_base + k + 1}: {msg}")
+                flat.tofile(out)
+                lengths.append(line_len)
+                line_base += len(line_len)
+                bar.update(end - start)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    return np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+
+
+_BUILD = {}
+
+
+def _init_build_worker(builder: InstanceBuilder, workdir: str, dtype) -> None:
+    _BUILD["builder"] = builder
+    _BUILD["corpus"] = CorpusIndex.open(workdir, dtype)
+
+
+def _build_unit(task):
+    k, docs, pool, seed = task
+    rng = np.random.default_rng([seed, k])
+    return _BUILD["builder"].build_unit(_BUILD["corpus"], docs, pool, rng)
+
+
+def units(n_docs: int, docs_buffer_size: int):
+    """(unit docs, buffer docs) pairs in corpus order; independent of the process count."""
+    for g in range(0, n_docs, docs_buffer_size):
+        buffer = range(g, min(g + docs_buffer_size, n_docs))
+        for u in range(buffer.start, buffer.stop, UNIT_DOCS):
+            yield range(u, min(u + UNIT_DOCS, buffer.stop)), buffer
+
+
+def build_dataset(job: PreprocessJob) -> dict:
+    t0 = time.time()
+    if job.show_progress is None:
+        job = PreprocessJob(**{**job.__dict__, "show_progress": sys.stderr.isatty()})
+    special = job.vocab.special_ids()
+    builder = INSTANCE_BUILDERS[job.target](job.builder, special, len(job.vocab))
+    dtype = job.vocab.token_dtype()
+    out_dir = os.path.dirname(os.path.abspath(job.dataset_path)) or "."
+    os.makedirs(out_dir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix=".uer-preprocess-", dir=out_dir)
+    writer = None
+    try:
+        line_len = tokenize_corpus(job, workdir, dtype)
+        sent_start, sent_len, doc_off = group_documents(line_len, builder.corpus_format)
+        n_lines, n_blank = len(line_len), int((line_len == BLANK).sum())
+        _check_format(job, builder, n_lines, n_blank, len(sent_len))
+        CorpusIndex(tokens=np.zeros(0, dtype=dtype), sent_start=sent_start, sent_len=sent_len,
+                    doc_off=doc_off).save(workdir)
+        n_docs = len(doc_off) - 1
+        tasks = [(k, docs, buf, job.seed) for k, (docs, buf) in
+                 enumerate(units(n_docs, job.builder.docs_buffer_size))]
+        writer = DatasetWriter(job.dataset_path, builder.fields(dtype))
+        bar = _progress(n_docs, "build", "doc", job.show_progress)
+        pool = None
+        try:
+            if job.processes_num > 1:
+                pool = _pool(job.processes_num, _init_build_worker, (builder, workdir, dtype))
+                results = pool.imap(_build_unit, tasks)
+            else:
+                _init_build_worker(builder, workdir, dtype)
+                results = map(_build_unit, tasks)
+            for task, chunk in zip(tasks, results):
+                writer.add(chunk)
+                bar.update(len(task[1]))
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+        if writer.count == 0:
+            raise UerError(f"{job.corpus_path}: no training instance could be built for target "
+                           f"{job.target!r} (expected {builder.format_help})")
+        header = {
+            "target": job.target,
+            "tokenizer": build_tokenizer(job.tokenizer, job.vocab, job.spm_model_path,
+                                         job.do_lower_case).describe(),
+            "vocab_size": len(job.vocab),
+            "vocab_fingerprint": job.vocab.fingerprint(),
+            "vocab_source": os.path.basename(job.vocab.source),
+            "seq_length": job.builder.seq_length,
+            "dynamic_masking": job.builder.dynamic_masking,
+            "span_masking": job.builder.masking.span_masking,
+            "span_geo_prob": job.builder.masking.span_geo_prob,
+            "span_max_length": job.builder.masking.span_max_length,
+            "dup_factor": builder.dup_factor,
+            "short_seq_prob": job.builder.short_seq_prob,
+            "full_sentences": job.builder.full_sentences,
+            "docs_buffer_size": job.builder.docs_buffer_size,
+            "seed": job.seed,
+            "corpus": {"path": os.path.abspath(job.corpus_path), "bytes": os.path.getsize(job.corpus_path),
+                       "lines": n_lines, "sentences": int(len(sent_len)), "documents": n_docs,
+                       "tokens": int(sent_len.sum())},
+        }
+        header = writer.finish(header)
+        writer = None
+        header["seconds"] = round(time.time() - t0, 3)
+        return header
+    finally:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_format(job: PreprocessJob, builder: InstanceBuilder, n_lines: int, n_blank: int,
+                  n_sentences: int) -> None:
+    if n_sentences == 0:
+        raise UerError(f"{job.corpus_path}: the corpus holds no text ({n_lines} lines, all blank or "
+                       f"empty after tokenization); target {job.target!r} expects "
+                       f"{builder.format_help}")
+    if builder.corpus_format == "documents" and n_blank == 0 and n_sentences > 1:
+        raise UerError(f"{job.corpus_path}: no blank line separates documents in {n_lines} lines; "
+                       f"target {job.target!r} expects {builder.format_help} (for one document a "
+                       f"line, use --target mlm)")

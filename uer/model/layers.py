@@ -1,0 +1,112 @@
+"""Building blocks shared by the slots. Parameter names follow the reference checkpoints."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with parameters named gamma/beta (the checkpoint layout).
+
+    kind "torch": F.layer_norm (biased variance, eps inside the square root).
+    kind "uer":   the reference formula gamma * (x - mean) / (std + eps) + beta with the unbiased std.
+    """
+
+    def __init__(self, size: int, eps: float = 1e-6, kind: str = "torch"):
+        super().__init__()
+        self.size, self.eps, self.kind = size, eps, kind
+        self.gamma = nn.Parameter(torch.ones(size))
+        self.beta = nn.Parameter(torch.zeros(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "uer":
+            mean = x.mean(-1, keepdim=True)
+            std = x.std(-1, keepdim=True)
+            return self.gamma * (x - mean) / (std + self.eps) + self.beta
+        return F.layer_norm(x, (self.size,), self.gamma, self.beta, self.eps)
+
+
+def activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name == "gelu_fast":
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unknown activation {name}")
+
+
+class MultiHeadedAttention(nn.Module):
+    """Q, K, V projections (linear_layers.0/1/2), scaled_dot_product_attention, final_linear."""
+
+    def __init__(self, hidden_size: int, heads_num: int, dropout: float):
+        super().__init__()
+        self.heads_num = heads_num
+        self.per_head = hidden_size // heads_num
+        self.dropout = dropout
+        self.linear_layers = nn.ModuleList([nn.Linear(hidden_size, hidden_size) for _ in range(3)])
+        self.final_linear = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor,
+                attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        B, Lq, H = query.shape
+        Lk = key_value.shape[1]
+
+        def heads(x, L):
+            return x.view(B, L, self.heads_num, self.per_head).transpose(1, 2)
+
+        q = heads(self.linear_layers[0](query), Lq)
+        k = heads(self.linear_layers[1](key_value), Lk)
+        v = heads(self.linear_layers[2](key_value), Lk)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.final_linear(out.transpose(1, 2).reshape(B, Lq, H))
+
+
+def reference_attention(q, k, v, attn_mask=None, is_causal=False):
+    """softmax(Q K^T / sqrt(d)) V with boolean masks (True = may attend); for tests."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if is_causal:
+        L, S = q.shape[-2], k.shape[-2]
+        attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+class PositionwiseFeedForward(nn.Module):
+    def __init__(self, hidden_size: int, feedforward_size: int, hidden_act: str):
+        super().__init__()
+        self.linear_1 = nn.Linear(hidden_size, feedforward_size)
+        self.linear_2 = nn.Linear(feedforward_size, hidden_size)
+        self.act = activation(hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN (BERT): LN(x + Drop(Attn(x))), LN(h + Drop(FFN(h))).
+    Pre-LN (GPT-2): x + Drop(Attn(LN(x))), h + Drop(FFN(LN(h)))."""
+
+    def __init__(self, hidden_size: int, heads_num: int, feedforward_size: int, hidden_act: str,
+                 dropout: float, layernorm_positioning: str, ln_kind: str, ln_eps: float):
+        super().__init__()
+        self.pre = layernorm_positioning == "pre"
+        self.self_attn = MultiHeadedAttention(hidden_size, heads_num, dropout)
+        self.layer_norm_1 = LayerNorm(hidden_size, ln_eps, ln_kind)
+        self.feed_forward = PositionwiseFeedForward(hidden_size, feedforward_size, hidden_act)
+        self.layer_norm_2 = LayerNorm(hidden_size, ln_eps, ln_kind)
+        self.dropout_1 = nn.Dropout(dropout)
+        self.dropout_2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+        if self.pre:
+            h = self.layer_norm_1(x)
+            x = x + self.dropout_1(self.self_attn(h, h, attn_mask, is_causal))
+            return x + self.dropout_2(self.feed_forward(self.layer_norm_2(x)))
+        x = self.layer_norm_1(x + self.dropout_1(self.self_attn(x, x, attn_mask, is_causal)))
+        return self.layer_norm_2(x + self.dropout_2(self.feed_forward(x)))

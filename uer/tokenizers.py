@@ -1,0 +1,230 @@
+"""Tokenizers: `bert` (basic + WordPiece, or sentencepiece with --spm_model_path), `char`, `space`.
+
+Each tokenizer is registered once in TOKENIZERS; the command-line choices are read from it.
+`encode_batch` is the fast path used by preprocess: for `bert` with a vocab file it runs HF
+`tokenizers` (Rust) configured to give exactly the ids of the reference algorithm, which is kept
+here in pure Python (`BasicTokenizer` + `wordpiece`) as the specification and as the fallback.
+"""
+from __future__ import annotations
+
+import unicodedata
+from typing import Callable
+
+from uer.errors import UerError
+from uer.vocab import UNK, Vocab
+
+TOKENIZERS: dict[str, type["Tokenizer"]] = {}
+
+
+def register_tokenizer(name: str) -> Callable:
+    def deco(cls):
+        assert name not in TOKENIZERS, f"tokenizer {name} registered twice"
+        TOKENIZERS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+class Tokenizer:
+    name = ""
+
+    def __init__(self, vocab: Vocab, spm_model_path: str | None = None, do_lower_case: bool = True):
+        self.vocab = vocab
+        self.unk_id = vocab.get(UNK, 0) if UNK in vocab.w2i else None
+        self.do_lower_case = do_lower_case
+        self.sp = None
+        if spm_model_path:
+            import sentencepiece as spm
+
+            self.sp = spm.SentencePieceProcessor()
+            self.sp.Load(spm_model_path)
+
+    def tokenize(self, text: str) -> list[str]:
+        raise NotImplementedError
+
+    def convert_tokens_to_ids(self, tokens: list[str]) -> list[int]:
+        if self.sp is not None:
+            return [self.sp.PieceToId(t) for t in tokens]
+        w2i, unk = self.vocab.w2i, self.unk_id
+        return [w2i.get(t, unk) for t in tokens]
+
+    def encode(self, text: str) -> list[int]:
+        return self.convert_tokens_to_ids(self.tokenize(text))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def describe(self) -> str:
+        """What identifies this tokenizer's output (stored in dataset headers)."""
+        return f"{self.name}{'+spm' if self.sp is not None else ''}" + \
+            ("" if self.name != "bert" or self.sp is not None else f"(lower={self.do_lower_case})")
+
+
+@register_tokenizer("char")
+class CharTokenizer(Tokenizer):
+    """One token per Unicode character of the stripped text (spaces included)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return list(text.strip())
+
+
+@register_tokenizer("space")
+class SpaceTokenizer(Tokenizer):
+    """Split the stripped text on the single character ' ' (for pre-segmented corpora)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        text = text.strip()
+        return text.split(" ") if text else []
+
+
+@register_tokenizer("bert")
+class BertTokenizer(Tokenizer):
+    """Google BERT tokenization: basic tokenizer then greedy longest-match-first WordPiece."""
+
+    def __init__(self, vocab: Vocab, spm_model_path: str | None = None, do_lower_case: bool = True):
+        super().__init__(vocab, spm_model_path, do_lower_case)
+        self.basic = BasicTokenizer(do_lower_case)
+        self._fast = None
+        if self.sp is None:
+            self._fast = _build_fast_bert(vocab, do_lower_case)
+
+    def tokenize(self, text: str) -> list[str]:
+        if self.sp is not None:
+            return spm_encode_pieces(self.sp, text)
+        out = []
+        for word in self.basic.tokenize(text):
+            out.extend(wordpiece(word, self.vocab.w2i))
+        return out
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._fast is None:
+            return super().encode_batch(texts)
+        return [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference algorithm (pure Python)
+# ----------------------------------------------------------------------------------------------
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
+def _is_cjk(cp: int) -> bool:
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+def _is_whitespace(ch: str) -> bool:
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_control(ch: str) -> bool:
+    if ch in "\t\n\r":
+        return False
+    return unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def _is_punctuation(ch: str) -> bool:
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+class BasicTokenizer:
+    def __init__(self, do_lower_case: bool = True):
+        self.do_lower_case = do_lower_case
+
+    def tokenize(self, text: str) -> list[str]:
+        chars = []
+        for ch in text:
+            cp = ord(ch)
+            if cp == 0 or cp == 0xFFFD or _is_control(ch):
+                continue
+            if _is_whitespace(ch):
+                chars.append(" ")
+            elif _is_cjk(cp):
+                chars.append(f" {ch} ")
+            else:
+                chars.append(ch)
+        out = []
+        for token in "".join(chars).split():
+            if self.do_lower_case:
+                token = token.lower()
+                token = "".join(c for c in unicodedata.normalize("NFD", token)
+                                if unicodedata.category(c) != "Mn")
+            current: list[str] = []
+            for c in token:
+                if _is_punctuation(c):
+                    if current:
+                        out.append("".join(current))
+                        current = []
+                    out.append(c)
+                else:
+                    current.append(c)
+            if current:
+                out.append("".join(current))
+        return out
+
+
+def wordpiece(word: str, w2i: dict[str, int], max_chars: int = 200) -> list[str]:
+    if len(word) > max_chars:
+        return [UNK]
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        piece = None
+        while start < end:
+            sub = word[start:end] if start == 0 else "##" + word[start:end]
+            if sub in w2i:
+                piece = sub
+                break
+            end -= 1
+        if piece is None:
+            return [UNK]
+        pieces.append(piece)
+        start = end
+    return pieces
+
+
+def spm_encode_pieces(sp, text: str) -> list[str]:
+    """XLNet-style piece encoding: a piece ending in '<digit>,' is re-split so that the comma
+    stands alone."""
+    pieces = sp.EncodeAsPieces(text)
+    out = []
+    for p in pieces:
+        if len(p) > 1 and p[-1] == "," and p[-2].isdigit():
+            cur = sp.EncodeAsPieces(p[:-1].replace("\u2581", ""))
+            if p[0] != "\u2581" and cur and cur[0][0] == "\u2581":
+                cur[0] = cur[0][1:] if len(cur[0]) > 1 else cur[0]
+                if cur[0] == "":
+                    cur = cur[1:]
+            out.extend(cur)
+            out.append(p[-1])
+        else:
+            out.append(p)
+    return out
+
+
+def _build_fast_bert(vocab: Vocab, do_lower_case: bool):
+    """HF `tokenizers` pipeline equal to BasicTokenizer + wordpiece, or None if unavailable."""
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, normalizers, pre_tokenizers
+    except ImportError:
+        return None
+    if UNK not in vocab.w2i:
+        return None
+    tok = HFTokenizer(models.WordPiece(dict(vocab.w2i), unk_token=UNK, max_input_chars_per_word=200,
+                                       continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=do_lower_case, lowercase=do_lower_case)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
+def build_tokenizer(name: str, vocab: Vocab, spm_model_path: str | None = None,
+                    do_lower_case: bool = True) -> Tokenizer:
+    if name not in TOKENIZERS:
+        raise UerError(f"unknown tokenizer {name!r}; choose one of {', '.join(sorted(TOKENIZERS))}")
+    return TOKENIZERS[name](vocab, spm_model_path=spm_model_path, do_lower_case=do_lower_case)

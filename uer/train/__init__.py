@@ -1,0 +1,1 @@
+"""Train room: the one training loop, optimizer and schedule, checkpoints."""
