@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
+ZH_VOCAB = os.path.join(SHARED, "models", "google_zh_vocab.txt")
+EN_VOCAB = os.path.join(SHARED, "models", "google_uncased_en_vocab.txt")
+SPM_MODEL = os.path.join(SHARED, "models", "cluecorpussmall_spm.model")
+BERT_CORPUS = os.path.join(SHARED, "corpora", "CLUECorpusSmall_bert_sampled.txt")
+DOC_CORPUS = os.path.join(SHARED, "corpora", "CLUECorpusSmall_sampled.txt")
+MINI_BERT = os.path.join(SHARED, "corpora", "literature_mini_bert.txt")
+MINI_DOC = os.path.join(SHARED, "corpora", "literature_mini.txt")
+
+
+def run_script(*args, cwd=ROOT, timeout=600):
+    """Run a repo script as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_clean_error(proc, *needles):
+    """Non-zero exit, a message on stderr naming the problem, and no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in proc.stderr, f"{n!r} not in:\n{proc.stderr}"
+
+
+@pytest.fixture(scope="session")
+def zh_vocab():
+    from uer.vocab import Vocab
+
+    return Vocab.load(ZH_VOCAB)
+
+
+@pytest.fixture(scope="session")
+def bert_dataset(tmp_path_factory):
+    """The manual's first preprocess command, on the real corpus."""
+    out = tmp_path_factory.mktemp("ds") / "dataset.pt"
+    proc = run_script("preprocess.py", "--corpus_path", BERT_CORPUS, "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(out), "--processes_num", "2", "--target", "bert")
+    assert proc.returncode == 0, proc.stderr
+    return str(out)

@@ -1,0 +1,94 @@
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT
+from uer.config import ModelConfig
+from uer.model import build_model, count_parameters
+from uer.model.layers import LayerNorm, reference_attention
+
+
+def recipe(name, **kw):
+    with open(os.path.join(ROOT, "models", name), encoding="utf-8") as f:
+        return ModelConfig(**{**json.load(f), **kw})
+
+
+def spec_41_shapes(V, H, F_, L, target="bert"):
+    """SPEC 4.1: the keys and shapes of a BERT checkpoint."""
+    s = {"embedding.word_embedding.weight": [V, H], "embedding.position_embedding.weight": [512, H],
+         "embedding.segment_embedding.weight": [3, H], "embedding.layer_norm.gamma": [H],
+         "embedding.layer_norm.beta": [H]}
+    for i in range(L):
+        p = f"encoder.transformer.{i}."
+        for j in range(3):
+            s[f"{p}self_attn.linear_layers.{j}.weight"] = [H, H]
+            s[f"{p}self_attn.linear_layers.{j}.bias"] = [H]
+        s.update({f"{p}self_attn.final_linear.weight": [H, H], f"{p}self_attn.final_linear.bias": [H],
+                  f"{p}layer_norm_1.gamma": [H], f"{p}layer_norm_1.beta": [H],
+                  f"{p}feed_forward.linear_1.weight": [F_, H], f"{p}feed_forward.linear_1.bias": [F_],
+                  f"{p}feed_forward.linear_2.weight": [H, F_], f"{p}feed_forward.linear_2.bias": [H],
+                  f"{p}layer_norm_2.gamma": [H], f"{p}layer_norm_2.beta": [H]})
+    s.update({"target.mlm_linear_1.weight": [H, H], "target.mlm_linear_1.bias": [H],
+              "target.layer_norm.gamma": [H], "target.layer_norm.beta": [H],
+              "target.mlm_linear_2.weight": [V, H], "target.mlm_linear_2.bias": [V]})
+    if target == "bert":
+        s.update({"target.nsp_linear_1.weight": [H, H], "target.nsp_linear_1.bias": [H],
+                  "target.nsp_linear_2.weight": [2, H], "target.nsp_linear_2.bias": [2]})
+    return s
+
+
+@pytest.mark.parametrize("name,H,F_,L", [("bert_tiny_config.json", 384, 1536, 3),
+                                         ("bert_base_config.json", 768, 3072, 12)])
+@pytest.mark.parametrize("target", ["bert", "mlm"])
+def test_checkpoint_keys_and_shapes(name, H, F_, L, target):
+    model = build_model(recipe(name, vocab_size=21128, target=target))
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    want = spec_41_shapes(21128, H, F_, L, target)
+    assert list(got) == list(want) and got == want
+    if name == "bert_base_config.json" and target == "bert":
+        assert len(got) == 207
+        tied = build_model(recipe(name, vocab_size=21128, tie_weights=True))
+        assert round(count_parameters(tied) / 1e6, 1) == 102.9  # SPEC 4.1, tied weights once
+
+
+def test_init_distribution():
+    model = build_model(recipe("bert_tiny_config.json", vocab_size=5000))
+    sd = model.state_dict()
+    w = sd["encoder.transformer.0.feed_forward.linear_1.weight"]
+    assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
+    assert (sd["embedding.layer_norm.gamma"] == 1).all() and (sd["embedding.layer_norm.beta"] == 0).all()
+
+
+def test_sdpa_matches_plain_softmax_attention():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    keep = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)[:, None, None, :]
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, attn_mask=keep),
+                               reference_attention(q, k, v, keep))
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                               reference_attention(q, k, v, is_causal=True))
+
+
+def test_fully_visible_ignores_padding():
+    cfg = ModelConfig(vocab_size=100, emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4,
+                      layers_num=2, dropout=0.0)
+    model = build_model(cfg).eval()
+    src = torch.randint(5, 100, (2, 9))
+    seg = torch.ones(2, 9, dtype=torch.long)
+    seg[:, 5:] = 2
+    with torch.no_grad():
+        short = model.encode(src, seg)
+        longer = model.encode(torch.cat([src, torch.zeros(2, 6, dtype=torch.long)], 1),
+                              torch.cat([seg, torch.zeros(2, 6, dtype=torch.long)], 1))
+    torch.testing.assert_close(longer[:, :9], short)
+
+
+def test_uer_layernorm_formula():
+    ln = LayerNorm(8, eps=1e-6, kind="uer")
+    x = torch.randn(3, 8)
+    want = (x - x.mean(-1, keepdim=True)) / (x.std(-1, unbiased=True, keepdim=True) + 1e-6)
+    torch.testing.assert_close(ln(x), want)
+    torch.testing.assert_close(LayerNorm(8, 1e-6)(x), F.layer_norm(x, (8,), eps=1e-6))

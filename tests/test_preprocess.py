@@ -1,0 +1,138 @@
+import filecmp
+
+import numpy as np
+import pytest
+
+from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ZH_VOCAB, assert_clean_error, run_script
+from uer.data.builders import BuilderConfig, truncate_pair
+from uer.data.dataset import Dataset
+from uer.data.loader import BatchLoader
+from uer.data.preprocess import PreprocessJob, build_dataset
+from uer.vocab import Vocab
+
+
+def job(corpus, out, target="bert", processes=1, vocab=None, **builder):
+    builder.setdefault("seq_length", 64)
+    return PreprocessJob(corpus_path=corpus, dataset_path=str(out), target=target, tokenizer="bert",
+                         vocab=vocab or Vocab.load(ZH_VOCAB), spm_model_path=None,
+                         builder=BuilderConfig(**builder), processes_num=processes, seed=3)
+
+
+@pytest.mark.parametrize("target,corpus,extra", [
+    ("bert", BERT_CORPUS, {}),
+    ("mlm", DOC_CORPUS, {"full_sentences": True}),
+    ("bert", BERT_CORPUS, {"dynamic_masking": True, "docs_buffer_size": 300}),
+])
+def test_same_dataset_for_any_process_count(tmp_path, zh_vocab, target, corpus, extra):
+    a, b = tmp_path / "p1.pt", tmp_path / "p3.pt"
+    build_dataset(job(corpus, a, target, 1, zh_vocab, dup_factor=2, **extra))
+    build_dataset(job(corpus, b, target, 3, zh_vocab, dup_factor=2, **extra))
+    assert filecmp.cmp(a, b, shallow=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_bert_instances_layout(tmp_path, zh_vocab):
+    out = tmp_path / "d.pt"
+    build_dataset(job(BERT_CORPUS, out, "bert", 2, zh_vocab, dup_factor=1, dynamic_masking=True))
+    ds = Dataset(str(out))
+    sp = zh_vocab.special_ids()
+    labels = np.asarray(ds.arrays["label"])
+    # half of the multi-sentence chunks, and every one-sentence chunk, get a random next sentence
+    assert 0.5 < labels.mean() < 0.8
+    for i in range(0, len(ds), 97):
+        t = np.asarray(ds.ragged("tokens", i))
+        split = int(ds.scalar("seg_split", i))
+        assert len(t) <= 64 and t[0] == sp.cls and t[split - 1] == sp.sep and t[-1] == sp.sep
+        assert (t[1:split - 1] != sp.sep).all() and (t[split:-1] != sp.sep).all()
+    # every document contributes; the last document (no trailing blank line) is not lost
+    assert ds.header["corpus"]["documents"] == 2500
+
+
+def test_no_token_lost_mlm(tmp_path, zh_vocab):
+    """Without masking and full_sentences, the instances concatenate back to the corpus."""
+    out = tmp_path / "m.pt"
+    build_dataset(job(DOC_CORPUS, out, "mlm", 2, zh_vocab, dynamic_masking=True))
+    ds = Dataset(str(out))
+    from uer.tokenizers import build_tokenizer
+
+    tok = build_tokenizer("bert", zh_vocab)
+    with open(DOC_CORPUS, encoding="utf-8") as f:
+        docs = [l for l in f.read().split("\n") if l.strip()]
+    sp = zh_vocab.special_ids()
+    expected = np.concatenate([[sp.cls] + ids + [sp.sep] for ids in tok.encode_batch(docs)])
+    assert np.array_equal(np.asarray(ds.arrays["tokens"]), expected)
+
+
+def test_last_line_without_newline_and_crlf(tmp_path, zh_vocab):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes("第一句。\r\n第二句。\r\n\r\n第三句。\r\n最后一句".encode())
+    out = tmp_path / "d.pt"
+    build_dataset(job(str(corpus), out, "bert", 1, zh_vocab, dup_factor=1, dynamic_masking=True))
+    ds = Dataset(str(out))
+    assert ds.header["corpus"]["documents"] == 2 and ds.header["corpus"]["sentences"] == 4
+    last = zh_vocab.get("后")
+    assert last in set(np.asarray(ds.arrays["tokens"]).tolist())
+
+
+def test_truncate_pair_closed_form():
+    rng = np.random.default_rng(0)
+    for la, lb, m in [(10, 3, 8), (3, 10, 8), (5, 5, 7), (100000, 2, 61), (4, 4, 8)]:
+        a, b = truncate_pair(np.arange(la), np.arange(lb) + 1000, m, rng)
+        assert len(a) + len(b) == min(m, la + lb)
+        # pieces stay contiguous runs of the originals
+        assert np.all(np.diff(a) == 1) and np.all(np.diff(b) == 1)
+
+
+def test_manual_command_and_format_errors(tmp_path):
+    # a one-document-a-line corpus given to the bert target
+    proc = run_script("preprocess.py", "--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(tmp_path / "x.pt"), "--target", "bert")
+    assert_clean_error(proc, "no blank line separates documents", DOC_CORPUS)
+    assert not (tmp_path / "x.pt").exists()
+    # invalid UTF-8 on line 3, named with its line number
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xe4\xb8\x80\n\n\xe4\xba\x8c\xff\n")
+    proc = run_script("preprocess.py", "--corpus_path", str(bad), "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(tmp_path / "y.pt"))
+    assert_clean_error(proc, f"{bad} line 3", "UTF-8")
+    # empty corpus, missing vocab, unknown target: each named
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    proc = run_script("preprocess.py", "--corpus_path", str(empty), "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(tmp_path / "z.pt"))
+    assert_clean_error(proc, "holds no text")
+    proc = run_script("preprocess.py", "--corpus_path", MINI_BERT, "--vocab_path", "nope.txt",
+                      "--seq_length", "4")
+    assert_clean_error(proc, "--vocab_path nope.txt: file not found", "--seq_length must be at least 8")
+
+
+def test_existing_dataset_survives_a_failed_run(tmp_path, zh_vocab):
+    out = tmp_path / "d.pt"
+    build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))
+    before = out.read_bytes()
+    proc = run_script("preprocess.py", "--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(out), "--target", "bert")
+    assert proc.returncode != 0 and out.read_bytes() == before
+
+
+def test_loader_batches(tmp_path, zh_vocab):
+    out = tmp_path / "d.pt"
+    build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1, dynamic_masking=True))
+    ds = Dataset(str(out))
+    loader = BatchLoader(ds, zh_vocab.special_ids(), batch_size=4, seed=1)
+    a = loader.next_arrays()
+    B, L = a["src"].shape
+    assert B == 4 and (a["seg"][:, 0] == 1).all() and a["label"].shape == (4,)
+    assert len(a["mlm_pos"]) == len(a["mlm_tgt"]) > 0 and a["mlm_pos"].max() < B * L
+    # shares of two ranks are disjoint and cover the dataset
+    r0 = BatchLoader(ds, zh_vocab.special_ids(), 4, rank=0, world_size=2).share
+    r1 = BatchLoader(ds, zh_vocab.special_ids(), 4, rank=1, world_size=2).share
+    assert r0.stop == r1.start and r0.start == 0 and r1.stop == len(ds)
+    # one epoch visits every instance of the share once
+    loader = BatchLoader(ds, zh_vocab.special_ids(), batch_size=4, seed=1)
+    seen = []
+    for _ in range(loader.batches_per_epoch):
+        order = loader._epoch_order()
+        seen.extend(order[loader.index * 4:(loader.index + 1) * 4])
+        loader.next_arrays()
+    assert sorted(seen) == list(range(len(ds)))

@@ -1,0 +1,82 @@
+import pytest
+
+from conftest import BERT_CORPUS, EN_VOCAB, SPM_MODEL, ZH_VOCAB
+from uer.tokenizers import build_tokenizer
+from uer.vocab import Vocab
+
+
+@pytest.fixture(scope="module")
+def zh():
+    return build_tokenizer("bert", Vocab.load(ZH_VOCAB))
+
+
+@pytest.fixture(scope="module")
+def en():
+    return build_tokenizer("bert", Vocab.load(EN_VOCAB))
+
+
+@pytest.mark.parametrize("text,tokens", [
+    ("Hello, World!", ["hello", ",", "world", "!"]),                              # lower case, ASCII punct
+    ("Héllo café naïve", ["hello", "cafe", "naive"]),                             # accents stripped
+    ("unaffable", ["una", "##ffa", "##ble"]),                                     # WordPiece split
+    ("tokenization", ["token", "##ization"]),
+    ("a\tb\u00a0c\x00d\u200b", ["a", "b", "cd"]),                                 # whitespace, NUL, Cf dropped
+    ("x" * 201, ["[UNK]"]),                                                       # longer than 200 chars
+    ("\u2603", ["[UNK]"]),                                                        # no piece matches
+])
+def test_bert_tokenizer_hand_checked(en, text, tokens):
+    assert en.tokenize(text) == tokens
+    assert en.encode(text) == en.convert_tokens_to_ids(tokens)
+    assert en.encode_batch([text]) == [en.encode(text)]  # the Rust fast path agrees
+
+
+@pytest.mark.parametrize("text,tokens", [
+    ("我爱北京天安门", ["我", "爱", "北", "京", "天", "安", "门"]),               # CJK split per character
+    ("你好，世界！", ["你", "好", "，", "世", "界", "！"]),                        # full-width punctuation
+    ("我爱NLP", ["我", "爱", "n", "##lp"]),                                       # longest-match-first
+])
+def test_bert_tokenizer_zh(zh, text, tokens):
+    assert zh.tokenize(text) == tokens
+    assert zh.encode_batch([text]) == [zh.convert_tokens_to_ids(tokens)]
+
+
+def test_bert_ids_zh(zh):
+    # ids straight from google_zh_vocab.txt (line number - 1)
+    v = zh.vocab
+    assert zh.encode("我爱NLP") == [2769, 4263, 156, 10986]
+    assert [v.tokens[i] for i in (2769, 4263, 156, 10986)] == ["我", "爱", "n", "##lp"]
+    assert v.get("[CLS]") == 101 and v.get("[UNK]") == 100
+    assert zh.encode("\U0001F600") == [100]
+
+
+def test_fast_path_equals_reference_on_corpus(zh):
+    with open(BERT_CORPUS, encoding="utf-8") as f:
+        lines = f.read().split("\n")[:4000]
+    assert zh.encode_batch(lines) == [zh.encode(l) for l in lines]
+
+
+def test_char_and_space_tokenizers():
+    v = Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "hello", " "])
+    char = build_tokenizer("char", v)
+    assert char.tokenize(" ab c ") == ["a", "b", " ", "c"]
+    assert char.encode("ab c") == [5, 6, 8, 1]
+    space = build_tokenizer("space", v)
+    assert space.tokenize("hello  a") == ["hello", "", "a"]
+    assert space.encode("hello a zz") == [7, 5, 1]
+
+
+def test_sentencepiece_vocab_and_ids():
+    v = Vocab.from_spm(SPM_MODEL)
+    assert len(v) == 100000 and v.special_ids().pad == 0 and v.special_ids().cls == 2
+    tok = build_tokenizer("bert", v, spm_model_path=SPM_MODEL)
+    pieces = tok.tokenize("我们今天去北京, 2019,10")
+    assert "".join(pieces).replace("\u2581", "") == "我们今天去北京,2019,10"
+    assert "," in pieces and all(not (len(p) > 1 and p.endswith(",") and p[-2].isdigit()) for p in pieces)
+    assert tok.encode("我们") == [v.get(p) for p in tok.tokenize("我们")]
+
+
+def test_vocab_rules(tmp_path):
+    p = tmp_path / "v.txt"
+    p.write_text("[PAD]\n[UNK] 12\n\n[CLS]\n[SEP]\n[MASK]\nx\nx\n", encoding="utf-8")
+    v = Vocab.load(str(p))
+    assert len(v) == 8 and v.tokens[2] == " " and v.get("x") == 7 and v.get("[UNK]") == 1

@@ -1,0 +1,146 @@
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, run_script
+from uer.config import ModelConfig, TrainConfig
+from uer.data.builders import BuilderConfig
+from uer.data.dataset import Dataset
+from uer.data.preprocess import PreprocessJob, build_dataset
+from uer.train.optim import build_optimizer, lr_multiplier
+from uer.train.trainer import train
+
+TINY = dict(emb_size=64, hidden_size=64, feedforward_size=128, heads_num=4, layers_num=2)
+
+
+def make_dataset(tmp_path, vocab, corpus=BERT_CORPUS, target="bert", **kw):
+    out = tmp_path / f"{target}.pt"
+    build_dataset(PreprocessJob(corpus_path=corpus, dataset_path=str(out), target=target, tokenizer="bert",
+                                vocab=vocab, spm_model_path=None, builder=BuilderConfig(seq_length=64, **kw),
+                                processes_num=2))
+    return Dataset(str(out))
+
+
+def run(tmp_path, ds, vocab, model_kw=None, **kw):
+    mcfg = ModelConfig(vocab_size=len(vocab), target=ds.header["target"], **{**TINY, **(model_kw or {})})
+    tcfg = TrainConfig(dataset_path=ds.path, output_model_path=str(tmp_path / "out" / "m.bin"),
+                       **{"total_steps": 30, "report_steps": 1, "batch_size": 16, "learning_rate": 3e-3,
+                          "save_checkpoint_steps": 1000, **kw})
+    return train(tcfg, mcfg, ds, vocab.special_ids(), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("target,corpus", [("bert", BERT_CORPUS), ("mlm", DOC_CORPUS)])
+def test_loss_decreases_on_real_corpus(tmp_path, zh_vocab, target, corpus):
+    ds = make_dataset(tmp_path, zh_vocab, corpus, target, dup_factor=1, dynamic_masking=True)
+    hist = run(tmp_path, ds, zh_vocab, bf16=False)["history"]
+    losses = [h["loss"] for h in hist]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.0, losses
+
+
+def test_accumulation_equals_bigger_batch(tmp_path, zh_vocab):
+    """Global-batch normalisation: 2 micro-batches of 4 give the update of one batch of 8."""
+    ds = make_dataset(tmp_path, zh_vocab, MINI_BERT, dup_factor=1)  # static masks
+    a = run(tmp_path, ds, zh_vocab, {"dropout": 0.0}, total_steps=2, batch_size=8)["model"]
+    b = run(tmp_path, ds, zh_vocab, {"dropout": 0.0}, total_steps=2, batch_size=4,
+            accumulation_steps=2)["model"]
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_schedule_counts_optimizer_steps():
+    T = 100
+    assert lr_multiplier(1, T, 0.1) == pytest.approx(0.1)  # the first step does not run at lr 0
+    assert lr_multiplier(10, T, 0.1) == 1.0
+    assert lr_multiplier(55, T, 0.1) == pytest.approx(46 / 91)
+    assert 0 < lr_multiplier(T, T, 0.1) < 0.02 and lr_multiplier(T + 1, T, 0.1) == 0
+    assert lr_multiplier(1, T, 0.0) > 0.98
+
+
+def test_weight_decay_groups():
+    from uer.model import build_model
+
+    model = build_model(ModelConfig(vocab_size=50, **TINY))
+    opt = build_optimizer(model, 1e-3, 0.01)
+    decay_ids = {id(p) for p in opt.param_groups[0]["params"]}
+    for name, p in model.named_parameters():
+        expect = not (name.endswith(("bias", "gamma", "beta")))
+        assert (id(p) in decay_ids) == expect, name
+    assert opt.param_groups[0]["weight_decay"] == 0.01 and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_manual_first_example_end_to_end(tmp_path, bert_dataset):
+    """The manual's first pretrain command as written (data paths pointing at real files)."""
+    os.makedirs(tmp_path / "models")
+    shutil.copy(os.path.join(ROOT, "models", "bert_tiny_config.json"), tmp_path / "models")
+    shutil.copy(bert_dataset, tmp_path / "dataset.pt")
+    proc = run_script(os.path.join(ROOT, "pretrain.py"), "--dataset_path", "dataset.pt", "--vocab_path", ZH_VOCAB,
+                      "--output_model_path", "models/output_model.bin",
+                      "--config_path", "models/bert_tiny_config.json", "--embedding", "word_pos_seg",
+                      "--encoder", "transformer", "--mask", "fully_visible", "--target", "bert",
+                      "--total_steps", "20", "--save_checkpoint_steps", "10", "--report_steps", "5",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    reports = [l for l in proc.stdout.splitlines() if l.startswith("|")]
+    assert len(reports) == 4
+    for field in ("loss", "loss_mlm:", "loss_nsp:", "acc_mlm:", "acc_nsp:", "tokens/s"):
+        assert all(field in r for r in reports), field
+    for name in ("output_model.bin-10", "output_model.bin-20", "output_model.bin"):
+        assert (tmp_path / "models" / name).is_file(), name
+    state = torch.load(tmp_path / "models" / "output_model.bin")
+    assert len(state) == 5 + 3 * 16 + 10
+    assert list(state["encoder.transformer.2.feed_forward.linear_1.weight"].shape) == [1536, 384]
+    assert list(state["target.mlm_linear_2.weight"].shape) == [21128, 384]
+    # continue from the saved model (strict load)
+    proc = run_script(os.path.join(ROOT, "pretrain.py"), "--dataset_path", "dataset.pt", "--vocab_path", ZH_VOCAB,
+                      "--pretrained_model_path", "models/output_model.bin", "--output_model_path",
+                      "models/more.bin", "--config_path", "models/bert_tiny_config.json",
+                      "--total_steps", "1", "--report_steps", "1", "--batch_size", "4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # a checkpoint of another size is refused, naming the mis-shaped keys
+    small = tmp_path / "models" / "small.json"
+    small.write_text(json.dumps({**TINY}))
+    proc = run_script(os.path.join(ROOT, "pretrain.py"), "--dataset_path", "dataset.pt", "--vocab_path", ZH_VOCAB,
+                      "--pretrained_model_path", "models/output_model.bin", "--output_model_path",
+                      "models/x.bin", "--config_path", str(small), "--total_steps", "1", cwd=tmp_path)
+    assert_clean_error(proc, "mis-shaped key(s)", "embedding.word_embedding.weight: checkpoint (21128, 384)")
+
+
+def test_pretrain_errors_are_clear(tmp_path, zh_vocab, bert_dataset):
+    common = ["--vocab_path", ZH_VOCAB, "--output_model_path", str(tmp_path / "m.bin"),
+              "--config_path", os.path.join(ROOT, "models", "bert_tiny_config.json"), "--total_steps", "1"]
+    # a dataset built for another target
+    proc = run_script("pretrain.py", "--dataset_path", bert_dataset, "--target", "mlm", *common)
+    assert_clean_error(proc, "was built for target 'bert', not 'mlm'")
+    # a missing vocabulary
+    proc = run_script("pretrain.py", "--dataset_path", bert_dataset, "--vocab_path", "missing.txt",
+                      "--output_model_path", str(tmp_path / "m.bin"))
+    assert_clean_error(proc, "vocabulary file not found: missing.txt")
+    # a recipe with a typo'd field
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"hiden_size": 64, "emb_size": 64}))
+    proc = run_script("pretrain.py", "--dataset_path", bert_dataset, "--vocab_path", ZH_VOCAB,
+                      "--output_model_path", str(tmp_path / "m.bin"), "--config_path", str(bad))
+    assert_clean_error(proc, "unknown field 'hiden_size'", "did you mean 'hidden_size'")
+    # several problems at once are listed together
+    proc = run_script("pretrain.py", "--dataset_path", bert_dataset, *common, "--batch_size", "0",
+                      "--warmup", "2", "--master_ip", "localhost:1")
+    assert_clean_error(proc, "3 problems", "--batch_size must be at least 1", "--warmup", "--master_ip")
+    # a dataset built with another vocabulary
+    other = tmp_path / "v.txt"
+    other.write_text(open(ZH_VOCAB, encoding="utf-8").read() + "extra\n", encoding="utf-8")
+    proc = run_script("pretrain.py", "--dataset_path", bert_dataset, "--vocab_path", str(other),
+                      *common[2:])
+    assert_clean_error(proc, "built with another vocabulary")
+    # not a dataset at all, and a truncated one
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04junk")
+    proc = run_script("pretrain.py", "--dataset_path", str(tmp_path / "junk.pt"), *common)
+    assert_clean_error(proc, "is not a uer dataset")
+    data = open(bert_dataset, "rb").read()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    proc = run_script("pretrain.py", "--dataset_path", str(tmp_path / "cut.pt"), *common)
+    assert_clean_error(proc, "truncated")
