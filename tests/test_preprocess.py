@@ -136,3 +136,16 @@ def test_loader_batches(tmp_path, zh_vocab):
         seen.extend(order[loader.index * 4:(loader.index + 1) * 4])
         loader.next_arrays()
     assert sorted(seen) == list(range(len(ds)))
+
+
+def test_prefetch_yields_the_same_batches(tmp_path, zh_vocab):
+    out = tmp_path / "d.pt"
+    build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1, dynamic_masking=True))
+    ds = Dataset(str(out))
+    plain = iter(BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5))
+    ahead = BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5).prefetch(12)
+    for _ in range(40):  # several epochs
+        a, b = next(plain), next(ahead)
+        assert a.keys() == b.keys() and all(
+            (a[k] == b[k]).all() if hasattr(a[k], "shape") else a[k] == b[k] for k in a)
+    ahead.close()

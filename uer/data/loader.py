@@ -71,11 +71,47 @@ class BatchLoader:
             self.epoch, self.index, self._order = self.epoch + 1, 0, None
         return arrays
 
-    def __iter__(self):
+    def _tensors(self, arrays: dict) -> dict:
         import torch
 
+        batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        batch["tokens"] = int((arrays["seg"] > 0).sum())  # real (non-pad) tokens
+        return batch
+
+    def __iter__(self):
         while True:
-            arrays = self.next_arrays()
-            batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            batch["tokens"] = int((arrays["seg"] > 0).sum())  # real (non-pad) tokens
-            yield batch
+            yield self._tensors(self.next_arrays())
+
+    def prefetch(self, instances_buffer_size: int):
+        """Iterate with a background thread that builds batches ahead (reading, padding, dynamic
+        masking), holding at most instances_buffer_size instances. The batches are the same, in
+        the same order, as plain iteration."""
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=max(2, instances_buffer_size // self.batch_size))
+        stop = threading.Event()
+
+        def produce():
+            try:
+                while not stop.is_set():
+                    item = self._tensors(self.next_arrays())
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as e:  # surfaced in the consumer
+                q.put(e)
+
+        thread = threading.Thread(target=produce, name="uer-batch-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()

@@ -98,7 +98,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     log(f"Model: {mcfg.embedding} + {mcfg.encoder} + {mcfg.target}, "
         f"{count_parameters(model) / 1e6:.2f} M parameters; dataset {dataset.path}: "
         f"{len(dataset)} instances; device {device}.")
-    batches = iter(loader)
+    batches = loader.prefetch(tcfg.instances_buffer_size)
     window = Window()
     t_start = time.perf_counter()
     history = []
