@@ -8,22 +8,11 @@ here in pure Python (`BasicTokenizer` + `wordpiece`) as the specification and as
 from __future__ import annotations
 
 import unicodedata
-from typing import Callable
-
 from uer.errors import UerError
+from uer.registry import register
 from uer.vocab import UNK, Vocab
 
 TOKENIZERS: dict[str, type["Tokenizer"]] = {}
-
-
-def register_tokenizer(name: str) -> Callable:
-    def deco(cls):
-        assert name not in TOKENIZERS, f"tokenizer {name} registered twice"
-        TOKENIZERS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
 
 
 class Tokenizer:
@@ -61,7 +50,7 @@ class Tokenizer:
             ("" if self.name != "bert" or self.sp is not None else f"(lower={self.do_lower_case})")
 
 
-@register_tokenizer("char")
+@register(TOKENIZERS, "char")
 class CharTokenizer(Tokenizer):
     """One token per Unicode character of the stripped text (spaces included)."""
 
@@ -69,7 +58,7 @@ class CharTokenizer(Tokenizer):
         return list(text.strip())
 
 
-@register_tokenizer("space")
+@register(TOKENIZERS, "space")
 class SpaceTokenizer(Tokenizer):
     """Split the stripped text on the single character ' ' (for pre-segmented corpora)."""
 
@@ -78,7 +67,7 @@ class SpaceTokenizer(Tokenizer):
         return text.split(" ") if text else []
 
 
-@register_tokenizer("bert")
+@register(TOKENIZERS, "bert")
 class BertTokenizer(Tokenizer):
     """Google BERT tokenization: basic tokenizer then greedy longest-match-first WordPiece."""
 

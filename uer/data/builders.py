@@ -12,26 +12,16 @@ Batches are dicts of numpy arrays, padded to the longest instance of the batch:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from uer.data.corpus import CorpusIndex
 from uer.data.dataset import Dataset, Field
 from uer.data.masking import Masker, MaskingConfig
+from uer.registry import register
 from uer.vocab import SpecialIds
 
 INSTANCE_BUILDERS: dict[str, type["InstanceBuilder"]] = {}
-
-
-def register_builder(name: str) -> Callable:
-    def deco(cls):
-        assert name not in INSTANCE_BUILDERS, f"instance builder {name} registered twice"
-        INSTANCE_BUILDERS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
 
 
 @dataclass(frozen=True)
@@ -166,7 +156,7 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.
     return a[fa:la - (ra - fa)], b[fb:lb - (rb - fb)]
 
 
-@register_builder("bert")
+@register(INSTANCE_BUILDERS, "bert")
 class BertBuilder(InstanceBuilder):
     """MLM + next-sentence prediction (SPEC 1.4, after Google's create_pretraining_data)."""
     corpus_format = "documents"
@@ -241,7 +231,7 @@ class BertBuilder(InstanceBuilder):
         return {"src": src, "seg": seg, "mlm_pos": mlm_pos, "mlm_tgt": mlm_tgt, "label": label}
 
 
-@register_builder("mlm")
+@register(INSTANCE_BUILDERS, "mlm")
 class MlmBuilder(InstanceBuilder):
     """Masked LM over [CLS] doc [SEP] cut into seq_length pieces (SPEC 1.4); with
     --full_sentences the documents of a unit are concatenated before cutting."""
