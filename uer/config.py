@@ -185,11 +185,11 @@ def train_problems(cfg: TrainConfig) -> list[str]:
     _expect(p, not (cfg.fp16 and cfg.bf16), "--fp16 and --bf16 exclude each other")
     _expect(p, re.fullmatch(r"tcp://[^:/\s]+:\d{1,5}", cfg.master_ip) is not None,
             f"--master_ip must look like tcp://host:port, got {cfg.master_ip!r}")
-    if cfg.gpu_ranks:
-        bad = [r for r in cfg.gpu_ranks if not 0 <= r < max(cfg.world_size, 1)
-               and not (cfg.world_size == 1 and len(cfg.gpu_ranks) == 1)]
+    # with world_size 1, `--gpu_ranks 3` names the GPU to use (the manual's single-GPU example)
+    if cfg.world_size > 1:
+        bad = [r for r in cfg.gpu_ranks if not 0 <= r < cfg.world_size]
         _expect(p, not bad, f"--gpu_ranks {bad} lie outside [0, world_size={cfg.world_size})")
-        _expect(p, len(set(cfg.gpu_ranks)) == len(cfg.gpu_ranks), f"--gpu_ranks has duplicates: {list(cfg.gpu_ranks)}")
+    _expect(p, len(set(cfg.gpu_ranks)) == len(cfg.gpu_ranks), f"--gpu_ranks has duplicates: {list(cfg.gpu_ranks)}")
     if cfg.pretrained_model_path:
         _expect(p, os.path.isfile(cfg.pretrained_model_path),
                 f"--pretrained_model_path {cfg.pretrained_model_path}: file not found")
