@@ -45,9 +45,14 @@ class Tokenizer:
         return [self.encode(t) for t in texts]
 
     def describe(self) -> str:
-        """What identifies this tokenizer's output (stored in dataset headers)."""
-        return f"{self.name}{'+spm' if self.sp is not None else ''}" + \
-            ("" if self.name != "bert" or self.sp is not None else f"(lower={self.do_lower_case})")
+        return describe_tokenizer(self.name, self.sp is not None, self.do_lower_case)
+
+
+def describe_tokenizer(name: str, spm: bool, do_lower_case: bool) -> str:
+    """What identifies a tokenizer's output (stored in dataset headers)."""
+    if spm:
+        return f"{name}+spm"
+    return f"{name}(lower={do_lower_case})" if name == "bert" else name
 
 
 @register(TOKENIZERS, "char")

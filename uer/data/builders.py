@@ -48,10 +48,6 @@ class Instances:
         for name, parts in self.scalars.items():
             parts.append(values[name])
 
-    def __len__(self) -> int:
-        first = next(iter(self.ragged.values()))
-        return len(first)
-
     def to_chunk(self) -> dict[str, np.ndarray]:
         out = {}
         for name, parts in self.ragged.items():

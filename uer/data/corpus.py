@@ -74,10 +74,9 @@ def tokenize_range(args):
     encoded = _WORKER_TOKENIZER.encode_batch([texts[i] for i in nonblank]) if nonblank else []
     for i, ids in zip(nonblank, encoded):
         lengths[i] = len(ids)
-    flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int64)
-    if flat.size and flat.max() >= np.iinfo(dtype).max + 1:
-        return None, None, (0, "token id out of range for the dataset's id type")
-    return lengths, flat.astype(dtype), None
+    # ids are below the vocabulary size, which chose dtype
+    flat = np.fromiter((t for ids in encoded for t in ids), dtype=dtype)
+    return lengths, flat, None
 
 
 @dataclass
@@ -87,8 +86,6 @@ class CorpusIndex:
     sent_start: np.ndarray  # int64 [n_sentences]
     sent_len: np.ndarray    # int64 [n_sentences]
     doc_off: np.ndarray     # int64 [n_docs + 1], into the sentence arrays
-    lines: int = 0
-    blank_lines: int = 0
 
     @property
     def n_docs(self) -> int:

@@ -172,6 +172,3 @@ class Dataset:
 
     def scalar(self, name: str, i: int):
         return self.arrays[name][i]
-
-    def has(self, name: str) -> bool:
-        return name in self.arrays

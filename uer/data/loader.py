@@ -48,12 +48,6 @@ class BatchLoader:
         self.epoch, self.index = 0, 0
         self._order = None
 
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state(self, state: dict) -> None:
-        self.epoch, self.index, self._order = state["epoch"], state["index"], None
-
     def _epoch_order(self) -> np.ndarray:
         if self._order is None:
             rng = np.random.default_rng([self.seed, self.rank, self.epoch])

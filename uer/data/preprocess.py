@@ -25,7 +25,7 @@ from uer.data.corpus import BLANK, CorpusIndex, byte_ranges, group_documents, in
     tokenize_range
 from uer.data.dataset import DatasetWriter
 from uer.errors import UerError
-from uer.tokenizers import build_tokenizer
+from uer.tokenizers import build_tokenizer, describe_tokenizer
 from uer.vocab import Vocab
 
 UNIT_DOCS = 256
@@ -157,8 +157,7 @@ def build_dataset(job: PreprocessJob) -> dict:
                            f"{job.target!r} (expected {builder.format_help})")
         header = {
             "target": job.target,
-            "tokenizer": build_tokenizer(job.tokenizer, job.vocab, job.spm_model_path,
-                                         job.do_lower_case).describe(),
+            "tokenizer": describe_tokenizer(job.tokenizer, bool(job.spm_model_path), job.do_lower_case),
             "vocab_size": len(job.vocab),
             "vocab_fingerprint": job.vocab.fingerprint(),
             "vocab_source": os.path.basename(job.vocab.source),
