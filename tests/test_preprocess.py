@@ -143,9 +143,10 @@ def test_prefetch_yields_the_same_batches(tmp_path, zh_vocab):
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1, dynamic_masking=True))
     ds = Dataset(str(out))
     plain = iter(BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5))
-    ahead = BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5).prefetch(12)
-    for _ in range(40):  # several epochs
-        a, b = next(plain), next(ahead)
-        assert a.keys() == b.keys() and all(
-            (a[k] == b[k]).all() if hasattr(a[k], "shape") else a[k] == b[k] for k in a)
+    with BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5).prefetch(12) as ahead:
+        for _ in range(40):  # several epochs
+            a, b = next(plain), next(ahead)
+            assert a.keys() == b.keys() and all(
+                (a[k] == b[k]).all() if hasattr(a[k], "shape") else a[k] == b[k] for k in a)
+    assert not ahead._thread.is_alive()  # leaving the block stops and joins the thread
     ahead.close()

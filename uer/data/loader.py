@@ -76,36 +76,58 @@ class BatchLoader:
         while True:
             yield self._tensors(self.next_arrays())
 
-    def prefetch(self, instances_buffer_size: int):
+    def prefetch(self, instances_buffer_size: int) -> "Prefetcher":
         """Iterate with a background thread that builds batches ahead (reading, padding, dynamic
         masking), holding at most instances_buffer_size instances. The batches are the same, in
-        the same order, as plain iteration."""
+        the same order, as plain iteration. Use it as a context manager: leaving it stops and joins
+        the thread, so no thread is left running torch code while the interpreter shuts down."""
+        return Prefetcher(self, max(2, instances_buffer_size // self.batch_size))
+
+
+class Prefetcher:
+    def __init__(self, loader: BatchLoader, depth: int):
         import queue
         import threading
 
-        q: queue.Queue = queue.Queue(maxsize=max(2, instances_buffer_size // self.batch_size))
-        stop = threading.Event()
+        self._loader = loader
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="uer-batch-prefetch", daemon=True)
+        self._thread.start()
 
-        def produce():
+    def _put(self, item) -> None:
+        import queue
+
+        while not self._stop.is_set():
             try:
-                while not stop.is_set():
-                    item = self._tensors(self.next_arrays())
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-            except BaseException as e:  # surfaced in the consumer
-                q.put(e)
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
-        thread = threading.Thread(target=produce, name="uer-batch-prefetch", daemon=True)
-        thread.start()
+    def _produce(self) -> None:
         try:
-            while True:
-                item = q.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
+            while not self._stop.is_set():
+                self._put(self._loader._tensors(self._loader.next_arrays()))
+        except BaseException as e:  # surfaced in the consumer
+            self._put(e)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

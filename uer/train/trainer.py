@@ -98,48 +98,48 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     log(f"Model: {mcfg.embedding} + {mcfg.encoder} + {mcfg.target}, "
         f"{count_parameters(model) / 1e6:.2f} M parameters; dataset {dataset.path}: "
         f"{len(dataset)} instances; device {device}.")
-    batches = loader.prefetch(tcfg.instances_buffer_size)
-    window = Window()
-    t_start = time.perf_counter()
-    history = []
-    model.train()
-    for step in range(1, tcfg.total_steps + 1):
-        micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
-        totals: dict[str, int] = {}
-        for b in micro:
-            for k, v in model.target.counts(b).items():
-                totals[k] = totals.get(k, 0) + v
-        for b in micro:
-            window.tokens += b.pop("tokens")
-            b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-            with autocast_context(tcfg, device):
-                terms = model(b)
-            loss = sum(terms[k][0] / max(totals[k], 1) for k in terms)
-            scaler.scale(loss).backward()
-            window.add(terms)
-        if tcfg.max_grad_norm > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step ran with
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    with loader.prefetch(tcfg.instances_buffer_size) as batches:
+        window = Window()
+        t_start = time.perf_counter()
+        history = []
+        model.train()
+        for step in range(1, tcfg.total_steps + 1):
+            micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
+            totals: dict[str, int] = {}
+            for b in micro:
+                for k, v in model.target.counts(b).items():
+                    totals[k] = totals.get(k, 0) + v
+            for b in micro:
+                window.tokens += b.pop("tokens")
+                b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+                with autocast_context(tcfg, device):
+                    terms = model(b)
+                loss = sum(terms[k][0] / max(totals[k], 1) for k in terms)
+                scaler.scale(loss).backward()
+                window.add(terms)
+            if tcfg.max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step ran with
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        if step % tcfg.report_steps == 0 or step == tcfg.total_steps:
-            metrics = window.read()
-            now = time.perf_counter()
-            total_loss = sum(m["loss"] for m in metrics.values())
-            if not math.isfinite(total_loss):
-                raise UerError(f"step {step}: the loss is not finite ({total_loss}); training stopped. "
-                               "Try a lower --learning_rate.")
-            log(format_report(step, tcfg.total_steps, window.tokens / max(now - window.start, 1e-9),
-                              metrics, lr, now - t_start))
-            history.append({"step": step, "loss": total_loss, "metrics": metrics,
-                            "tokens_per_s": window.tokens / max(now - window.start, 1e-9)})
-            window = Window()
-        if step % tcfg.save_checkpoint_steps == 0:
-            save_model(model, f"{tcfg.output_model_path}-{step}")
+            if step % tcfg.report_steps == 0 or step == tcfg.total_steps:
+                metrics = window.read()
+                now = time.perf_counter()
+                total_loss = sum(m["loss"] for m in metrics.values())
+                if not math.isfinite(total_loss):
+                    raise UerError(f"step {step}: the loss is not finite ({total_loss}); training stopped. "
+                                   "Try a lower --learning_rate.")
+                log(format_report(step, tcfg.total_steps, window.tokens / max(now - window.start, 1e-9),
+                                  metrics, lr, now - t_start))
+                history.append({"step": step, "loss": total_loss, "metrics": metrics,
+                                "tokens_per_s": window.tokens / max(now - window.start, 1e-9)})
+                window = Window()
+            if step % tcfg.save_checkpoint_steps == 0:
+                save_model(model, f"{tcfg.output_model_path}-{step}")
     save_model(model, tcfg.output_model_path)
     log(f"Saved the final model to {tcfg.output_model_path}.")
     sys.stdout.flush()
