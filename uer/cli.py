@@ -22,15 +22,20 @@ def _preprocess(argv: list[str] | None) -> int:
         raise ConfigError(problems)
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
     vocab.special_ids()
+    tgt_vocab = None
+    if args.target == "mt":
+        tgt_vocab = load_vocab(args.tgt_vocab_path, args.tgt_spm_model_path, what="tgt ")
+        tgt_vocab.special_ids()
     builder = BuilderConfig(
         seq_length=args.seq_length, dup_factor=args.dup_factor, short_seq_prob=args.short_seq_prob,
         full_sentences=args.full_sentences, dynamic_masking=args.dynamic_masking,
-        docs_buffer_size=args.docs_buffer_size,
+        docs_buffer_size=args.docs_buffer_size, tgt_seq_length=args.tgt_seq_length,
         masking=MaskingConfig(args.span_masking, args.span_geo_prob, args.span_max_length))
     job = PreprocessJob(corpus_path=args.corpus_path, dataset_path=args.dataset_path, target=args.target,
                         tokenizer=args.tokenizer, vocab=vocab, spm_model_path=args.spm_model_path,
                         builder=builder, processes_num=args.processes_num, seed=args.seed,
-                        do_lower_case=args.do_lower_case)
+                        do_lower_case=args.do_lower_case, tgt_vocab=tgt_vocab,
+                        tgt_spm_model_path=args.tgt_spm_model_path if tgt_vocab else None)
     header = build_dataset(job)
     c = header["corpus"]
     print(f"Wrote {args.dataset_path}: {header['instances']} instances for target {args.target} from "
@@ -39,17 +44,33 @@ def _preprocess(argv: list[str] | None) -> int:
     return 0
 
 
-def dataset_problems(header: dict, path: str, target: str, vocab, max_seq_length: int) -> list[str]:
+def dataset_problems(header: dict, path: str, mcfg, vocab, tgt_vocab=None) -> list[str]:
+    """Whether the dataset fits the model and vocabularies pretrain was given."""
+    from uer.model.registry import EMBEDDINGS
+
     p = []
+    target = mcfg.target
     if header["target"] != target:
         p.append(f"dataset {path} was built for target {header['target']!r}, not {target!r}: "
                  f"pass --target {header['target']} or rebuild it with preprocess.py --target {target}")
+        return p
     if header["vocab_fingerprint"] != vocab.fingerprint() or header["vocab_size"] != len(vocab):
         p.append(f"dataset {path} was built with another vocabulary ({header.get('vocab_source')}, "
                  f"{header['vocab_size']} tokens) than {vocab.source} ({len(vocab)} tokens)")
-    if header["seq_length"] > max_seq_length:
-        p.append(f"dataset {path} has seq_length {header['seq_length']}, beyond the model's position "
-                 f"table (max_seq_length {max_seq_length})")
+    if tgt_vocab is not None and (header.get("tgt_vocab_fingerprint") != tgt_vocab.fingerprint()):
+        p.append(f"dataset {path} was built with another target-side vocabulary "
+                 f"({header.get('tgt_vocab_source')}, {header.get('tgt_vocab_size')} tokens) than "
+                 f"{tgt_vocab.source} ({len(tgt_vocab)} tokens)")
+    lengths = [("seq_length", header["seq_length"], mcfg.embedding)]
+    if target in ("mt", "t5"):
+        lengths.append(("tgt_seq_length", header.get("tgt_seq_length", 0), mcfg.tgt_embedding))
+    for name, n, emb in lengths:
+        if getattr(EMBEDDINGS.get(emb), "use_position", False) and n > mcfg.max_seq_length:
+            p.append(f"dataset {path} has {name} {n}, beyond the position table of --embedding {emb} "
+                     f"(max_seq_length {mcfg.max_seq_length} in the recipe)")
+    if target == "cls" and mcfg.labels_num is not None and header.get("labels_num", 0) > mcfg.labels_num:
+        p.append(f"dataset {path} has labels up to {header['labels_num'] - 1}, but --labels_num is "
+                 f"{mcfg.labels_num}")
     return p
 
 
@@ -72,9 +93,12 @@ def _pretrain(argv: list[str] | None) -> int:
     dataset = Dataset(args.dataset_path)
     header = dataset.header
 
-    model_defaults = {f.name: f.default for f in fields(ModelConfig) if f.name != "vocab_size"}
+    model_defaults = {f.name: f.default for f in fields(ModelConfig) if f.name not in ("vocab_size", "tgt_vocab_size")}
     model_kw = merge(model_defaults, recipe, vars(args), explicit)
-    mcfg = ModelConfig(vocab_size=len(vocab), **model_kw)
+    tgt_vocab = None
+    if model_kw["target"] == "mt":
+        tgt_vocab = load_vocab(args.tgt_vocab_path, args.tgt_spm_model_path, what="tgt ")
+    mcfg = ModelConfig(vocab_size=len(vocab), tgt_vocab_size=len(tgt_vocab) if tgt_vocab else None, **model_kw)
 
     train_kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     train_kw["gpu_ranks"] = tuple(args.gpu_ranks)
@@ -83,7 +107,7 @@ def _pretrain(argv: list[str] | None) -> int:
     tcfg = TrainConfig(**train_kw)
 
     problems = model_problems(mcfg) + train_problems(tcfg) + dataset_problems(
-        header, args.dataset_path, mcfg.target, vocab, mcfg.max_seq_length)
+        header, args.dataset_path, mcfg, vocab, tgt_vocab)
     problems += masking_problems(tcfg.span_geo_prob, tcfg.span_max_length)
     if tcfg.world_size > 1 or len(tcfg.gpu_ranks) > 1:
         problems.append("distributed training (--world_size > 1) is not available in this version")

@@ -128,44 +128,42 @@ def _expect(problems: list, cond: bool, msg: str) -> None:
 
 
 def model_problems(cfg: ModelConfig) -> list[str]:
-    """Every reason this model cannot be built, in one list."""
+    """Every reason this model cannot be built, in one list. Each component adds its own checks
+    (its `problems` classmethod); the checks between components are here."""
     from uer.model.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS
 
     p: list[str] = []
-    for kind, name, registry in (("--embedding", cfg.embedding, EMBEDDINGS),
-                                 ("--encoder", cfg.encoder, ENCODERS),
-                                 ("--target", cfg.target, TARGETS)):
-        _expect(p, name in registry, f"{kind} {name}: not available in this version "
-                                     f"(available: {', '.join(sorted(registry))})")
+    slots = [("--embedding", cfg.embedding, EMBEDDINGS), ("--encoder", cfg.encoder, ENCODERS),
+             ("--target", cfg.target, TARGETS)]
     if cfg.target in ("mt", "t5"):
-        _expect(p, cfg.tgt_embedding in EMBEDDINGS, f"--tgt_embedding {cfg.tgt_embedding}: not available")
-        _expect(p, cfg.decoder in DECODERS, f"--decoder {cfg.decoder}: not available")
+        slots += [("--tgt_embedding", cfg.tgt_embedding, EMBEDDINGS), ("--decoder", cfg.decoder, DECODERS)]
+    for kind, name, registry in slots:
+        _expect(p, name in registry, f"{kind} {name}: not available (available: {', '.join(sorted(registry))})")
     for name in ("emb_size", "hidden_size", "layers_num", "max_seq_length"):
         v = getattr(cfg, name)
         _expect(p, isinstance(v, int) and v > 0, f"{name} must be a positive integer, got {v!r}")
+    if p:
+        return p  # the checks below read these
     _expect(p, 0.0 <= cfg.dropout < 1.0, f"dropout must be in [0, 1), got {cfg.dropout}")
     _expect(p, cfg.layernorm in ("torch", "uer"), f"layernorm must be 'torch' or 'uer', got {cfg.layernorm!r}")
     _expect(p, cfg.layernorm_eps > 0, f"layernorm_eps must be positive, got {cfg.layernorm_eps}")
-    if cfg.encoder == "transformer":
-        _expect(p, cfg.hidden_act in HIDDEN_ACTS,
-                f"hidden_act must be one of {', '.join(HIDDEN_ACTS)}, got {cfg.hidden_act!r}")
-        _expect(p, isinstance(cfg.heads_num, int) and cfg.heads_num > 0
-                and cfg.hidden_size % cfg.heads_num == 0,
-                f"hidden_size {cfg.hidden_size} must be a multiple of heads_num {cfg.heads_num}")
-        _expect(p, isinstance(cfg.feedforward_size, int) and cfg.feedforward_size > 0,
-                f"feedforward_size must be a positive integer, got {cfg.feedforward_size!r}")
-        if not cfg.factorized_embedding_parameterization:
-            _expect(p, cfg.emb_size == cfg.hidden_size,
-                    f"emb_size {cfg.emb_size} differs from hidden_size {cfg.hidden_size}: use "
-                    "--factorized_embedding_parameterization or make them equal")
-    if cfg.target == "bert" and cfg.factorized_embedding_parameterization:
-        p.append("--target bert cannot use --factorized_embedding_parameterization "
-                 "(use --target albert or mlm)")
-    if cfg.embedding == "word_sinusoidalpos":
-        _expect(p, cfg.emb_size % 2 == 0, f"word_sinusoidalpos needs an even emb_size, got {cfg.emb_size}")
-    if cfg.target == "cls":
-        _expect(p, cfg.labels_num is not None and cfg.labels_num >= 2,
-                "--target cls needs --labels_num (at least 2)")
+    p += EMBEDDINGS[cfg.embedding].problems(cfg) + ENCODERS[cfg.encoder].problems(cfg)
+    target = TARGETS[cfg.target]
+    p += target.problems(cfg)
+    if cfg.encoder != "transformer":
+        for flag in ("factorized_embedding_parameterization", "parameter_sharing"):
+            _expect(p, not getattr(cfg, flag), f"--{flag} applies to --encoder transformer only, "
+                                               f"not {cfg.encoder}")
+    _expect(p, not cfg.bidirectional or cfg.encoder in ("rnn", "lstm", "gru"),
+            f"--bidirectional applies to --encoder rnn, lstm or gru, not {cfg.encoder} "
+            "(birnn, bilstm and bigru are bidirectional by design)")
+    if cfg.tie_weights:
+        d = target.tie_in_features(cfg)
+        if d is None:
+            p.append(f"--tie_weights: --target {cfg.target} has no output layer over the vocabulary to tie")
+        elif d != cfg.emb_size:
+            p.append(f"--tie_weights: the output layer of --target {cfg.target} reads {d} features, "
+                     f"the word embedding has emb_size {cfg.emb_size}; they must be equal")
     return p
 
 

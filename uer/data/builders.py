@@ -5,9 +5,11 @@ stored instances into a batch of arrays (loader side, `collate`). Both sides liv
 the stored fields and their reading cannot drift apart.
 
 Batches are dicts of numpy arrays, padded to the longest instance of the batch:
-  src [B, L] ids, seg [B, L] (1 = first segment, 2 = second, 0 = padding),
-  mlm_pos [M] flat positions (b * L + p) of the predicted tokens, mlm_tgt [M] their original ids,
-  label [B] sentence-level label (bert: 1 = random next).
+  src [B, L] ids, seg [B, L] (1 = first segment, 2 = second, 0 = padding; real tokens first),
+  <term>_pos [M] flat positions (b * L + p) of the predicted tokens and <term>_tgt [M] their ids
+  (mlm, lm, forward/backward for bilm, dec for the decoder of mt/t5),
+  label [B] sentence-level label (bert: 1 = random next; albert: 1 = swapped; cls: the class),
+  tgt_in [B, T] decoder input and tgt_seg [B, T] (mt, t5).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class BuilderConfig:
     dynamic_masking: bool = False
     docs_buffer_size: int = 100000
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    tgt_seq_length: int = 128
 
 
 class Instances:
@@ -64,19 +67,24 @@ class InstanceBuilder:
     #: what the corpus format looks like, for error messages
     format_help = ""
 
-    def __init__(self, cfg: BuilderConfig, special: SpecialIds, vocab_size: int):
+    #: whether the target predicts masked tokens (else masking options and dup_factor are unused)
+    masked = True
+
+    def __init__(self, cfg: BuilderConfig, special: SpecialIds, vocab_size: int,
+                 tgt_special: SpecialIds | None = None):
         self.cfg = cfg
         self.special = special
+        self.tgt_special = tgt_special
         self.vocab_size = vocab_size
         self.masker = Masker(cfg.masking, vocab_size, special)
 
     @property
     def static_masking(self) -> bool:
-        return not self.cfg.dynamic_masking
+        return self.masked and not self.cfg.dynamic_masking
 
     @property
     def dup_factor(self) -> int:
-        return 1 if self.cfg.dynamic_masking else self.cfg.dup_factor
+        return self.cfg.dup_factor if self.static_masking else 1
 
     def fields(self, token_dtype) -> list[Field]:
         raise NotImplementedError
@@ -107,18 +115,14 @@ class InstanceBuilder:
         ragged = ["tokens"] + (["mask_pos", "mask_ids"] if self.static_masking else [])
         return Instances(ragged, scalars)
 
-    def _pad_batch(self, ds: Dataset, indices: np.ndarray):
-        seqs = [np.asarray(ds.ragged("tokens", int(i))) for i in indices]
-        width = max(len(s) for s in seqs)
-        src = np.full((len(seqs), width), self.special.pad, dtype=np.int64)
-        for b, s in enumerate(seqs):
-            src[b, :len(s)] = s
-        return seqs, src
+    def _pad_batch(self, ds: Dataset, indices: np.ndarray, name: str = "tokens", pad: int | None = None):
+        seqs = [np.asarray(ds.ragged(name, int(i))) for i in indices]
+        return seqs, pad_rows(seqs, self.special.pad if pad is None else pad)
 
-    def _mlm_targets(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
-        """Flat predicted positions and their original ids; applies dynamic masking to src."""
-        width = src.shape[1]
-        pos_parts, tgt_parts = [], []
+    def _masked(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
+        """Per row, the sorted masked positions and their original ids; applies dynamic masking
+        to src."""
+        rows = []
         for b, i in enumerate(indices):
             if self.static_masking:
                 pos = np.asarray(ds.ragged("mask_pos", int(i)), dtype=np.int64)
@@ -126,10 +130,48 @@ class InstanceBuilder:
             else:
                 masked, pos, orig = self.masker(seqs[b], rng)
                 src[b, :len(masked)] = masked
-            pos_parts.append(pos + b * width)
-            tgt_parts.append(orig)
-        return (np.concatenate(pos_parts).astype(np.int64),
-                np.concatenate(tgt_parts).astype(np.int64))
+            rows.append((pos, orig))
+        return rows
+
+    def _mlm_targets(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
+        """Flat predicted positions and their original ids; applies dynamic masking to src."""
+        rows = self._masked(ds, indices, seqs, src, rng)
+        return flat_targets([p for p, _ in rows], [t for _, t in rows], src.shape[1])
+
+
+def pad_rows(seqs, pad: int) -> np.ndarray:
+    width = max(len(s) for s in seqs)
+    out = np.full((len(seqs), width), pad, dtype=np.int64)
+    for b, s in enumerate(seqs):
+        out[b, :len(s)] = s
+    return out
+
+
+def real_mask(seqs, width: int) -> np.ndarray:
+    """[B, width] int64: 1 over each row's tokens, 0 over its padding."""
+    lengths = np.array([len(s) for s in seqs])
+    return (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+
+
+def flat_targets(positions, targets, width: int):
+    """Per-row positions and target ids -> (flat positions b * width + p, ids), int64."""
+    pos = [np.asarray(p, dtype=np.int64) + b * width for b, p in enumerate(positions)]
+    return (np.concatenate(pos) if pos else np.zeros(0, np.int64),
+            np.concatenate([np.asarray(t, dtype=np.int64) for t in targets]) if targets else np.zeros(0, np.int64))
+
+
+def labels(ds: Dataset, indices: np.ndarray) -> np.ndarray:
+    return np.asarray(ds.arrays["label"][np.asarray(indices)], dtype=np.int64)
+
+
+def split_segments(ds: Dataset, indices: np.ndarray, seqs, width: int) -> np.ndarray:
+    """seg: 1 before each instance's seg_split, 2 from it to the end of its tokens, 0 after."""
+    seg = np.zeros((len(seqs), width), dtype=np.int64)
+    for b, i in enumerate(indices):
+        split = int(ds.scalar("seg_split", int(i)))
+        seg[b, :split] = 1
+        seg[b, split:len(seqs[b])] = 2
+    return seg
 
 
 def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.Generator):
@@ -157,7 +199,6 @@ class BertBuilder(InstanceBuilder):
     """MLM + next-sentence prediction (SPEC 1.4, after Google's create_pretraining_data)."""
     corpus_format = "documents"
     format_help = "one sentence a line, documents separated by blank lines"
-    label_random_next = True
 
     def fields(self, token_dtype) -> list[Field]:
         return ([Field("tokens", True, np.dtype(token_dtype).name)] + self._mask_fields(token_dtype)
@@ -185,19 +226,22 @@ class BertBuilder(InstanceBuilder):
             chunk_len += len(doc[i])
             if i == len(doc) - 1 or chunk_len >= target:
                 a_end = 1 if len(chunk) == 1 else int(rng.integers(1, len(chunk)))
-                a = np.concatenate(chunk[:a_end])
-                if len(chunk) == 1 or rng.random() < 0.5:
-                    label = 1
-                    b = self._random_b(corpus, d, pool, target - len(a), rng)
-                    i -= len(chunk) - a_end  # the unused sentences go back to the document
-                else:
-                    label = 0
-                    b = np.concatenate(chunk[a_end:])
+                a, b, label, unused = self._pair(corpus, d, pool, chunk, a_end, target, rng)
+                i -= unused  # the unused sentences go back to the document
                 a, b = truncate_pair(a, b, max_tokens, rng)
                 src = np.concatenate([[sp.cls], a, [sp.sep], b, [sp.sep]]).astype(np.int64)
                 self._emit(out, src, rng, seg_split=len(a) + 2, label=label)
                 chunk, chunk_len = [], 0
             i += 1
+
+    def _pair(self, corpus, d, pool, chunk, a_end, target, rng):
+        """(A, B, label, sentences of the chunk left unused): B is the actual next part of the
+        chunk (label 0) or, for a one-sentence chunk or with p = 1/2, taken from a random
+        document of the buffer (label 1)."""
+        a = np.concatenate(chunk[:a_end])
+        if len(chunk) == 1 or rng.random() < 0.5:
+            return a, self._random_b(corpus, d, pool, target - len(a), rng), 1, len(chunk) - a_end
+        return a, np.concatenate(chunk[a_end:]), 0, 0
 
     def _random_b(self, corpus, d, pool, target_b, rng) -> np.ndarray:
         other = d
@@ -217,14 +261,9 @@ class BertBuilder(InstanceBuilder):
 
     def collate(self, ds, indices, rng):
         seqs, src = self._pad_batch(ds, indices)
-        seg = np.zeros_like(src)
-        for b, i in enumerate(indices):
-            split = int(ds.scalar("seg_split", int(i)))
-            seg[b, :split] = 1
-            seg[b, split:len(seqs[b])] = 2
+        seg = split_segments(ds, indices, seqs, src.shape[1])
         mlm_pos, mlm_tgt = self._mlm_targets(ds, indices, seqs, src, rng)
-        label = np.asarray(ds.arrays["label"][np.asarray(indices)], dtype=np.int64)
-        return {"src": src, "seg": seg, "mlm_pos": mlm_pos, "mlm_tgt": mlm_tgt, "label": label}
+        return {"src": src, "seg": seg, "mlm_pos": mlm_pos, "mlm_tgt": mlm_tgt, "label": labels(ds, indices)}
 
 
 @register(INSTANCE_BUILDERS, "mlm")
@@ -251,8 +290,159 @@ class MlmBuilder(InstanceBuilder):
 
     def collate(self, ds, indices, rng):
         seqs, src = self._pad_batch(ds, indices)
-        seg = np.zeros_like(src)
-        for b, s in enumerate(seqs):
-            seg[b, :len(s)] = 1
         mlm_pos, mlm_tgt = self._mlm_targets(ds, indices, seqs, src, rng)
-        return {"src": src, "seg": seg, "mlm_pos": mlm_pos, "mlm_tgt": mlm_tgt}
+        return {"src": src, "seg": real_mask(seqs, src.shape[1]), "mlm_pos": mlm_pos, "mlm_tgt": mlm_tgt}
+
+
+@register(INSTANCE_BUILDERS, "albert")
+class AlbertBuilder(BertBuilder):
+    """MLM + sentence-order prediction: A and B are consecutive parts of one chunk (B may be
+    empty for a one-sentence chunk), swapped with p = 1/2 (label 1). No other document is read."""
+
+    def _pair(self, corpus, d, pool, chunk, a_end, target, rng):
+        a = np.concatenate(chunk[:a_end])
+        b = np.concatenate(chunk[a_end:]) if a_end < len(chunk) else a[:0]
+        if rng.random() < 0.5:
+            return b, a, 1, 0
+        return a, b, 0, 0
+
+
+@register(INSTANCE_BUILDERS, "t5")
+class T5Builder(MlmBuilder):
+    """The dataset of mlm; the decoder reads [CLS] + the original ids of the masked positions (in
+    position order) + [SEP], at most tgt_seq_length tokens, and predicts each next one."""
+
+    def collate(self, ds, indices, rng):
+        seqs, src = self._pad_batch(ds, indices)
+        sp, T = self.special, self.cfg.tgt_seq_length
+        rows = self._masked(ds, indices, seqs, src, rng)
+        dec = [np.concatenate([[sp.cls], orig[:T - 2], [sp.sep]]).astype(np.int64) for _, orig in rows]
+        tgt_in = pad_rows([d[:-1] for d in dec], sp.pad)
+        dec_pos, dec_tgt = flat_targets([np.arange(len(d) - 1) for d in dec], [d[1:] for d in dec],
+                                        tgt_in.shape[1])
+        return {"src": src, "seg": real_mask(seqs, src.shape[1]), "tgt_in": tgt_in,
+                "tgt_seg": real_mask([d[:-1] for d in dec], tgt_in.shape[1]),
+                "dec_pos": dec_pos, "dec_tgt": dec_tgt}
+
+
+class UnmaskedBuilder(InstanceBuilder):
+    masked = False
+
+    def fields(self, token_dtype) -> list[Field]:
+        return [Field("tokens", True, np.dtype(token_dtype).name)]
+
+
+@register(INSTANCE_BUILDERS, "lm")
+class LmBuilder(UnmaskedBuilder):
+    """[CLS] doc [SEP] cut into pieces of seq_length + 1 tokens; position p predicts token p + 1
+    of its piece, so no prediction crosses a piece. A last piece of one token is dropped."""
+    corpus_format = "lines"
+    format_help = "one document a line"
+
+    def build_unit(self, corpus, docs, pool, rng):
+        sp, n = self.special, self.cfg.seq_length + 1
+        out = self._new_instances([])
+        for d in docs:
+            doc = np.concatenate([[sp.cls], corpus.doc_tokens(d), [sp.sep]]).astype(np.int64)
+            for start in range(0, len(doc) - 1, n):
+                out.add(tokens=doc[start:start + n])
+        return out.to_chunk()
+
+    def collate(self, ds, indices, rng):
+        pieces = [np.asarray(ds.ragged("tokens", int(i))) for i in indices]
+        seqs = [p[:self.cfg.seq_length] for p in pieces]
+        src = pad_rows(seqs, self.special.pad)
+        lm_pos, lm_tgt = flat_targets([np.arange(len(p) - 1) for p in pieces], [p[1:] for p in pieces],
+                                      src.shape[1])
+        return {"src": src, "seg": real_mask(seqs, src.shape[1]), "lm_pos": lm_pos, "lm_tgt": lm_tgt}
+
+
+@register(INSTANCE_BUILDERS, "bilm")
+class BilmBuilder(UnmaskedBuilder):
+    """The document ids (no [CLS]/[SEP]) cut into seq_length chunks; position p predicts token
+    p + 1 forward ([SEP] after the last) and token p - 1 backward ([CLS] before the first)."""
+    corpus_format = "lines"
+    format_help = "one document a line"
+
+    def build_unit(self, corpus, docs, pool, rng):
+        S = self.cfg.seq_length
+        out = self._new_instances([])
+        for d in docs:
+            ids = corpus.doc_tokens(d)
+            for start in range(0, len(ids), S):
+                out.add(tokens=ids[start:start + S])
+        return out.to_chunk()
+
+    def collate(self, ds, indices, rng):
+        sp = self.special
+        seqs, src = self._pad_batch(ds, indices)
+        width = src.shape[1]
+        steps = [np.arange(len(s)) for s in seqs]
+        fwd = flat_targets(steps, [np.concatenate([s[1:], [sp.sep]]) for s in seqs], width)
+        bwd = flat_targets(steps, [np.concatenate([[sp.cls], s[:-1]]) for s in seqs], width)
+        return {"src": src, "seg": real_mask(seqs, width), "forward_pos": fwd[0], "forward_tgt": fwd[1],
+                "backward_pos": bwd[0], "backward_tgt": bwd[1]}
+
+
+@register(INSTANCE_BUILDERS, "mt")
+class MtBuilder(UnmaskedBuilder):
+    """src = [CLS] source [SEP] cut to seq_length; tgt = [CLS] target [SEP] (target-side
+    vocabulary) cut to tgt_seq_length + 1. The decoder reads tgt[:-1] and predicts tgt[1:]."""
+    corpus_format = "pairs"
+    format_help = "source<TAB>target a line"
+
+    def fields(self, token_dtype) -> list[Field]:
+        dtype = np.dtype(token_dtype).name
+        return [Field("tokens", True, dtype), Field("tgt_tokens", True, dtype)]
+
+    def build_unit(self, corpus, docs, pool, rng):
+        sp, tsp = self.special, self.tgt_special
+        out = Instances(["tokens", "tgt_tokens"], [])
+        for d in docs:
+            src, tgt = corpus.sentences(d)
+            out.add(tokens=np.concatenate([[sp.cls], src, [sp.sep]]).astype(np.int64)[:self.cfg.seq_length],
+                    tgt_tokens=np.concatenate([[tsp.cls], tgt, [tsp.sep]]).astype(np.int64)[
+                        :self.cfg.tgt_seq_length + 1])
+        return out.to_chunk()
+
+    def collate(self, ds, indices, rng):
+        seqs, src = self._pad_batch(ds, indices)
+        tgts = [np.asarray(ds.ragged("tgt_tokens", int(i))) for i in indices]
+        tgt_in = pad_rows([t[:-1] for t in tgts], 0)
+        dec_pos, dec_tgt = flat_targets([np.arange(len(t) - 1) for t in tgts], [t[1:] for t in tgts],
+                                        tgt_in.shape[1])
+        return {"src": src, "seg": real_mask(seqs, src.shape[1]), "tgt_in": tgt_in,
+                "tgt_seg": real_mask([t[:-1] for t in tgts], tgt_in.shape[1]),
+                "dec_pos": dec_pos, "dec_tgt": dec_tgt}
+
+
+@register(INSTANCE_BUILDERS, "cls")
+class ClsBuilder(UnmaskedBuilder):
+    """[CLS] text (segment 1), or [CLS] text_a [SEP] (segment 1) text_b [SEP] (segment 2), cut
+    to seq_length; the line's own label."""
+    corpus_format = "labeled"
+    format_help = "label<TAB>text or label<TAB>text_a<TAB>text_b a line"
+
+    def fields(self, token_dtype) -> list[Field]:
+        return [Field("tokens", True, np.dtype(token_dtype).name), Field("seg_split", False, "uint32"),
+                Field("label", False, "uint32")]
+
+    def build_unit(self, corpus, docs, pool, rng):
+        sp, S = self.special, self.cfg.seq_length
+        out = self._new_instances(["seg_split", "label"])
+        for d in docs:
+            texts = corpus.sentences(d)
+            if len(texts) == 1:
+                src = np.concatenate([[sp.cls], texts[0]])
+                split = len(src)
+            else:
+                a = np.concatenate([[sp.cls], texts[0], [sp.sep]])
+                src = np.concatenate([a, texts[1], [sp.sep]])
+                split = len(a)
+            src = src.astype(np.int64)[:S]
+            out.add(tokens=src, seg_split=min(split, len(src)), label=int(corpus.doc_label[d]))
+        return out.to_chunk()
+
+    def collate(self, ds, indices, rng):
+        seqs, src = self._pad_batch(ds, indices)
+        return {"src": src, "seg": split_segments(ds, indices, seqs, src.shape[1]), "label": labels(ds, indices)}

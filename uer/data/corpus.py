@@ -4,6 +4,11 @@ length array, then grouping lines into documents for a corpus format.
 Corpus formats:
   documents  one sentence a line, documents separated by blank lines (bert, albert)
   lines      one document a line (mlm, lm, bilm, t5); blank lines are skipped
+  pairs      source<TAB>target a line (mt); the target side has its own tokenizer
+  labeled    label<TAB>text or label<TAB>text_a<TAB>text_b a line (cls); a first line whose
+             label field reads "label" is a header and is skipped
+In the field formats a line is a document whose sentences are its text fields (empty ones
+included), and a labeled line also carries its label.
 """
 from __future__ import annotations
 
@@ -42,19 +47,47 @@ def byte_ranges(path: str, target_bytes: int = RANGE_BYTES) -> list[tuple[int, i
     return ranges
 
 
-_WORKER_TOKENIZER = None
+FIELD_FORMATS = ("pairs", "labeled")
+_WORKER: dict = {}
 
 
-def init_tokenize_worker(tokenizer_factory, single_thread: bool) -> None:
-    global _WORKER_TOKENIZER
+def init_tokenize_worker(tokenizers_factory, single_thread: bool) -> None:
+    """tokenizers_factory() -> (tokenizer, target-side tokenizer or None)."""
     if single_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER_TOKENIZER = tokenizer_factory()
+    _WORKER["tokenizers"] = tokenizers_factory()
+
+
+class LineError(Exception):
+    pass
+
+
+def split_fields(text: str, corpus_format: str, first_line: bool):
+    """(text fields, label) of one non-blank line of a field format; None for a header line."""
+    fields = text.rstrip("\r\n").split("\t")
+    if corpus_format == "pairs":
+        if len(fields) != 2:
+            raise LineError(f"expected source<TAB>target (2 tab-separated fields), found {len(fields)}")
+        return fields, -1
+    if len(fields) not in (2, 3):
+        raise LineError(f"expected label<TAB>text or label<TAB>text_a<TAB>text_b, found "
+                        f"{len(fields)} tab-separated fields")
+    try:
+        label = int(fields[0])
+    except ValueError:
+        if first_line and fields[0].strip().lower() == "label":
+            return None
+        raise LineError(f"the label {fields[0]!r} is not an integer") from None
+    if label < 0:
+        raise LineError(f"the label {label} is negative; labels are 0, 1, ..., labels_num - 1")
+    return fields[1:], label
 
 
 def tokenize_range(args):
-    """Tokenize the lines of one byte range. Returns (line_lengths, token_ids, error)."""
-    path, start, end, dtype = args
+    """Tokenize the lines of one byte range. Returns (arrays, error): the text formats give
+    line_len (BLANK for blank lines) and tokens; the field formats give line_fields (0 for a
+    skipped line), field_len, label and tokens. error is (line index in the range, message)."""
+    path, start, end, dtype, corpus_format = args
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
@@ -66,17 +99,41 @@ def tokenize_range(args):
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            return None, None, (k, f"invalid UTF-8 at byte {e.start} of the line "
-                                   "(the corpus must be UTF-8 text)")
-    lengths = np.empty(len(texts), dtype=np.int64)
+            return None, (k, f"invalid UTF-8 at byte {e.start} of the line (the corpus must be UTF-8 text)")
+    tok, tgt_tok = _WORKER["tokenizers"]
     nonblank = [i for i, t in enumerate(texts) if t.strip()]
-    lengths[:] = BLANK
-    encoded = _WORKER_TOKENIZER.encode_batch([texts[i] for i in nonblank]) if nonblank else []
-    for i, ids in zip(nonblank, encoded):
-        lengths[i] = len(ids)
-    # ids are below the vocabulary size, which chose dtype
-    flat = np.fromiter((t for ids in encoded for t in ids), dtype=dtype)
-    return lengths, flat, None
+    if corpus_format not in FIELD_FORMATS:
+        lengths = np.full(len(texts), BLANK, dtype=np.int64)
+        encoded = tok.encode_batch([texts[i] for i in nonblank]) if nonblank else []
+        for i, ids in zip(nonblank, encoded):
+            lengths[i] = len(ids)
+        # ids are below the vocabulary size, which chose dtype
+        flat = np.fromiter((t for ids in encoded for t in ids), dtype=dtype)
+        return {"line_len": lengths, "tokens": flat}, None
+
+    line_fields = np.zeros(len(texts), dtype=np.int64)
+    labels = np.full(len(texts), -1, dtype=np.int64)
+    columns: list[list[str]] = [[], [], []]
+    where = []  # (line, column, row in column)
+    for i in nonblank:
+        try:
+            parsed = split_fields(texts[i], corpus_format, start == 0 and i == nonblank[0])
+        except LineError as e:
+            return None, (i, str(e))
+        if parsed is None:
+            continue
+        fields, labels[i] = parsed
+        line_fields[i] = len(fields)
+        for c, text in enumerate(fields):
+            where.append((i, c, len(columns[c])))
+            columns[c].append(text)
+    # the target side of a pair has its own tokenizer; cls fields share one
+    encoded = [(tgt_tok if c == 1 and tgt_tok is not None else tok).encode_batch(col) if col else []
+               for c, col in enumerate(columns)]
+    pieces = [encoded[c][r] for _, c, r in where]
+    field_len = np.array([len(p) for p in pieces], dtype=np.int64)
+    flat = np.fromiter((t for ids in pieces for t in ids), dtype=dtype)
+    return {"line_fields": line_fields, "field_len": field_len, "label": labels, "tokens": flat}, None
 
 
 @dataclass
@@ -86,6 +143,7 @@ class CorpusIndex:
     sent_start: np.ndarray  # int64 [n_sentences]
     sent_len: np.ndarray    # int64 [n_sentences]
     doc_off: np.ndarray     # int64 [n_docs + 1], into the sentence arrays
+    doc_label: np.ndarray | None = None  # int64 [n_docs] (labeled format)
 
     @property
     def n_docs(self) -> int:
@@ -103,8 +161,9 @@ class CorpusIndex:
         return np.concatenate(self.sentences(d)) if b > a else self.tokens[:0]
 
     def save(self, directory: str) -> None:
-        for name in ("sent_start", "sent_len", "doc_off"):
-            np.save(os.path.join(directory, name + ".npy"), getattr(self, name))
+        for name in ("sent_start", "sent_len", "doc_off", "doc_label"):
+            if getattr(self, name) is not None:
+                np.save(os.path.join(directory, name + ".npy"), getattr(self, name))
 
     @classmethod
     def open(cls, directory: str, dtype) -> "CorpusIndex":
@@ -113,7 +172,8 @@ class CorpusIndex:
         tokens = (np.memmap(tok_path, dtype=dtype, mode="r", shape=(n,)) if n
                   else np.zeros(0, dtype=dtype))
         arrs = {name: np.load(os.path.join(directory, name + ".npy"), mmap_mode="r")
-                for name in ("sent_start", "sent_len", "doc_off")}
+                for name in ("sent_start", "sent_len", "doc_off", "doc_label")
+                if os.path.exists(os.path.join(directory, name + ".npy"))}
         return cls(tokens=tokens, **arrs)
 
 
@@ -138,3 +198,11 @@ def group_documents(line_len: np.ndarray, corpus_format: str) -> tuple[np.ndarra
     else:
         raise ValueError(corpus_format)
     return sent_start.astype(np.int64), sent_len.astype(np.int64), doc_off
+
+
+def group_fields(line_fields: np.ndarray, field_len: np.ndarray, label: np.ndarray):
+    """Field formats: every kept line is a document of its fields."""
+    kept = line_fields > 0
+    sent_start = np.concatenate([[0], np.cumsum(field_len)[:-1]]) if len(field_len) else field_len
+    doc_off = np.concatenate([[0], np.cumsum(line_fields[kept])]).astype(np.int64)
+    return sent_start.astype(np.int64), field_len.astype(np.int64), doc_off, label[kept].astype(np.int64)

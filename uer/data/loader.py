@@ -20,6 +20,7 @@ def builder_config_from_header(header: dict, masking: MaskingConfig | None = Non
         seq_length=header["seq_length"], dup_factor=header["dup_factor"],
         short_seq_prob=header.get("short_seq_prob", 0.1), full_sentences=header.get("full_sentences", False),
         dynamic_masking=header["dynamic_masking"], docs_buffer_size=header.get("docs_buffer_size", 100000),
+        tgt_seq_length=header.get("tgt_seq_length", 128),
         masking=masking or MaskingConfig(header["span_masking"], header["span_geo_prob"],
                                          header["span_max_length"]))
 
@@ -69,7 +70,8 @@ class BatchLoader:
         import torch
 
         batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-        batch["tokens"] = int((arrays["seg"] > 0).sum())  # real (non-pad) tokens
+        # real (non-pad) tokens, the decoder's included
+        batch["tokens"] = int((arrays["seg"] > 0).sum()) + int(arrays.get("tgt_seg", arrays["seg"][:0]).sum())
         return batch
 
     def __iter__(self):

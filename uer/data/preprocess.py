@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig, InstanceBuilder
-from uer.data.corpus import BLANK, CorpusIndex, byte_ranges, group_documents, init_tokenize_worker, \
-    tokenize_range
+from uer.data.corpus import BLANK, FIELD_FORMATS, CorpusIndex, byte_ranges, group_documents, group_fields, \
+    init_tokenize_worker, tokenize_range
 from uer.data.dataset import DatasetWriter
 from uer.errors import UerError
 from uer.tokenizers import build_tokenizer, describe_tokenizer
@@ -44,6 +44,20 @@ class PreprocessJob:
     seed: int = 7
     do_lower_case: bool = True
     show_progress: bool | None = None
+    tgt_vocab: Vocab | None = None        # mt: the target side
+    tgt_spm_model_path: str | None = None
+
+    def token_dtype(self):
+        vocabs = [self.vocab] + ([self.tgt_vocab] if self.tgt_vocab is not None else [])
+        return np.uint16 if max(len(v) for v in vocabs) <= 65536 else np.uint32
+
+    def tokenizers(self):
+        """(source tokenizer, target-side tokenizer or None); runs in the workers."""
+        src = build_tokenizer(self.tokenizer, self.vocab, self.spm_model_path, self.do_lower_case)
+        tgt = None
+        if self.tgt_vocab is not None:
+            tgt = build_tokenizer(self.tokenizer, self.tgt_vocab, self.tgt_spm_model_path, self.do_lower_case)
+        return src, tgt
 
 
 def _pool(processes: int, initializer, initargs):
@@ -58,38 +72,37 @@ def _progress(total, desc, unit, enabled):
                 unit_scale=True)
 
 
-def tokenize_corpus(job: PreprocessJob, workdir: str, dtype) -> np.ndarray:
-    """Phase 1. Writes workdir/tokens.bin and returns the per-line token counts."""
-    factory = functools.partial(build_tokenizer, job.tokenizer, job.vocab, job.spm_model_path,
-                                job.do_lower_case)
+def tokenize_corpus(job: PreprocessJob, corpus_format: str, workdir: str, dtype) -> dict[str, np.ndarray]:
+    """Phase 1. Writes workdir/tokens.bin and returns the per-line arrays of tokenize_range."""
     ranges = byte_ranges(job.corpus_path)
-    tasks = [(job.corpus_path, a, b, dtype) for a, b in ranges]
-    lengths = []
+    tasks = [(job.corpus_path, a, b, dtype, corpus_format) for a, b in ranges]
+    parts: dict[str, list] = {}
     line_base = 0
     size = os.path.getsize(job.corpus_path)
     bar = _progress(size, "tokenize", "B", job.show_progress)
     pool = None
     try:
         if job.processes_num > 1:
-            pool = _pool(job.processes_num, init_tokenize_worker, (factory, True))
+            pool = _pool(job.processes_num, init_tokenize_worker, (job.tokenizers, True))
             results = pool.imap(tokenize_range, tasks)
         else:
-            init_tokenize_worker(factory, False)
+            init_tokenize_worker(job.tokenizers, False)
             results = map(tokenize_range, tasks)
         with open(os.path.join(workdir, "tokens.bin"), "wb") as out:
-            for (start, end), (line_len, flat, error) in zip(ranges, results):
+            for (start, end), (arrays, error) in zip(ranges, results):
                 if error is not None:
                     k, msg = error
                     raise UerError(f"{job.corpus_path} line {line_base + k + 1}: {msg}")
-                flat.tofile(out)
-                lengths.append(line_len)
-                line_base += len(line_len)
+                arrays.pop("tokens").tofile(out)
+                for name, arr in arrays.items():
+                    parts.setdefault(name, []).append(arr)
+                line_base += len(arrays.get("line_len", arrays.get("line_fields")))
                 bar.update(end - start)
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
-    return np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return {name: np.concatenate(arrs) for name, arrs in parts.items()}
 
 
 _BUILD = {}
@@ -119,19 +132,33 @@ def build_dataset(job: PreprocessJob) -> dict:
     if job.show_progress is None:
         job = PreprocessJob(**{**job.__dict__, "show_progress": sys.stderr.isatty()})
     special = job.vocab.special_ids()
-    builder = INSTANCE_BUILDERS[job.target](job.builder, special, len(job.vocab))
-    dtype = job.vocab.token_dtype()
+    builder = INSTANCE_BUILDERS[job.target](job.builder, special, len(job.vocab),
+                                            job.tgt_vocab.special_ids() if job.tgt_vocab else None)
+    if builder.corpus_format == "pairs" and job.tgt_vocab is None:
+        raise UerError(f"--target {job.target} needs the target-side vocabulary: give --tgt_vocab_path "
+                       "or --tgt_spm_model_path")
+    dtype = job.token_dtype()
     out_dir = os.path.dirname(os.path.abspath(job.dataset_path)) or "."
     os.makedirs(out_dir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix=".uer-preprocess-", dir=out_dir)
     writer = None
     try:
-        line_len = tokenize_corpus(job, workdir, dtype)
-        sent_start, sent_len, doc_off = group_documents(line_len, builder.corpus_format)
-        n_lines, n_blank = len(line_len), int((line_len == BLANK).sum())
-        _check_format(job, builder, n_lines, n_blank, len(sent_len))
+        lines = tokenize_corpus(job, builder.corpus_format, workdir, dtype)
+        doc_label = None
+        if builder.corpus_format in FIELD_FORMATS:
+            sent_start, sent_len, doc_off, doc_label = group_fields(
+                lines["line_fields"], lines["field_len"], lines["label"])
+            n_lines = len(lines["line_fields"])
+            if len(doc_off) == 1:
+                raise UerError(f"{job.corpus_path}: the corpus holds no line of the form "
+                               f"{builder.format_help} ({n_lines} lines)")
+        else:
+            line_len = lines["line_len"]
+            sent_start, sent_len, doc_off = group_documents(line_len, builder.corpus_format)
+            n_lines, n_blank = len(line_len), int((line_len == BLANK).sum())
+            _check_format(job, builder, n_lines, n_blank, len(sent_len))
         CorpusIndex(tokens=np.zeros(0, dtype=dtype), sent_start=sent_start, sent_len=sent_len,
-                    doc_off=doc_off).save(workdir)
+                    doc_off=doc_off, doc_label=doc_label).save(workdir)
         n_docs = len(doc_off) - 1
         tasks = [(k, docs, buf, job.seed) for k, (docs, buf) in
                  enumerate(units(n_docs, job.builder.docs_buffer_size))]
@@ -170,11 +197,17 @@ def build_dataset(job: PreprocessJob) -> dict:
             "short_seq_prob": job.builder.short_seq_prob,
             "full_sentences": job.builder.full_sentences,
             "docs_buffer_size": job.builder.docs_buffer_size,
+            "tgt_seq_length": job.builder.tgt_seq_length,
             "seed": job.seed,
             "corpus": {"path": os.path.abspath(job.corpus_path), "bytes": os.path.getsize(job.corpus_path),
                        "lines": n_lines, "sentences": int(len(sent_len)), "documents": n_docs,
                        "tokens": int(sent_len.sum())},
         }
+        if job.tgt_vocab is not None:
+            header.update(tgt_vocab_size=len(job.tgt_vocab), tgt_vocab_fingerprint=job.tgt_vocab.fingerprint(),
+                          tgt_vocab_source=os.path.basename(job.tgt_vocab.source))
+        if doc_label is not None:
+            header["labels_num"] = int(doc_label.max()) + 1
         header = writer.finish(header)
         writer = None
         header["seconds"] = round(time.time() - t0, 3)

@@ -11,9 +11,18 @@ from uer.model.layers import LayerNorm
 from uer.model.registry import EMBEDDINGS, register
 
 
-class WordEmbedding(nn.Module):
-    """word (+ learned positions) (+ segments) -> LayerNorm -> dropout."""
+class Embedding(nn.Module):
+    """forward(src [B, L], seg [B, L]) -> [B, L, E]."""
+    #: whether positions index a table of max_seq_length rows
     use_position = False
+
+    @classmethod
+    def problems(cls, cfg: ModelConfig) -> list[str]:
+        return []
+
+
+class WordEmbedding(Embedding):
+    """word (+ learned positions) (+ segments) -> LayerNorm -> dropout."""
     use_segment = False
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
@@ -57,9 +66,16 @@ class WordPosSeg(WordEmbedding):
 
 
 @register(EMBEDDINGS, "word_sinusoidalpos")
-class WordSinusoidalPos(nn.Module):
+class WordSinusoidalPos(Embedding):
     """word * sqrt(E) + sinusoidal encoding of the token position -> dropout. The encoding is a
     buffer that is not saved (SPEC 8)."""
+    use_position = True
+
+    @classmethod
+    def problems(cls, cfg):
+        if cfg.emb_size % 2:
+            return [f"--embedding word_sinusoidalpos needs an even emb_size, got {cfg.emb_size}"]
+        return []
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()

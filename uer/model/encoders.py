@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from uer.config import ModelConfig
@@ -9,8 +10,22 @@ from uer.model.layers import LayerNorm, TransformerLayer
 from uer.model.registry import ENCODERS, register
 
 
+class Encoder(nn.Module):
+    """forward(emb [B, L, E], seg [B, L]) -> hidden [B, L, H]."""
+
+    @classmethod
+    def direction(cls, cfg: ModelConfig) -> str:
+        """"causal": position t sees only tokens <= t; "split": the first half of the features is
+        causal and the second half anti-causal; "bidirectional": anything else."""
+        return "causal"
+
+    @classmethod
+    def problems(cls, cfg: ModelConfig) -> list[str]:
+        return []
+
+
 @register(ENCODERS, "transformer")
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(Encoder):
     """Stack of transformer layers; `fully_visible` ignores padding keys (seg == 0), `causal`
     sees only the past. Pre-LN adds a final `layer_norm`; --parameter_sharing keeps one layer
     (`transformer.*`, no index); factorized embeddings are projected E -> H by `linear`."""
@@ -47,3 +62,191 @@ class TransformerEncoder(nn.Module):
         if hasattr(self, "layer_norm"):
             x = self.layer_norm(x)
         return x
+
+    @classmethod
+    def direction(cls, cfg):
+        return "causal" if cfg.mask == "causal" else "bidirectional"
+
+    @classmethod
+    def problems(cls, cfg):
+        from uer.config import HIDDEN_ACTS
+
+        p = []
+        if cfg.hidden_act not in HIDDEN_ACTS:
+            p.append(f"hidden_act must be one of {', '.join(HIDDEN_ACTS)}, got {cfg.hidden_act!r}")
+        if not (isinstance(cfg.heads_num, int) and cfg.heads_num > 0 and cfg.hidden_size % cfg.heads_num == 0):
+            p.append(f"hidden_size {cfg.hidden_size} must be a multiple of heads_num {cfg.heads_num}")
+        if not (isinstance(cfg.feedforward_size, int) and cfg.feedforward_size > 0):
+            p.append(f"feedforward_size must be a positive integer, got {cfg.feedforward_size!r}")
+        if not cfg.factorized_embedding_parameterization and cfg.emb_size != cfg.hidden_size:
+            p.append(f"emb_size {cfg.emb_size} differs from hidden_size {cfg.hidden_size}: use "
+                     "--factorized_embedding_parameterization or make them equal")
+        return p
+
+
+# -- recurrent encoders ---------------------------------------------------------------------------
+# Sequences are right-padded: the real tokens of row b are positions [0, n_b) with n_b = #(seg > 0).
+# Packing makes every direction skip the padding, so a row's outputs do not depend on how much
+# padding follows it, and a backward direction starts at the row's last real token.
+
+def real_lengths(seg: torch.Tensor) -> torch.Tensor:
+    return (seg > 0).sum(1).clamp(min=1)
+
+
+def run_packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Run `rnn` (batch_first) over the first lengths[b] steps of each row; zeros beyond them."""
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, _ = rnn(packed)
+    out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return out
+
+
+def reverse_index(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, width] gather index that reverses the first lengths[b] positions of each row and leaves
+    the padding in place (its own inverse)."""
+    pos = torch.arange(width, device=lengths.device).expand(len(lengths), width)
+    n = lengths[:, None]
+    return torch.where(pos < n, n - 1 - pos, pos)
+
+
+def gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def _cell(kind: str, input_size: int, hidden: int, cfg: ModelConfig, bidirectional: bool = False):
+    return RNN_CELLS[kind](input_size, hidden, num_layers=cfg.layers_num, batch_first=True,
+                           dropout=cfg.dropout if cfg.layers_num > 1 else 0.0,
+                           bidirectional=bidirectional)
+
+
+@register(ENCODERS, "rnn")
+class RnnEncoder(Encoder):
+    """One PyTorch RNN stack (`encoder.rnn.*`); --bidirectional gives each direction H/2 units
+    and concatenates them at every layer (keys with `_reverse`). Dropout on the outputs."""
+    kind = "rnn"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        bi = cfg.bidirectional
+        self.rnn = _cell(self.kind, cfg.emb_size, cfg.hidden_size // 2 if bi else cfg.hidden_size, cfg, bi)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, emb: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        return self.dropout(run_packed(self.rnn, emb, real_lengths(seg)))
+
+    @classmethod
+    def direction(cls, cfg):
+        return "bidirectional" if cfg.bidirectional else "causal"
+
+    @classmethod
+    def problems(cls, cfg):
+        if cfg.bidirectional and cfg.hidden_size % 2:
+            return [f"--bidirectional splits hidden_size between two directions: it must be even, "
+                    f"got {cfg.hidden_size}"]
+        return []
+
+
+@register(ENCODERS, "birnn")
+class BiRnnEncoder(Encoder):
+    """Two independent stacks of H/2 units (`rnn_forward`, `rnn_backward`); the backward stack
+    reads each row reversed from its last real token. Output [forward half, backward half]; the
+    halves never mix, so position t of the forward half sees only tokens <= t and of the backward
+    half only tokens >= t (what the bilm target needs)."""
+    kind = "rnn"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.rnn_forward = _cell(self.kind, cfg.emb_size, cfg.hidden_size // 2, cfg)
+        self.rnn_backward = _cell(self.kind, cfg.emb_size, cfg.hidden_size // 2, cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, emb: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        lengths = real_lengths(seg)
+        fwd = run_packed(self.rnn_forward, emb, lengths)
+        rev = reverse_index(lengths, emb.shape[1])
+        bwd = gather_time(run_packed(self.rnn_backward, gather_time(emb, rev), lengths), rev)
+        return torch.cat([self.dropout(fwd), self.dropout(bwd)], dim=-1)
+
+    @classmethod
+    def direction(cls, cfg):
+        return "split"
+
+    @classmethod
+    def problems(cls, cfg):
+        if cfg.hidden_size % 2:
+            return [f"--encoder {cfg.encoder} gives each direction hidden_size / 2 units: hidden_size "
+                    f"must be even, got {cfg.hidden_size}"]
+        return []
+
+
+@register(ENCODERS, "lstm")
+class LstmEncoder(RnnEncoder):
+    kind = "lstm"
+
+
+@register(ENCODERS, "gru")
+class GruEncoder(RnnEncoder):
+    kind = "gru"
+
+
+@register(ENCODERS, "bilstm")
+class BiLstmEncoder(BiRnnEncoder):
+    kind = "lstm"
+
+
+@register(ENCODERS, "bigru")
+class BiGruEncoder(BiRnnEncoder):
+    kind = "gru"
+
+
+# -- gated CNN ------------------------------------------------------------------------------------
+
+@register(ENCODERS, "gatedcnn")
+class GatedCnnEncoder(Encoder):
+    """Causal gated convolutions (SPEC 3.3): every layer left-pads time with k-1 zero frames and
+    computes (conv + b) * sigmoid(gate + b_g); a residual is added after every block_size layers
+    past the first. The first layer's Conv2d(1 -> H, (k, E)) and the later Conv2d(H -> H, (k, 1))
+    keep the reference shapes and are applied as 1-D convolutions over time."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        H, E, k = cfg.hidden_size, cfg.emb_size, cfg.kernel_size
+        self.kernel_size, self.block_size = k, cfg.block_size
+        self.conv_1 = nn.Conv2d(1, H, (k, E))
+        self.gate_1 = nn.Conv2d(1, H, (k, E))
+        self.conv_b1 = nn.Parameter(torch.zeros(1, H, 1, 1))
+        self.gate_b1 = nn.Parameter(torch.zeros(1, H, 1, 1))
+        n = cfg.layers_num - 1
+        self.conv = nn.ModuleList([nn.Conv2d(H, H, (k, 1)) for _ in range(n)])
+        self.gate = nn.ModuleList([nn.Conv2d(H, H, (k, 1)) for _ in range(n)])
+        self.conv_b = nn.ParameterList([nn.Parameter(torch.zeros(1, H, 1, 1)) for _ in range(n)])
+        self.gate_b = nn.ParameterList([nn.Parameter(torch.zeros(1, H, 1, 1)) for _ in range(n)])
+
+    @staticmethod
+    def _gated(x, conv, conv_b, gate, gate_b, weight_view):
+        a = F.conv1d(x, weight_view(conv.weight), conv.bias) + conv_b.flatten()[:, None]
+        g = F.conv1d(x, weight_view(gate.weight), gate.bias) + gate_b.flatten()[:, None]
+        return a * torch.sigmoid(g)
+
+    def forward(self, emb: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        pad = self.kernel_size - 1
+        x = F.pad(emb.transpose(1, 2), (pad, 0))  # [B, E, k-1+L]
+        first = lambda w: w.squeeze(1).transpose(1, 2)  # [H, 1, k, E] -> [H, E, k]  # noqa: E731
+        h = self._gated(x, self.conv_1, self.conv_b1, self.gate_1, self.gate_b1, first)
+        res = h
+        later = lambda w: w.squeeze(-1)  # [H, H, k, 1] -> [H, H, k]  # noqa: E731
+        for i in range(len(self.conv)):
+            h = self._gated(F.pad(h, (pad, 0)), self.conv[i], self.conv_b[i], self.gate[i], self.gate_b[i], later)
+            if (i + 1) % self.block_size == 0:
+                h = h + res
+                res = h
+        return h.transpose(1, 2)  # [B, L, H]
+
+    @classmethod
+    def problems(cls, cfg):
+        return [f"{name} must be a positive integer, got {getattr(cfg, name)!r}"
+                for name in ("kernel_size", "block_size")
+                if not (isinstance(getattr(cfg, name), int) and getattr(cfg, name) > 0)]

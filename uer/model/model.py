@@ -44,8 +44,8 @@ def tie_weights(model: Model) -> None:
     if name is None:
         return
     module_name, attr = name.rsplit(".", 1)
-    module = model.target.get_submodule(module_name)
-    module.weight = model.embedding.word_embedding.weight
+    source = model.get_submodule(model.target.tie_source).word_embedding
+    setattr(model.target.get_submodule(module_name), attr, source.weight)
 
 
 def build_model(cfg: ModelConfig, init: bool = True) -> Model:

@@ -2,8 +2,10 @@
 of correct predictions and the number of predictions, as tensors: the training loop normalises
 the sums over the whole global batch and reads the counts only when it reports.
 
-Batch keys read here: mlm_pos [M] flat positions and mlm_tgt [M] ids of the predicted tokens,
-label [B] the sentence-level label. The MLM head runs only on the M predicted positions.
+Token-level terms read two batch keys: `<key>_pos` [M], flat positions (b * L + p) of the
+predicted tokens, and `<key>_tgt` [M], their ids. The heads run only on those M positions, and the
+loss is `cross_entropy` on them: no padding position is ever projected onto the vocabulary.
+Sentence-level terms read `label` [B].
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from torch import nn
 
 from uer.config import ModelConfig
 from uer.model.layers import LayerNorm, activation
-from uer.model.registry import TARGETS, register
+from uer.model.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS, register
+from uer.options import POOLINGS
 
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -26,63 +29,264 @@ def token_terms(logits: torch.Tensor, labels: torch.Tensor):
     return loss, correct, valid.sum()
 
 
+def at_positions(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows of hidden [B, L, D] at flat positions pos [M] -> [M, D]."""
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, pos)
+
+
 class Target(nn.Module):
-    #: weights whose shape equals the word embedding's, for --tie_weights
+    #: loss term -> the batch key whose length is the term's number of predictions
+    terms: dict[str, str] = {}
+    #: the Linear (path under target.) that --tie_weights shares with a word embedding
     tied_weight_name: str | None = None
+    #: the module (path under the model) whose word_embedding it shares
+    tie_source = "embedding"
 
     def counts(self, batch: dict) -> dict[str, int]:
         """Predictions per loss term in this batch, known on the host before the forward."""
-        raise NotImplementedError
+        return {term: int(batch[key].numel()) for term, key in self.terms.items()}
+
+    @classmethod
+    def tie_in_features(cls, cfg: ModelConfig) -> int | None:
+        """Input size of the tied output layer (it must equal emb_size); None: nothing to tie."""
+        return None
+
+    @classmethod
+    def problems(cls, cfg: ModelConfig) -> list[str]:
+        return []
 
 
-class MlmHead(nn.Module):
-    """mlm_linear_1 (H -> H, or H -> E if factorized), GELU, layer_norm, mlm_linear_2 (-> V)."""
-
-    def __init__(self, cfg: ModelConfig, vocab_size: int, out_size: int):
-        super().__init__()
-        self.mlm_linear_1 = nn.Linear(cfg.hidden_size, out_size)
-        self.layer_norm = LayerNorm(out_size, cfg.layernorm_eps, cfg.layernorm)
-        self.mlm_linear_2 = nn.Linear(out_size, vocab_size)
-        self.act = activation("gelu")
-
-
-def _mlm_forward(head_owner, hidden: torch.Tensor, batch: dict):
-    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["mlm_pos"])
-    x = head_owner.layer_norm(head_owner.act(head_owner.mlm_linear_1(flat)))
-    return token_terms(head_owner.mlm_linear_2(x), batch["mlm_tgt"])
-
-
-@register(TARGETS, "mlm")
-class MlmTarget(Target):
+class MlmHead(Target):
+    """mlm_linear_1 (H -> out), GELU, layer_norm, mlm_linear_2 (out -> V), on predicted positions
+    only. Flat attributes keep the reference key names target.mlm_linear_1..."""
     tied_weight_name = "mlm_linear_2.weight"
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
-        out = cfg.emb_size if cfg.factorized_embedding_parameterization else cfg.hidden_size
-        # flat attributes (not a submodule) keep the reference key names target.mlm_linear_1...
-        head = MlmHead(cfg, vocab_size, out)
-        self.mlm_linear_1, self.layer_norm, self.mlm_linear_2 = head.mlm_linear_1, head.layer_norm, head.mlm_linear_2
-        self.act = head.act
+        out = self.head_size(cfg)
+        self.mlm_linear_1 = nn.Linear(cfg.hidden_size, out)
+        self.layer_norm = LayerNorm(out, cfg.layernorm_eps, cfg.layernorm)
+        self.mlm_linear_2 = nn.Linear(out, vocab_size)
+        self.act = activation("gelu")
 
-    def counts(self, batch):
-        return {"mlm": int(batch["mlm_tgt"].numel())}
+    @classmethod
+    def head_size(cls, cfg: ModelConfig) -> int:
+        return cfg.emb_size if cfg.factorized_embedding_parameterization else cfg.hidden_size
+
+    @classmethod
+    def tie_in_features(cls, cfg):
+        return cls.head_size(cfg)
+
+    def mlm(self, hidden: torch.Tensor, batch: dict):
+        x = self.layer_norm(self.act(self.mlm_linear_1(at_positions(hidden, batch["mlm_pos"]))))
+        return token_terms(self.mlm_linear_2(x), batch["mlm_tgt"])
+
+
+@register(TARGETS, "mlm")
+class MlmTarget(MlmHead):
+    terms = {"mlm": "mlm_tgt"}
 
     def forward(self, hidden: torch.Tensor, batch: dict) -> Terms:
-        return {"mlm": _mlm_forward(self, hidden, batch)}
+        return {"mlm": self.mlm(hidden, batch)}
 
 
-@register(TARGETS, "bert")
-class BertTarget(MlmTarget):
-    """MLM + next-sentence prediction from the hidden state at position 0."""
+class SentencePairTarget(MlmHead):
+    """MLM + a two-way sentence-pair classifier on the hidden state at position 0
+    (<sp>_linear_1 H -> H, tanh, <sp>_linear_2 H -> 2)."""
+    sp = ""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
-        self.nsp_linear_1 = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.nsp_linear_2 = nn.Linear(cfg.hidden_size, 2)
-
-    def counts(self, batch):
-        return {"mlm": int(batch["mlm_tgt"].numel()), "nsp": int(batch["label"].numel())}
+        setattr(self, f"{self.sp}_linear_1", nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        setattr(self, f"{self.sp}_linear_2", nn.Linear(cfg.hidden_size, 2))
 
     def forward(self, hidden, batch):
-        nsp_logits = self.nsp_linear_2(torch.tanh(self.nsp_linear_1(hidden[:, 0])))
-        return {"mlm": _mlm_forward(self, hidden, batch), "nsp": token_terms(nsp_logits, batch["label"])}
+        l1, l2 = getattr(self, f"{self.sp}_linear_1"), getattr(self, f"{self.sp}_linear_2")
+        logits = l2(torch.tanh(l1(hidden[:, 0])))
+        return {"mlm": self.mlm(hidden, batch), self.sp: token_terms(logits, batch["label"])}
+
+
+@register(TARGETS, "bert")
+class BertTarget(SentencePairTarget):
+    """MLM + next-sentence prediction (label 1 = random next)."""
+    sp = "nsp"
+    terms = {"mlm": "mlm_tgt", "nsp": "label"}
+
+    @classmethod
+    def problems(cls, cfg):
+        if cfg.factorized_embedding_parameterization:
+            return ["--target bert cannot use --factorized_embedding_parameterization "
+                    "(use --target albert or mlm)"]
+        return []
+
+
+@register(TARGETS, "albert")
+class AlbertTarget(SentencePairTarget):
+    """MLM projecting to E (always) + sentence-order prediction (label 1 = swapped)."""
+    sp = "sop"
+    terms = {"mlm": "mlm_tgt", "sop": "label"}
+
+    @classmethod
+    def head_size(cls, cfg):
+        return cfg.emb_size
+
+
+@register(TARGETS, "lm")
+class LmTarget(Target):
+    """Next-token prediction at every real position: output_layer H -> V (bias only with
+    --has_lmtarget_bias). Needs an encoder that does not see the future."""
+    terms = {"lm": "lm_tgt"}
+    tied_weight_name = "output_layer.weight"
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.output_layer = nn.Linear(cfg.hidden_size, vocab_size, bias=cfg.has_lmtarget_bias)
+
+    @classmethod
+    def tie_in_features(cls, cfg):
+        return cfg.hidden_size
+
+    @classmethod
+    def problems(cls, cfg):
+        enc = ENCODERS.get(cfg.encoder)
+        if enc is not None and enc.direction(cfg) != "causal":
+            how = ("use --mask causal" if cfg.encoder == "transformer" else
+                   "drop --bidirectional" if cfg.bidirectional else "use a causal encoder")
+            return [f"--target lm predicts the next token, but --encoder {cfg.encoder}"
+                    f"{' --mask ' + cfg.mask if cfg.encoder == 'transformer' else ''}"
+                    f"{' --bidirectional' if cfg.bidirectional else ''} sees the future: {how}"]
+        return []
+
+    def forward(self, hidden, batch):
+        return {"lm": token_terms(self.output_layer(at_positions(hidden, batch["lm_pos"])), batch["lm_tgt"])}
+
+
+@register(TARGETS, "bilm")
+class BilmTarget(Target):
+    """The forward half of the hidden state predicts the next token, the backward half the previous
+    one, through one shared output_layer (H/2 -> V, with bias)."""
+    terms = {"forward": "forward_tgt", "backward": "backward_tgt"}
+    tied_weight_name = "output_layer.weight"
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.half = cfg.hidden_size // 2
+        self.output_layer = nn.Linear(self.half, vocab_size)
+
+    @classmethod
+    def tie_in_features(cls, cfg):
+        return cfg.hidden_size // 2
+
+    @classmethod
+    def problems(cls, cfg):
+        enc = ENCODERS.get(cfg.encoder)
+        if enc is not None and enc.direction(cfg) != "split":
+            return [f"--target bilm needs two independent directions: use --encoder birnn, bilstm "
+                    f"or bigru, not {cfg.encoder}"]
+        return []
+
+    def forward(self, hidden, batch):
+        fwd, bwd = hidden[..., :self.half], hidden[..., self.half:]
+        return {"forward": token_terms(self.output_layer(at_positions(fwd, batch["forward_pos"])),
+                                       batch["forward_tgt"]),
+                "backward": token_terms(self.output_layer(at_positions(bwd, batch["backward_pos"])),
+                                        batch["backward_tgt"])}
+
+
+def pool(hidden: torch.Tensor, seg: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[B, L, H] -> [B, H] over the real (seg > 0) positions only."""
+    if pooling == "first":
+        return hidden[:, 0]
+    real = seg > 0
+    if pooling == "last":
+        last = real.sum(1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "mean":
+        w = real.to(hidden.dtype)[..., None]
+        return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+    if pooling == "max":
+        return hidden.masked_fill(~real[..., None], float("-inf")).amax(1)
+    raise ValueError(pooling)
+
+
+@register(TARGETS, "cls")
+class ClsTarget(Target):
+    """Pool (ignoring padding), linear_1 H -> H, tanh, linear_2 H -> labels_num."""
+    terms = {"cls": "label"}
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.pooling = cfg.pooling
+        self.linear_1 = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.linear_2 = nn.Linear(cfg.hidden_size, cfg.labels_num or 2)
+
+    @classmethod
+    def problems(cls, cfg):
+        p = []
+        if cfg.labels_num is None or cfg.labels_num < 2:
+            p.append(f"--target cls needs --labels_num of at least 2, got {cfg.labels_num}")
+        if cfg.pooling not in POOLINGS:
+            p.append(f"--pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}")
+        return p
+
+    def forward(self, hidden, batch):
+        x = torch.tanh(self.linear_1(pool(hidden, batch["seg"], self.pooling)))
+        return {"cls": token_terms(self.linear_2(x), batch["label"])}
+
+
+class Seq2SeqTarget(Target):
+    """A decoder over the encoder's output: `embedding` (a --tgt_embedding module), `decoder`,
+    `output_layer` (H -> V, bias with --has_lmtarget_bias). Batch keys: tgt_in [B, T] decoder
+    input, tgt_seg [B, T] (1 = real), dec_pos/dec_tgt the predicted tokens; seg masks the source."""
+    tied_weight_name = "output_layer.weight"
+    tie_source = "target.embedding"
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        V = self.output_vocab_size(cfg, vocab_size)
+        self.embedding = EMBEDDINGS[cfg.tgt_embedding](cfg, V)
+        self.decoder = DECODERS[cfg.decoder](cfg)
+        self.output_layer = nn.Linear(cfg.hidden_size, V, bias=cfg.has_lmtarget_bias)
+
+    @staticmethod
+    def output_vocab_size(cfg: ModelConfig, vocab_size: int) -> int:
+        return vocab_size
+
+    @classmethod
+    def tie_in_features(cls, cfg):
+        return cfg.hidden_size
+
+    @classmethod
+    def problems(cls, cfg):
+        p = []
+        if cfg.tgt_embedding not in EMBEDDINGS:
+            p.append(f"--tgt_embedding {cfg.tgt_embedding}: not available")
+        if cfg.decoder not in DECODERS:
+            p.append(f"--decoder {cfg.decoder}: not available")
+        if cfg.emb_size != cfg.hidden_size:
+            p.append(f"--target {cfg.target}: the decoder reads its embedding directly, so emb_size "
+                     f"{cfg.emb_size} must equal hidden_size {cfg.hidden_size}")
+        return p
+
+    def forward(self, hidden, batch):
+        emb = self.embedding(batch["tgt_in"], batch["tgt_seg"])
+        out = self.decoder(emb, hidden, batch["seg"])
+        logits = self.output_layer(at_positions(out, batch["dec_pos"]))
+        return {self.name: token_terms(logits, batch["dec_tgt"])}
+
+
+@register(TARGETS, "mt")
+class MtTarget(Seq2SeqTarget):
+    """Translation: the decoder reads and predicts the target-side vocabulary."""
+    terms = {"mt": "dec_tgt"}
+
+    @staticmethod
+    def output_vocab_size(cfg, vocab_size):
+        return cfg.tgt_vocab_size or vocab_size
+
+
+@register(TARGETS, "t5")
+class T5Target(Seq2SeqTarget):
+    """Span corruption: the decoder predicts the masked tokens, over the source vocabulary, with
+    its own (untied) embedding."""
+    terms = {"t5": "dec_tgt"}

@@ -1,0 +1,46 @@
+"""Decoder slot (inside the mt and t5 targets: keys under `target.decoder.`)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from uer.config import ModelConfig
+from uer.model.layers import LayerNorm, MultiHeadedAttention, PositionwiseFeedForward
+from uer.model.registry import DECODERS, register
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Pre-LN, no dropout (SPEC 3.5): causal self-attention, attention over the encoder output
+    (source padding invisible), feed-forward."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        H = cfg.hidden_size
+        self.self_attn = MultiHeadedAttention(H, cfg.heads_num, 0.0)
+        self.context_attn = MultiHeadedAttention(H, cfg.heads_num, 0.0)
+        self.layer_norm_1 = LayerNorm(H, cfg.layernorm_eps, cfg.layernorm)
+        self.layer_norm_2 = LayerNorm(H, cfg.layernorm_eps, cfg.layernorm)
+        self.layer_norm_3 = LayerNorm(H, cfg.layernorm_eps, cfg.layernorm)
+        self.feed_forward = PositionwiseFeedForward(H, cfg.feedforward_size, cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        h = self.layer_norm_1(x)
+        x = x + self.self_attn(h, h, None, True)
+        x = x + self.context_attn(self.layer_norm_2(x), memory, memory_mask)
+        return x + self.feed_forward(self.layer_norm_3(x))
+
+
+@register(DECODERS, "transformer")
+class TransformerDecoder(nn.Module):
+    """layers_num decoder layers (`transformer_decoder.<i>`); no final LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.transformer_decoder = nn.ModuleList([TransformerDecoderLayer(cfg) for _ in range(cfg.layers_num)])
+
+    def forward(self, emb: torch.Tensor, memory: torch.Tensor, src_seg: torch.Tensor) -> torch.Tensor:
+        mask = (src_seg > 0)[:, None, None, :]
+        x = emb
+        for layer in self.transformer_decoder:
+            x = layer(x, memory, mask)
+        return x
