@@ -220,8 +220,7 @@ EMBEDDINGS = ["word", "word_pos", "word_pos_seg", "word_sinusoidalpos"]
 
 @pytest.mark.parametrize("embedding", EMBEDDINGS)
 @pytest.mark.parametrize("remove_ln", [False, True])
-@pytest.mark.parametrize("case", ["transformer causal pre", "transformer factorized", "lstm bidirectional",
-                                  "bigru", "gatedcnn"])
+@pytest.mark.parametrize("case", list(ENCODER_CASES))
 def test_builds_trains_saves_and_reloads(tmp_path, embedding, remove_ln, case):
     model = small_model(case, embedding=embedding, remove_embedding_layernorm=remove_ln, dropout=0.1).train()
     has_ln = any(k.startswith("embedding.layer_norm") for k in model.state_dict())
@@ -289,3 +288,78 @@ def test_combinations_rejected_by_validation():
     assert "has no output layer" in problems(target="cls", labels_num=2, tie_weights=True)
     assert "cannot use --factorized" in problems(target="bert", emb_size=8,
                                                  factorized_embedding_parameterization=True)
+
+
+@pytest.mark.parametrize("target,tgt_vocab", [("mt", 5000), ("t5", None)])
+@pytest.mark.parametrize("tgt_embedding", ["word_pos", "word_pos_seg", "word_sinusoidalpos"])
+def test_decoder_keys_spec_44(target, tgt_vocab, tgt_embedding):
+    model = build_model(recipe("bert_tiny_config.json", vocab_size=V, target=target, tgt_vocab_size=tgt_vocab,
+                               tgt_embedding=tgt_embedding, has_lmtarget_bias=True))
+    got = {k: v for k, v in shapes(model).items() if k.startswith("target.")}
+    Vt, H = tgt_vocab or V, 384
+    want = {"target.embedding.word_embedding.weight": [Vt, H]}
+    if tgt_embedding != "word_sinusoidalpos":
+        want.update({"target.embedding.position_embedding.weight": [512, H],
+                     "target.embedding.layer_norm.gamma": [H], "target.embedding.layer_norm.beta": [H]})
+    if tgt_embedding == "word_pos_seg":
+        want["target.embedding.segment_embedding.weight"] = [3, H]
+    for i in range(3):
+        p = f"target.decoder.transformer_decoder.{i}."
+        for attn in ("self_attn", "context_attn"):
+            for j in range(3):
+                want[f"{p}{attn}.linear_layers.{j}.weight"] = [H, H]
+                want[f"{p}{attn}.linear_layers.{j}.bias"] = [H]
+            want[f"{p}{attn}.final_linear.weight"] = [H, H]
+            want[f"{p}{attn}.final_linear.bias"] = [H]
+        for n in (1, 2, 3):
+            want[f"{p}layer_norm_{n}.gamma"] = [H]
+            want[f"{p}layer_norm_{n}.beta"] = [H]
+        want.update({f"{p}feed_forward.linear_1.weight": [1536, H], f"{p}feed_forward.linear_1.bias": [1536],
+                     f"{p}feed_forward.linear_2.weight": [H, 1536], f"{p}feed_forward.linear_2.bias": [H]})
+    want.update({"target.output_layer.weight": [Vt, H], "target.output_layer.bias": [Vt]})
+    assert got == want
+
+
+def test_cls_keys_spec_44():
+    got = shapes(build_model(recipe("bert_tiny_config.json", vocab_size=V, target="cls", labels_num=5)))
+    assert {k: v for k, v in got.items() if k.startswith("target.")} == {
+        "target.linear_1.weight": [384, 384], "target.linear_1.bias": [384],
+        "target.linear_2.weight": [5, 384], "target.linear_2.bias": [5]}
+
+
+def test_decoder_never_looks_ahead_and_ignores_source_padding():
+    model = build_model(ModelConfig(**{**SMALL, "target": "t5"})).eval()
+    torch.manual_seed(0)
+    memory = torch.randn(2, 6, 16)
+    src_seg = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    tgt = torch.randint(5, 97, (2, 5))
+    emb = model.target.embedding(tgt, torch.ones_like(tgt))
+    with torch.no_grad():
+        out = model.target.decoder(emb, memory, src_seg)
+        changed = emb.clone()
+        changed[:, 3:] += 1.0
+        torch.testing.assert_close(model.target.decoder(changed, memory, src_seg)[:, :3], out[:, :3])
+        noisy = memory.clone()
+        noisy[1, 4:] = 100.0  # the source padding of row 1
+        torch.testing.assert_close(model.target.decoder(emb, noisy, src_seg)[1], out[1])
+
+
+def test_gatedcnn_matches_the_conv2d_formulation():
+    """SPEC 3.3 computed literally with the Conv2d modules over the left-padded [L+k-1, E] image."""
+    model = small_model("gatedcnn", layers_num=5, embedding="word")
+    enc, k = model.encoder, 3
+    torch.manual_seed(2)
+    for p in (enc.conv_b1, enc.gate_b1, *enc.conv_b, *enc.gate_b):
+        p.data.normal_()
+    emb = torch.randn(2, 7, 16)
+    x = torch.cat([torch.zeros(2, k - 1, 16), emb], 1).unsqueeze(1)  # [B, 1, L+k-1, E]
+    h = (enc.conv_1(x) + enc.conv_b1) * torch.sigmoid(enc.gate_1(x) + enc.gate_b1)  # [B, H, L, 1]
+    res = h
+    for i in range(4):
+        hp = torch.cat([torch.zeros(2, 16, k - 1, 1), h], 2)
+        h = (enc.conv[i](hp) + enc.conv_b[i]) * torch.sigmoid(enc.gate[i](hp) + enc.gate_b[i])
+        if (i + 1) % 2 == 0:
+            h = h + res
+            res = h
+    with torch.no_grad():
+        torch.testing.assert_close(enc(emb, torch.ones(2, 7)), h.squeeze(3).transpose(1, 2))
