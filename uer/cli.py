@@ -80,7 +80,8 @@ def _pretrain(argv: list[str] | None) -> int:
     from uer.data.dataset import Dataset
     from uer.data.masking import MaskingConfig
     from uer.options import build_pretrain_parser, explicit_dests
-    from uer.train.trainer import train
+    from uer.train.distributed import launch_problems, run_ranks
+    from uer.train.trainer import pretrain_worker
     from uer.vocab import load_vocab
 
     argv = sys.argv[1:] if argv is None else argv
@@ -109,10 +110,7 @@ def _pretrain(argv: list[str] | None) -> int:
     problems = model_problems(mcfg) + train_problems(tcfg) + dataset_problems(
         header, args.dataset_path, mcfg, vocab, tgt_vocab)
     problems += masking_problems(tcfg.span_geo_prob, tcfg.span_max_length)
-    if tcfg.world_size > 1 or len(tcfg.gpu_ranks) > 1:
-        problems.append("distributed training (--world_size > 1) is not available in this version")
-    if tcfg.fp16 and not tcfg.gpu_ranks:
-        problems.append("--fp16 needs a GPU (--gpu_ranks); on the CPU use --bf16")
+    problems += launch_problems(tcfg)
     masking = None
     if header["dynamic_masking"]:
         masking = MaskingConfig(
@@ -125,7 +123,7 @@ def _pretrain(argv: list[str] | None) -> int:
                         "with --dynamic_masking)")
     if problems:
         raise ConfigError(problems)
-    train(tcfg, mcfg, dataset, special, masking)
+    run_ranks(tcfg, pretrain_worker, tcfg, mcfg, args.dataset_path, special, masking)
     return 0
 
 

@@ -84,6 +84,7 @@ class TrainConfig:
     gpu_ranks: tuple[int, ...] = ()
     master_ip: str = "tcp://localhost:12345"
     backend: str = "nccl"
+    dist_timeout: int = 300
     span_masking: bool | None = None   # None: as the dataset was built
     span_geo_prob: float | None = None
     span_max_length: int | None = None
@@ -187,6 +188,7 @@ def train_problems(cfg: TrainConfig) -> list[str]:
     if cfg.world_size > 1:
         bad = [r for r in cfg.gpu_ranks if not 0 <= r < cfg.world_size]
         _expect(p, not bad, f"--gpu_ranks {bad} lie outside [0, world_size={cfg.world_size})")
+    _expect(p, cfg.dist_timeout >= 1, f"--dist_timeout must be at least 1 second, got {cfg.dist_timeout}")
     _expect(p, len(set(cfg.gpu_ranks)) == len(cfg.gpu_ranks), f"--gpu_ranks has duplicates: {list(cfg.gpu_ranks)}")
     if cfg.pretrained_model_path:
         _expect(p, os.path.isfile(cfg.pretrained_model_path),

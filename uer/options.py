@@ -154,7 +154,9 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
                    help="Global ranks of the processes on this node (one GPU each).")
     x.add_argument("--master_ip", default="tcp://localhost:12345", help="tcp://host:port of rank 0.")
     x.add_argument("--backend", choices=["nccl", "gloo"], default="nccl",
-                   help="torch.distributed backend.")
+                   help="torch.distributed backend (gloo also runs several processes on the CPU).")
+    x.add_argument("--dist_timeout", type=int, default=300,
+                   help="Seconds to wait for every process to join, and for any collective.")
     return p
 
 

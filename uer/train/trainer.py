@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from uer.config import ModelConfig, TrainConfig
 from uer.data.dataset import Dataset
@@ -23,6 +25,7 @@ from uer.data.masking import MaskingConfig
 from uer.errors import UerError
 from uer.model import build_model, count_parameters
 from uer.train.checkpoint import load_model, save_model
+from uer.train.distributed import Rank, finish, init
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.utils import set_seed
 from uer.vocab import SpecialIds
@@ -40,12 +43,17 @@ class Window:
             new = torch.stack([loss.detach().float(), correct.float(), count.float()])
             self.sums[name] = self.sums[name] + new if name in self.sums else new
 
-    def read(self) -> dict[str, dict[str, float]]:
+    def read(self, reduce=lambda t: t) -> tuple[dict[str, dict[str, float]], float]:
+        """(per-term loss, accuracy and count; real tokens), summed over ranks by `reduce`."""
+        names = list(self.sums)
+        flat = torch.cat([self.sums[n] for n in names] +
+                         [torch.tensor([float(self.tokens)], device=self.sums[names[0]].device)])
+        flat = reduce(flat.double()).tolist()
         out = {}
-        for name, t in self.sums.items():
-            loss, correct, count = t.tolist()
+        for i, name in enumerate(names):
+            loss, correct, count = flat[3 * i:3 * i + 3]
             out[name] = {"loss": loss / max(count, 1), "acc": correct / max(count, 1), "count": count}
-        return out
+        return out, flat[-1]
 
 
 def format_report(step: int, total: int, tokens_per_s: float, metrics: dict, lr: float,
@@ -61,18 +69,6 @@ def format_report(step: int, total: int, tokens_per_s: float, metrics: dict, lr:
     return "|".join(parts)
 
 
-def pick_device(cfg: TrainConfig) -> torch.device:
-    if not cfg.gpu_ranks:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UerError(f"--gpu_ranks {' '.join(map(str, cfg.gpu_ranks))} asks for GPUs, but CUDA is "
-                       "not available here; leave out --gpu_ranks to train on the CPU")
-    gpu = cfg.gpu_ranks[0]
-    if gpu >= torch.cuda.device_count():
-        raise UerError(f"--gpu_ranks {gpu}: only {torch.cuda.device_count()} GPU(s) are visible")
-    return torch.device("cuda", gpu)
-
-
 def autocast_context(cfg: TrainConfig, device: torch.device):
     if cfg.bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -81,23 +77,47 @@ def autocast_context(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def dist_sum(values: list[int], device: torch.device) -> list[int]:
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _all_reduce(t: torch.Tensor, rank: Rank) -> torch.Tensor:
+    if rank.distributed:
+        dist.all_reduce(t)
+    return t
+
+
 def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: SpecialIds,
-          masking: MaskingConfig | None = None, log=print) -> dict:
-    device = pick_device(tcfg)
-    set_seed(tcfg.seed)
+          masking: MaskingConfig | None = None, log=print, rank: Rank = Rank()) -> dict:
+    """Train on this rank's share of the dataset. With several ranks the model is wrapped in DDP,
+    gradients are synchronised once per optimizer step, loss counts and report metrics are summed
+    over all ranks, and only rank 0 logs and saves."""
+    device = torch.device(rank.device)
+    set_seed(tcfg.seed)  # the same initial weights on every rank
     model = build_model(mcfg)
     if tcfg.pretrained_model_path:
         load_model(model, tcfg.pretrained_model_path, strict=True)
     model.to(device)
     if tcfg.fp16 and tcfg.fp16_opt_level == "O3":
         model.half()
-    loader = BatchLoader(dataset, special, tcfg.batch_size, seed=tcfg.seed, masking=masking)
+    target = model.target
+    if rank.distributed:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    torch.manual_seed(tcfg.seed + rank.rank)  # dropout differs between ranks
+    if not rank.is_main:
+        log = _silent
+    loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
+                         seed=tcfg.seed, masking=masking)
     optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
     scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.fp16 and tcfg.fp16_opt_level != "O0")
     log(f"Model: {mcfg.embedding} + {mcfg.encoder} + {mcfg.target}, "
         f"{count_parameters(model) / 1e6:.2f} M parameters; dataset {dataset.path}: "
-        f"{len(dataset)} instances; device {device}.")
+        f"{len(dataset)} instances; device {device}"
+        + (f"; {rank.world_size} processes ({tcfg.backend})." if rank.distributed else "."))
+    terms = list(target.terms)
     with loader.prefetch(tcfg.instances_buffer_size) as batches:
         window = Window()
         t_start = time.perf_counter()
@@ -105,18 +125,21 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         model.train()
         for step in range(1, tcfg.total_steps + 1):
             micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
-            totals: dict[str, int] = {}
-            for b in micro:
-                for k, v in model.target.counts(b).items():
-                    totals[k] = totals.get(k, 0) + v
-            for b in micro:
+            # global-batch normalisation: each term's count over all micro-batches and all ranks
+            local = [sum(target.counts(b)[k] for b in micro) for k in terms]
+            if rank.distributed:
+                local = dist_sum(local, device)
+            totals = dict(zip(terms, local))
+            for m, b in enumerate(micro):
                 window.tokens += b.pop("tokens")
                 b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-                with autocast_context(tcfg, device):
-                    terms = model(b)
-                loss = sum(terms[k][0] / max(totals[k], 1) for k in terms)
-                scaler.scale(loss).backward()
-                window.add(terms)
+                sync = not rank.distributed or m == len(micro) - 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(tcfg, device):
+                    out = model(b)
+                    # DDP averages gradients over ranks; the sums are normalised by global counts
+                    loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
+                    scaler.scale(loss).backward()
+                window.add(out)
             if tcfg.max_grad_norm > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
@@ -127,20 +150,35 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             optimizer.zero_grad(set_to_none=True)
 
             if step % tcfg.report_steps == 0 or step == tcfg.total_steps:
-                metrics = window.read()
+                metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
                 now = time.perf_counter()
                 total_loss = sum(m["loss"] for m in metrics.values())
                 if not math.isfinite(total_loss):
                     raise UerError(f"step {step}: the loss is not finite ({total_loss}); training stopped. "
                                    "Try a lower --learning_rate.")
-                log(format_report(step, tcfg.total_steps, window.tokens / max(now - window.start, 1e-9),
-                                  metrics, lr, now - t_start))
-                history.append({"step": step, "loss": total_loss, "metrics": metrics,
-                                "tokens_per_s": window.tokens / max(now - window.start, 1e-9)})
+                speed = tokens / max(now - window.start, 1e-9)
+                log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
+                history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
                 window = Window()
-            if step % tcfg.save_checkpoint_steps == 0:
+            if step % tcfg.save_checkpoint_steps == 0 and rank.is_main:
                 save_model(model, f"{tcfg.output_model_path}-{step}")
-    save_model(model, tcfg.output_model_path)
-    log(f"Saved the final model to {tcfg.output_model_path}.")
+    if rank.is_main:
+        save_model(model, tcfg.output_model_path)
+        log(f"Saved the final model to {tcfg.output_model_path}.")
     sys.stdout.flush()
-    return {"history": history, "model": model}
+    return {"history": history, "model": getattr(model, "module", model)}
+
+
+def _silent(*_args, **_kw) -> None:
+    pass
+
+
+def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_path: str, special: SpecialIds,
+                    masking: MaskingConfig | None) -> None:
+    """One process of a run: join the others, open the dataset (memory-mapped; only this rank's
+    share is read), train, leave."""
+    init(rank, tcfg)
+    try:
+        train(tcfg, mcfg, Dataset(dataset_path), special, masking, rank=rank)
+    finally:
+        finish(rank)

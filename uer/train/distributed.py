@@ -1,0 +1,154 @@
+"""Processes and devices: which ranks run here, on which device, and how they meet.
+
+Three ways to run, all on torch.distributed (DDP) when there is more than one process:
+  * one process: no --gpu_ranks (CPU) or --gpu_ranks N with --world_size 1 (GPU N);
+  * the manual's launcher: --world_size W --gpu_ranks r1 r2 ... starts one process per rank listed
+    for this node; local process i uses GPU i of the visible ones (CUDA_VISIBLE_DEVICES), or the CPU
+    with --backend gloo on a machine without CUDA; they meet at --master_ip;
+  * torchrun (or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT): one
+    process each, rank and world size from the environment.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from uer.config import TrainConfig
+from uer.errors import UerError
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world_size: int = 1
+    local_index: int = 0        # position among this node's processes
+    local_count: int = 1
+    device: str = "cpu"
+    init_method: str | None = None  # None: one process, no process group
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def _uses_cuda(cfg: TrainConfig) -> bool:
+    return bool(cfg.gpu_ranks) and (cfg.backend == "nccl" or torch.cuda.is_available())
+
+
+def launch_problems(cfg: TrainConfig) -> list[str]:
+    """Every misconfiguration that would otherwise make a process fail late or hang."""
+    p = []
+    if from_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        if cfg.backend == "nccl" and not torch.cuda.is_available():
+            p.append("--backend nccl needs CUDA, which is not available here; use --backend gloo")
+        if world > 1 and cfg.fp16 and not torch.cuda.is_available():
+            p.append("--fp16 needs a GPU; on the CPU use --bf16")
+        return p
+    if cfg.world_size > 1:
+        if not cfg.gpu_ranks:
+            p.append(f"--world_size {cfg.world_size} needs --gpu_ranks: the global ranks of the processes "
+                     "to start on this node")
+        if cfg.backend == "nccl" and not torch.cuda.is_available():
+            p.append("--backend nccl needs CUDA, which is not available here; use --backend gloo to "
+                     "train with several processes on the CPU")
+    elif len(cfg.gpu_ranks) > 1:
+        p.append(f"--gpu_ranks lists {len(cfg.gpu_ranks)} ranks but --world_size is 1: set --world_size "
+                 "to the total number of processes")
+    if _uses_cuda(cfg):
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not torch.cuda.is_available():
+            p.append(f"--gpu_ranks {' '.join(map(str, cfg.gpu_ranks))} asks for GPUs, but CUDA is not "
+                     "available here; leave out --gpu_ranks to train on the CPU")
+        elif cfg.world_size == 1 and cfg.gpu_ranks[0] >= visible:
+            p.append(f"--gpu_ranks {cfg.gpu_ranks[0]}: only {visible} GPU(s) are visible")
+        elif cfg.world_size > 1 and len(cfg.gpu_ranks) > visible:
+            p.append(f"--gpu_ranks starts {len(cfg.gpu_ranks)} processes on this node, one per GPU, but only "
+                     f"{visible} GPU(s) are visible (CUDA_VISIBLE_DEVICES)")
+    elif cfg.fp16:
+        p.append("--fp16 needs a GPU (--gpu_ranks); on the CPU use --bf16")
+    return p
+
+
+def local_ranks(cfg: TrainConfig) -> list[Rank]:
+    """The processes to run on this node (one for torchrun: this process)."""
+    if from_torchrun():
+        local = int(os.environ["LOCAL_RANK"])
+        cuda = torch.cuda.is_available() and (cfg.backend == "nccl" or bool(cfg.gpu_ranks))
+        world = int(os.environ["WORLD_SIZE"])
+        return [Rank(int(os.environ["RANK"]), world, local, int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                     f"cuda:{local}" if cuda else "cpu", "env://" if world > 1 else None)]
+    if cfg.world_size == 1:
+        return [Rank(device=f"cuda:{cfg.gpu_ranks[0]}" if cfg.gpu_ranks else "cpu")]
+    cuda = _uses_cuda(cfg)
+    n = len(cfg.gpu_ranks)
+    return [Rank(r, cfg.world_size, i, n, f"cuda:{i}" if cuda else "cpu", cfg.master_ip)
+            for i, r in enumerate(cfg.gpu_ranks)]
+
+
+def init(rank: Rank, cfg: TrainConfig) -> None:
+    """Join the process group (nothing for one process); a peer that never comes is a timeout
+    error that says what was waited for."""
+    if rank.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(rank.device))
+    elif rank.local_count > 1:  # CPU processes share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank.local_count))
+    if not rank.distributed:
+        return
+    timeout = datetime.timedelta(seconds=cfg.dist_timeout)
+    try:
+        dist.init_process_group(cfg.backend, init_method=rank.init_method, world_size=rank.world_size,
+                                rank=rank.rank, timeout=timeout)
+        dist.barrier()
+    except Exception as e:  # DistStoreError, RuntimeError, ... depending on what failed
+        raise UerError(f"rank {rank.rank}: the {rank.world_size} processes did not all meet at "
+                       f"{rank.init_method if rank.init_method != 'env://' else 'MASTER_ADDR:MASTER_PORT'} "
+                       f"within --dist_timeout {cfg.dist_timeout}s ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}). Start every node with the same "
+                       "--world_size and --master_ip, and ranks that together cover 0..world_size-1.") from None
+
+
+def finish(rank: Rank) -> None:
+    if rank.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _worker(index: int, ranks: list[Rank], fn, args) -> None:
+    from uer.errors import UerError
+
+    try:
+        fn(ranks[index], *args)
+    except UerError as e:
+        print(f"error (rank {ranks[index].rank}): {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def run_ranks(cfg: TrainConfig, fn, *args) -> None:
+    """Run fn(rank, *args) in every process of this node: in this process when there is one,
+    else in spawned processes (the model is built inside each)."""
+    ranks = local_ranks(cfg)
+    if len(ranks) == 1:
+        fn(ranks[0], *args)
+        return
+    import torch.multiprocessing as mp
+
+    try:
+        mp.spawn(_worker, args=(ranks, fn, args), nprocs=len(ranks), join=True)
+    except mp.ProcessExitedException as e:
+        raise UerError(f"process {e.error_index} (rank {ranks[e.error_index].rank}) stopped with exit code "
+                       f"{e.exit_code}; its message is above") from None
+    except mp.ProcessRaisedException as e:
+        raise UerError(f"a training process failed:\n{e}") from None
