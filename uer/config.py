@@ -64,6 +64,7 @@ class TrainConfig:
     dataset_path: str
     output_model_path: str
     pretrained_model_path: str | None = None
+    resume: bool = False
     total_steps: int = 100000
     save_checkpoint_steps: int = 10000
     report_steps: int = 100

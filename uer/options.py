@@ -95,6 +95,9 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
     io.add_argument("--dataset_path", default="dataset.pt", help="Dataset built by preprocess.py.")
     add_vocab_options(p)
     io.add_argument("--pretrained_model_path", default=None, help="Checkpoint to start from.")
+    io.add_argument("--resume", action="store_true",
+                    help="Continue exactly from the newest complete <output_model_path>-<step> checkpoint "
+                         "(and its .state file), if there is one.")
     io.add_argument("--output_model_path", required=True,
                     help="Final model path; checkpoints go to <path>-<step>.")
     io.add_argument("--config_path", default=DEFAULT_CONFIG_PATH,

@@ -55,6 +55,12 @@ class BatchLoader:
             self._order = self.share.start + rng.permutation(len(self.share))
         return self._order
 
+    def seek(self, batches_consumed: int) -> None:
+        """Continue as if `batches_consumed` batches had been taken (the stream is a function of
+        its position)."""
+        self.epoch, self.index = divmod(batches_consumed, self.batches_per_epoch)
+        self._order = None
+
     def next_arrays(self) -> dict:
         order = self._epoch_order()
         b = self.index

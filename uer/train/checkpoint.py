@@ -1,8 +1,16 @@
 """Checkpoints: flat state dicts with the reference key names, written atomically; strict loading
-that names missing, unexpected and mis-shaped keys."""
+that names missing, unexpected and mis-shaped keys; the later (mid-2023) key names are mapped on
+load. A path ending in .safetensors is written and read with safetensors.
+
+Beside each intermediate checkpoint <out>-<step> a training-state file <out>-<step>.state holds
+what an exact resume needs (optimizer, schedule, scaler, step, every rank's RNG, run shape). It
+is written after the model file, so its presence marks a complete checkpoint.
+"""
 from __future__ import annotations
 
+import glob
 import os
+import re
 
 import torch
 from torch import nn
@@ -12,18 +20,55 @@ from uer.utils import atomic_path
 
 
 def save_model(model: nn.Module, path: str) -> None:
-    """torch.save of the unwrapped model's state dict, via a temporary file renamed when complete."""
+    """The unwrapped model's state dict (torch.save, or safetensors for a .safetensors path), via a
+    temporary file renamed when complete."""
     module = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            # tied weights share storage, which safetensors refuses: each key gets its own copy
+            save_file({k: v.clone().contiguous() for k, v in state.items()}, tmp)
+        else:
+            torch.save(state, tmp)
+
+
+#: later UER key names (SPEC 4.5) -> the reference names used here
+LATER_NAMES = [
+    (r"^embedding\.word\.embedding\.", "embedding.word_embedding."),
+    (r"^embedding\.pos\.embedding\.", "embedding.position_embedding."),
+    (r"^embedding\.seg\.embedding\.", "embedding.segment_embedding."),
+    (r"^target\.mlm\.linear_(\d)\.", r"target.mlm_linear_\1."),
+    (r"^target\.mlm\.layer_norm\.", "target.layer_norm."),
+    (r"^target\.lm\.output_layer\.", "target.output_layer."),
+]
+
+
+def map_later_names(state: dict, sentence_pair: str | None = "nsp") -> dict:
+    """Rename keys of the later layout; `target.sp.*` becomes nsp_* or sop_* (by the target)."""
+    out = {}
+    for k, v in state.items():
+        for pattern, repl in LATER_NAMES:
+            k = re.sub(pattern, repl, k)
+        if sentence_pair:
+            k = re.sub(r"^target\.sp\.linear_(\d)\.", rf"target.{sentence_pair}_linear_\1.", k)
+        out[k] = v
+    return out
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise UerError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if path.endswith(".safetensors") or (len(head) >= 9 and head[8:9] == b"{"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several kinds for a damaged or foreign file
         raise UerError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -36,10 +81,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_model(model: nn.Module, path: str, strict: bool = True) -> dict:
-    """Load `path` into `model`. Strict: any missing, unexpected or mis-shaped key is an error that
-    lists them all. Not strict: the mismatches are returned (missing ones keep their init)."""
+    """Load `path` into `model` (reference or later key names). Strict: any missing, unexpected or
+    mis-shaped key is an error that lists them all. Not strict: the mismatches are returned and
+    the missing parameters keep their N(0, 0.02) init."""
     state = read_state_dict(path)
     own = model.state_dict()
+    target = getattr(model, "target", None)
+    sp = "sop" if hasattr(target, "sop_linear_1") else "nsp"
+    state = map_later_names(state, sp)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     misshaped = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
@@ -58,3 +107,33 @@ def load_model(model: nn.Module, path: str, strict: bool = True) -> dict:
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fitting, strict=False)
     return report
+
+
+# -- training state (exact resume) -----------------------------------------------------------------
+
+def state_path(model_path: str) -> str:
+    return model_path + ".state"
+
+
+def save_training_state(path: str, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def latest_checkpoint(output_model_path: str) -> tuple[int, str] | None:
+    """(step, model path) of the newest complete intermediate checkpoint, or None."""
+    best = None
+    for model_path in glob.glob(glob.escape(output_model_path) + "-*"):
+        m = re.fullmatch(re.escape(output_model_path) + r"-(\d+)", model_path)
+        if m and os.path.isfile(state_path(model_path)):
+            step = int(m.group(1))
+            if best is None or step > best[0]:
+                best = (step, model_path)
+    return best
+
+
+def load_training_state(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UerError(f"cannot read training state {path}: {type(e).__name__}: {e}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from uer.data.loader import BatchLoader
 from uer.data.masking import MaskingConfig
 from uer.errors import UerError
 from uer.model import build_model, count_parameters
-from uer.train.checkpoint import load_model, save_model
+from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_model, \
+    save_training_state, state_path
 from uer.train.distributed import Rank, finish, init
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.utils import set_seed
@@ -113,17 +115,37 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
     scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.fp16 and tcfg.fp16_opt_level != "O0")
+    start = 0
+    found = latest_checkpoint(tcfg.output_model_path) if tcfg.resume else None
+    if found:
+        start, path = found
+        state = load_training_state(state_path(path))
+        changed = [f"{k}: {state['run'].get(k)} in the checkpoint, {v} now"
+                   for k, v in run_shape(tcfg, rank).items() if state["run"].get(k) != v]
+        if changed:
+            raise UerError(f"--resume from {path}: the run is not the same, so it cannot continue exactly "
+                           f"({'; '.join(changed)})")
+        load_model(getattr(model, "module", model), path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][rank.rank], device)
+        loader.seek(start * tcfg.accumulation_steps)
+    elif tcfg.resume:
+        log(f"--resume: no checkpoint {tcfg.output_model_path}-<step> with its .state file yet; starting "
+            "from the beginning.")
     log(f"Model: {mcfg.embedding} + {mcfg.encoder} + {mcfg.target}, "
         f"{count_parameters(model) / 1e6:.2f} M parameters; dataset {dataset.path}: "
         f"{len(dataset)} instances; device {device}"
-        + (f"; {rank.world_size} processes ({tcfg.backend})." if rank.distributed else "."))
+        + (f"; {rank.world_size} processes ({tcfg.backend})." if rank.distributed else ".")
+        + (f" Resumed from {found[1]} at step {start}." if found else ""))
     terms = list(target.terms)
     with loader.prefetch(tcfg.instances_buffer_size) as batches:
         window = Window()
         t_start = time.perf_counter()
         history = []
         model.train()
-        for step in range(1, tcfg.total_steps + 1):
+        for step in range(start + 1, tcfg.total_steps + 1):
             micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
             # global-batch normalisation: each term's count over all micro-batches and all ranks
             local = [sum(target.counts(b)[k] for b in micro) for k in terms]
@@ -160,13 +182,48 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                 log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
                 history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
                 window = Window()
-            if step % tcfg.save_checkpoint_steps == 0 and rank.is_main:
-                save_model(model, f"{tcfg.output_model_path}-{step}")
+            if step % tcfg.save_checkpoint_steps == 0:
+                rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
+                if rank.is_main:
+                    path = f"{tcfg.output_model_path}-{step}"
+                    save_model(model, path)
+                    save_training_state(state_path(path), {
+                        "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rngs, "run": run_shape(tcfg, rank),
+                        "batches_consumed_per_rank": step * tcfg.accumulation_steps})
     if rank.is_main:
         save_model(model, tcfg.output_model_path)
         log(f"Saved the final model to {tcfg.output_model_path}.")
     sys.stdout.flush()
     return {"history": history, "model": getattr(model, "module", model)}
+
+
+def run_shape(tcfg: TrainConfig, rank: Rank) -> dict:
+    """What must not change for a resumed run to continue exactly."""
+    return {"world_size": rank.world_size, "batch_size": tcfg.batch_size,
+            "accumulation_steps": tcfg.accumulation_steps, "seed": tcfg.seed, "total_steps": tcfg.total_steps,
+            "warmup": tcfg.warmup, "dataset_path": os.path.abspath(tcfg.dataset_path)}
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def gather(obj, rank: Rank) -> list:
+    if not rank.distributed:
+        return [obj]
+    out = [None] * rank.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _silent(*_args, **_kw) -> None:

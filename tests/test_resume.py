@@ -1,0 +1,162 @@
+"""Checkpoints that last (issues #6, #8): exact resume with dropout on, a run killed at a random
+moment and resumed, saves that never leave a complete-looking partial file, safetensors output, and
+the later (SPEC 4.5) key names."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, assert_clean_error, run_script
+from uer.config import ModelConfig
+from uer.model import build_model
+from uer.train.checkpoint import latest_checkpoint, load_model, read_state_dict, save_model
+
+TINY_RECIPE = '{"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "layers_num": 2, ' \
+              '"dropout": 0.1}'
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    (d / "tiny.json").write_text(TINY_RECIPE)
+    proc = run_script("preprocess.py", "--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB, "--dataset_path",
+                      str(d / "d.pt"), "--target", "mlm", "--dynamic_masking", "--seq_length", "32")
+    assert proc.returncode == 0, proc.stderr
+    return d
+
+
+def args(d, out, steps=8, *extra):
+    return [os.path.join(ROOT, "pretrain.py"), "--dataset_path", str(d / "d.pt"), "--vocab_path", ZH_VOCAB,
+            "--config_path", str(d / "tiny.json"), "--target", "mlm", "--output_model_path", str(out),
+            "--total_steps", str(steps), "--save_checkpoint_steps", "2", "--report_steps", "1",
+            "--batch_size", "8", "--learning_rate", "1e-3", "--accumulation_steps", "2", *extra]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_same_model(a, b):
+    sa, sb = read_state_dict(str(a)), read_state_dict(str(b))
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_resume_after_step_k_equals_an_uninterrupted_run(tmp_path, setup, world):
+    dist = [] if world == 1 else ["--world_size", "2", "--gpu_ranks", "0", "1", "--backend", "gloo"]
+
+    def run(out):
+        extra = dist + (["--master_ip", f"tcp://127.0.0.1:{free_port()}"] if dist else [])
+        return run_script(*args(setup, out, 8, *extra, "--resume"), timeout=300)
+
+    full = tmp_path / "full" / "m.bin"
+    proc = run(full)
+    assert proc.returncode == 0, proc.stderr
+    assert "starting from the beginning" in proc.stdout
+    # a second run that had stopped after step 4: only the checkpoints up to 4 exist
+    part = tmp_path / "part" / "m.bin"
+    part.parent.mkdir()
+    for name in ("m.bin-2", "m.bin-2.state", "m.bin-4", "m.bin-4.state"):
+        shutil.copy(full.parent / name, part.parent / name)
+    proc = run(part)
+    assert proc.returncode == 0, proc.stderr
+    assert "Resumed from" in proc.stdout and "at step 4" in proc.stdout
+    steps = [line.split("/")[0].strip("| ") for line in proc.stdout.splitlines() if "steps|" in line]
+    assert steps == ["5", "6", "7", "8"]
+    assert_same_model(full, part)
+
+
+def test_killed_at_a_random_moment_then_resumed(tmp_path, setup):
+    """SIGKILL while training (perhaps while a checkpoint is written), resume: the same final model."""
+    full = tmp_path / "full" / "m.bin"
+    proc = run_script(*args(setup, full, 12), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "killed" / "m.bin"
+    import random
+
+    delay = random.Random().uniform(0.0, 1.5)
+    p = subprocess.Popen([sys.executable, *args(setup, out, 12, "--resume")], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and latest_checkpoint(str(out)) is None and p.poll() is None:
+        time.sleep(0.01)
+    time.sleep(delay)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    for f in out.parent.glob("m.bin*"):  # whatever is there and looks complete is loadable
+        if not f.name.startswith(".") and not f.name.endswith(".state"):
+            read_state_dict(str(f))
+    proc = run_script(*args(setup, out, 12, "--resume"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_model(full, out)
+
+
+def test_resume_refuses_a_different_run(tmp_path, setup):
+    out = tmp_path / "m.bin"
+    assert run_script(*args(setup, out, 4), timeout=300).returncode == 0
+    proc = run_script(*args(setup, out, 4, "--resume", "--batch_size", "4"), timeout=300)
+    assert_clean_error(proc, "cannot continue exactly", "batch_size: 8 in the checkpoint, 4 now")
+
+
+def test_an_interrupted_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    model = build_model(ModelConfig(vocab_size=50, emb_size=8, hidden_size=8, feedforward_size=16, heads_num=2,
+                                    layers_num=1))
+    path = tmp_path / "m.bin"
+    save_model(model, str(path))
+    before = path.read_bytes()
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt  # the process dies in the middle of writing
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, str(path))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.bin"]
+
+
+def test_safetensors_output_and_later_key_names(tmp_path):
+    cfg = ModelConfig(vocab_size=50, emb_size=8, hidden_size=8, feedforward_size=16, heads_num=2, layers_num=1,
+                      tie_weights=True)
+    model = build_model(cfg)
+    save_model(model, str(tmp_path / "m.safetensors"))
+    again = build_model(cfg)
+    load_model(again, str(tmp_path / "m.safetensors"))
+    for (k, v), w in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert again.target.mlm_linear_2.weight is again.embedding.word_embedding.weight  # still tied
+    # the later layout (SPEC 4.5), with a DDP prefix
+    later = {}
+    for k, v in model.state_dict().items():
+        k = (k.replace("embedding.word_embedding.", "embedding.word.embedding.")
+             .replace("embedding.position_embedding.", "embedding.pos.embedding.")
+             .replace("embedding.segment_embedding.", "embedding.seg.embedding.")
+             .replace("target.mlm_linear_", "target.mlm.linear_").replace("target.layer_norm.", "target.mlm.layer_norm.")
+             .replace("target.nsp_linear_", "target.sp.linear_"))
+        later["module." + k] = v.clone()
+    torch.save(later, tmp_path / "later.bin")
+    third = build_model(cfg)
+    load_model(third, str(tmp_path / "later.bin"))
+    for (k, v), w in zip(model.state_dict().items(), third.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_partial_load_initialises_what_is_missing(tmp_path):
+    cfg = ModelConfig(vocab_size=50, emb_size=8, hidden_size=8, feedforward_size=16, heads_num=2, layers_num=1,
+                      target="mlm")
+    save_model(build_model(cfg), str(tmp_path / "mlm.bin"))
+    torch.manual_seed(0)
+    bert = build_model(cfg.replace(target="bert"))
+    report = load_model(bert, str(tmp_path / "mlm.bin"), strict=False)
+    assert sorted(report["missing"]) == sorted(k for k in bert.state_dict() if "nsp" in k)
+    w = bert.target.nsp_linear_1.weight
+    assert 0.01 < w.std().item() < 0.03 and abs(w.mean().item()) < 0.01  # N(0, 0.02), not torch's default
