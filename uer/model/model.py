@@ -25,6 +25,10 @@ class Model(nn.Module):
     def forward(self, batch: dict) -> dict:
         return self.target(self.encode(batch["src"], batch["seg"]), batch)
 
+    def logits(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Every term's scores at every position (or per sequence); see Target.logits."""
+        return self.target.logits(self.encode(batch["src"], batch["seg"]), batch)
+
 
 def init_weights(model: nn.Module, std: float = 0.02) -> None:
     """N(0, std) for every parameter except LayerNorm gamma (1) and beta (0). Tied weights are

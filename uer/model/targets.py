@@ -55,6 +55,11 @@ class Target(nn.Module):
     def problems(cls, cfg: ModelConfig) -> list[str]:
         return []
 
+    def logits(self, hidden: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        """Scores of every term at every position ([B, L, V]) or per sequence ([B, C]), for
+        inference and parity checks; training uses forward, which scores only the targets."""
+        raise NotImplementedError
+
 
 class MlmHead(Target):
     """mlm_linear_1 (H -> out), GELU, layer_norm, mlm_linear_2 (out -> V), on predicted positions
@@ -77,9 +82,14 @@ class MlmHead(Target):
     def tie_in_features(cls, cfg):
         return cls.head_size(cfg)
 
+    def mlm_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlm_linear_2(self.layer_norm(self.act(self.mlm_linear_1(x))))
+
     def mlm(self, hidden: torch.Tensor, batch: dict):
-        x = self.layer_norm(self.act(self.mlm_linear_1(at_positions(hidden, batch["mlm_pos"]))))
-        return token_terms(self.mlm_linear_2(x), batch["mlm_tgt"])
+        return token_terms(self.mlm_scores(at_positions(hidden, batch["mlm_pos"])), batch["mlm_tgt"])
+
+    def logits(self, hidden, batch):
+        return {"mlm": self.mlm_scores(hidden)}
 
 
 @register(TARGETS, "mlm")
@@ -100,10 +110,15 @@ class SentencePairTarget(MlmHead):
         setattr(self, f"{self.sp}_linear_1", nn.Linear(cfg.hidden_size, cfg.hidden_size))
         setattr(self, f"{self.sp}_linear_2", nn.Linear(cfg.hidden_size, 2))
 
-    def forward(self, hidden, batch):
+    def sp_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         l1, l2 = getattr(self, f"{self.sp}_linear_1"), getattr(self, f"{self.sp}_linear_2")
-        logits = l2(torch.tanh(l1(hidden[:, 0])))
-        return {"mlm": self.mlm(hidden, batch), self.sp: token_terms(logits, batch["label"])}
+        return l2(torch.tanh(l1(hidden[:, 0])))
+
+    def forward(self, hidden, batch):
+        return {"mlm": self.mlm(hidden, batch), self.sp: token_terms(self.sp_scores(hidden), batch["label"])}
+
+    def logits(self, hidden, batch):
+        return {"mlm": self.mlm_scores(hidden), self.sp: self.sp_scores(hidden)}
 
 
 @register(TARGETS, "bert")
@@ -160,6 +175,9 @@ class LmTarget(Target):
     def forward(self, hidden, batch):
         return {"lm": token_terms(self.output_layer(at_positions(hidden, batch["lm_pos"])), batch["lm_tgt"])}
 
+    def logits(self, hidden, batch):
+        return {"lm": self.output_layer(hidden)}
+
 
 @register(TARGETS, "bilm")
 class BilmTarget(Target):
@@ -184,6 +202,10 @@ class BilmTarget(Target):
             return [f"--target bilm needs two independent directions: use --encoder birnn, bilstm "
                     f"or bigru, not {cfg.encoder}"]
         return []
+
+    def logits(self, hidden, batch):
+        return {"forward": self.output_layer(hidden[..., :self.half]),
+                "backward": self.output_layer(hidden[..., self.half:])}
 
     def forward(self, hidden, batch):
         fwd, bwd = hidden[..., :self.half], hidden[..., self.half:]
@@ -229,9 +251,14 @@ class ClsTarget(Target):
             p.append(f"--pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}")
         return p
 
+    def scores(self, hidden, seg):
+        return self.linear_2(torch.tanh(self.linear_1(pool(hidden, seg, self.pooling))))
+
     def forward(self, hidden, batch):
-        x = torch.tanh(self.linear_1(pool(hidden, batch["seg"], self.pooling)))
-        return {"cls": token_terms(self.linear_2(x), batch["label"])}
+        return {"cls": token_terms(self.scores(hidden, batch["seg"]), batch["label"])}
+
+    def logits(self, hidden, batch):
+        return {"cls": self.scores(hidden, batch["seg"])}
 
 
 class Seq2SeqTarget(Target):
@@ -268,11 +295,15 @@ class Seq2SeqTarget(Target):
                      f"{cfg.emb_size} must equal hidden_size {cfg.hidden_size}")
         return p
 
+    def decode(self, hidden, batch):
+        return self.decoder(self.embedding(batch["tgt_in"], batch["tgt_seg"]), hidden, batch["seg"])
+
     def forward(self, hidden, batch):
-        emb = self.embedding(batch["tgt_in"], batch["tgt_seg"])
-        out = self.decoder(emb, hidden, batch["seg"])
-        logits = self.output_layer(at_positions(out, batch["dec_pos"]))
+        logits = self.output_layer(at_positions(self.decode(hidden, batch), batch["dec_pos"]))
         return {self.name: token_terms(logits, batch["dec_tgt"])}
+
+    def logits(self, hidden, batch):
+        return {self.name: self.output_layer(self.decode(hidden, batch))}
 
 
 @register(TARGETS, "mt")

@@ -1,0 +1,11 @@
+#!/usr/bin/env python3
+"""Convert a bert checkpoint from HuggingFace transformers to uer (key map: uer/convert.py). See --help."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from uer.convert import convert_cli  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(convert_cli("bert", "from_huggingface_to_uer"))
