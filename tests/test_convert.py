@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+import transformers  # a test dependency (pyproject [test]): parity must run, never skip
 
-transformers = pytest.importorskip("transformers")
-
-from conftest import assert_clean_error, run_script  # noqa: E402
-from uer.config import ModelConfig  # noqa: E402
-from uer.model import build_model  # noqa: E402
-from uer.train.checkpoint import load_model, save_model  # noqa: E402
+from conftest import assert_clean_error, run_script
+from uer.config import ModelConfig
+from uer.model import build_model
+from uer.train.checkpoint import load_model, save_model
 
 V, H, L, HEADS, FF = 120, 32, 2, 4, 64
 

@@ -75,8 +75,8 @@ def dataset_problems(header: dict, path: str, mcfg, vocab, tgt_vocab=None) -> li
 
 
 def _pretrain(argv: list[str] | None) -> int:
-    from uer.config import ModelConfig, TrainConfig, load_recipe, masking_problems, merge, \
-        model_problems, train_problems
+    from uer.config import TrainConfig, build_model_config, load_recipe, masking_problems, model_problems, \
+        train_problems
     from uer.data.dataset import Dataset
     from uer.data.masking import MaskingConfig
     from uer.options import build_pretrain_parser, explicit_dests
@@ -94,12 +94,11 @@ def _pretrain(argv: list[str] | None) -> int:
     dataset = Dataset(args.dataset_path)
     header = dataset.header
 
-    model_defaults = {f.name: f.default for f in fields(ModelConfig) if f.name not in ("vocab_size", "tgt_vocab_size")}
-    model_kw = merge(model_defaults, recipe, vars(args), explicit)
     tgt_vocab = None
-    if model_kw["target"] == "mt":
+    target = args.target if "target" in explicit else recipe.get("target", args.target)
+    if target == "mt":
         tgt_vocab = load_vocab(args.tgt_vocab_path, args.tgt_spm_model_path, what="tgt ")
-    mcfg = ModelConfig(vocab_size=len(vocab), tgt_vocab_size=len(tgt_vocab) if tgt_vocab else None, **model_kw)
+    mcfg = build_model_config(recipe, vars(args), explicit, len(vocab), len(tgt_vocab) if tgt_vocab else None)
 
     train_kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     train_kw["gpu_ranks"] = tuple(args.gpu_ranks)

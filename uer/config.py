@@ -124,6 +124,14 @@ def merge(defaults: dict, recipe: dict, cli: dict, explicit: set[str]) -> dict:
     return out
 
 
+def build_model_config(recipe: dict, options: dict, explicit: set[str], vocab_size: int,
+                       tgt_vocab_size: int | None = None) -> ModelConfig:
+    """defaults < recipe < options given explicitly (not validated: see model_problems)."""
+    defaults = {f.name: f.default for f in fields(ModelConfig) if f.name not in ("vocab_size", "tgt_vocab_size")}
+    return ModelConfig(vocab_size=vocab_size, tgt_vocab_size=tgt_vocab_size,
+                       **merge(defaults, recipe, options, explicit))
+
+
 def _expect(problems: list, cond: bool, msg: str) -> None:
     if not cond:
         problems.append(msg)

@@ -85,34 +85,11 @@ def build_preprocess_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_pretrain_parser() -> argparse.ArgumentParser:
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model slots and their switches (pretrain.py and the inference scripts)."""
     from uer.model.registry import DECODERS as REG_DEC, EMBEDDINGS as REG_EMB, ENCODERS as REG_ENC, \
         TARGETS as REG_TGT
 
-    p = _parser("pretrain.py", "Pre-train a model assembled from an embedding, an encoder, an "
-                               "optional target embedding and decoder, and a target.")
-    io = p.add_argument_group("files")
-    io.add_argument("--dataset_path", default="dataset.pt", help="Dataset built by preprocess.py.")
-    add_vocab_options(p)
-    io.add_argument("--pretrained_model_path", default=None, help="Checkpoint to start from.")
-    io.add_argument("--resume", action="store_true",
-                    help="Continue exactly from the newest complete <output_model_path>-<step> checkpoint "
-                         "(and its .state file), if there is one.")
-    io.add_argument("--output_model_path", required=True,
-                    help="Final model path; checkpoints go to <path>-<step>.")
-    io.add_argument("--config_path", default=DEFAULT_CONFIG_PATH,
-                    help="JSON model recipe; explicitly given options win over it.")
-    t = p.add_argument_group("training")
-    t.add_argument("--total_steps", type=int, default=100000, help="Optimizer steps.")
-    t.add_argument("--save_checkpoint_steps", type=int, default=10000, help="Save every N steps.")
-    t.add_argument("--report_steps", type=int, default=100, help="Report every N steps.")
-    t.add_argument("--accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    t.add_argument("--batch_size", type=int, default=32, help="Instances per micro-batch and process.")
-    t.add_argument("--instances_buffer_size", type=int, default=25600,
-                   help="Instances the loader prepares ahead of training (background thread).")
-    t.add_argument("--labels_num", type=int, default=None, help="Number of labels (cls target).")
-    t.add_argument("--dropout", type=float, default=0.1, help="Dropout probability.")
-    t.add_argument("--seed", type=int, default=7, help="Random seed.")
     m = p.add_argument_group("model")
     m.add_argument("--embedding", choices=_choices(EMBEDDINGS, REG_EMB), default="word_pos_seg",
                    help="Embedding layer.")
@@ -137,6 +114,34 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
     m.add_argument("--tie_weights", action="store_true",
                    help="Share the word embedding with the output projection.")
     m.add_argument("--has_lmtarget_bias", action="store_true", help="Bias on the lm/mt/t5 output layer.")
+
+
+def build_pretrain_parser() -> argparse.ArgumentParser:
+    p = _parser("pretrain.py", "Pre-train a model assembled from an embedding, an encoder, an "
+                               "optional target embedding and decoder, and a target.")
+    io = p.add_argument_group("files")
+    io.add_argument("--dataset_path", default="dataset.pt", help="Dataset built by preprocess.py.")
+    add_vocab_options(p)
+    io.add_argument("--pretrained_model_path", default=None, help="Checkpoint to start from.")
+    io.add_argument("--resume", action="store_true",
+                    help="Continue exactly from the newest complete <output_model_path>-<step> checkpoint "
+                         "(and its .state file), if there is one.")
+    io.add_argument("--output_model_path", required=True,
+                    help="Final model path; checkpoints go to <path>-<step>.")
+    io.add_argument("--config_path", default=DEFAULT_CONFIG_PATH,
+                    help="JSON model recipe; explicitly given options win over it.")
+    t = p.add_argument_group("training")
+    t.add_argument("--total_steps", type=int, default=100000, help="Optimizer steps.")
+    t.add_argument("--save_checkpoint_steps", type=int, default=10000, help="Save every N steps.")
+    t.add_argument("--report_steps", type=int, default=100, help="Report every N steps.")
+    t.add_argument("--accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
+    t.add_argument("--batch_size", type=int, default=32, help="Instances per micro-batch and process.")
+    t.add_argument("--instances_buffer_size", type=int, default=25600,
+                   help="Instances the loader prepares ahead of training (background thread).")
+    t.add_argument("--labels_num", type=int, default=None, help="Number of labels (cls target).")
+    t.add_argument("--dropout", type=float, default=0.1, help="Dropout probability.")
+    t.add_argument("--seed", type=int, default=7, help="Random seed.")
+    add_model_options(p)
     add_masking_options(p)
     o = p.add_argument_group("optimizer")
     o.add_argument("--learning_rate", type=float, default=2e-5, help="Peak learning rate.")

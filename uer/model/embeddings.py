@@ -37,10 +37,11 @@ class WordEmbedding(Embedding):
             LayerNorm(E, cfg.layernorm_eps, cfg.layernorm)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, src: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, seg: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """start: the position of src's first token (generation continues a sequence)."""
         emb = self.word_embedding(src)
         if self.use_position:
-            pos = torch.arange(src.shape[1], device=src.device)
+            pos = torch.arange(start, start + src.shape[1], device=src.device)
             emb = emb + self.position_embedding(pos)
         if self.use_segment:
             emb = emb + self.segment_embedding(seg)
@@ -90,6 +91,6 @@ class WordSinusoidalPos(Embedding):
         self.register_buffer("pe", pe, persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, src: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, seg: torch.Tensor, start: int = 0) -> torch.Tensor:
         emb = self.word_embedding(src) * math.sqrt(self.emb_size)
-        return self.dropout(emb + self.pe[: src.shape[1]].to(emb.dtype))
+        return self.dropout(emb + self.pe[start:start + src.shape[1]].to(emb.dtype))

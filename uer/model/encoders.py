@@ -50,7 +50,9 @@ class TransformerEncoder(Encoder):
         if cfg.layernorm_positioning == "pre":
             self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layernorm_eps, cfg.layernorm)
 
-    def forward(self, emb: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, emb: torch.Tensor, seg: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
+        """caches (causal only, for generation): one dict per layer holding the keys and values of
+        the positions already seen; emb then holds only the new positions."""
         x = self.linear(emb) if hasattr(self, "linear") else emb
         if self.causal:
             mask = None
@@ -58,7 +60,7 @@ class TransformerEncoder(Encoder):
             mask = (seg > 0)[:, None, None, :]  # [B, 1, 1, L]: padding keys are invisible
         for i in range(self.layers_num):
             layer = self.transformer if self.parameter_sharing else self.transformer[i]
-            x = layer(x, mask, self.causal)
+            x = layer(x, mask, self.causal, caches[i] if caches is not None else None)
         if hasattr(self, "layer_norm"):
             x = self.layer_norm(x)
         return x

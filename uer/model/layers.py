@@ -51,7 +51,10 @@ class MultiHeadedAttention(nn.Module):
         self.final_linear = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor,
-                attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                cache: dict | None = None) -> torch.Tensor:
+        """cache (self-attention while generating): the keys and values of earlier positions,
+        extended in place; the new queries see them all and, causally, each other."""
         B, Lq, H = query.shape
         Lk = key_value.shape[1]
 
@@ -61,6 +64,14 @@ class MultiHeadedAttention(nn.Module):
         q = heads(self.linear_layers[0](query), Lq)
         k = heads(self.linear_layers[1](key_value), Lk)
         v = heads(self.linear_layers[2](key_value), Lk)
+        if cache is not None:
+            if "k" in cache:
+                past = cache["k"].shape[2]
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+                if is_causal:  # new position i sees the past and new positions <= i
+                    attn_mask = torch.ones(Lq, past + Lq, dtype=torch.bool, device=q.device).tril(past)
+                    is_causal = False
+            cache["k"], cache["v"] = k, v
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.final_linear(out.transpose(1, 2).reshape(B, Lq, H))
@@ -103,10 +114,11 @@ class TransformerLayer(nn.Module):
         self.dropout_1 = nn.Dropout(dropout)
         self.dropout_2 = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool,
+                cache: dict | None = None) -> torch.Tensor:
         if self.pre:
             h = self.layer_norm_1(x)
-            x = x + self.dropout_1(self.self_attn(h, h, attn_mask, is_causal))
+            x = x + self.dropout_1(self.self_attn(h, h, attn_mask, is_causal, cache))
             return x + self.dropout_2(self.feed_forward(self.layer_norm_2(x)))
-        x = self.layer_norm_1(x + self.dropout_1(self.self_attn(x, x, attn_mask, is_causal)))
+        x = self.layer_norm_1(x + self.dropout_1(self.self_attn(x, x, attn_mask, is_causal, cache)))
         return self.layer_norm_2(x + self.dropout_2(self.feed_forward(x)))

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Element-wise mean of several checkpoints with the same keys and shapes (e.g. the last few
+<output_model_path>-<step> files), written atomically."""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from uer.errors import UerError, run_cli  # noqa: E402
+
+
+def main(argv=None):
+    import torch
+
+    from uer.train.checkpoint import read_state_dict
+    from uer.utils import atomic_path
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model_list_path", nargs="+", required=True, help="Checkpoints to average.")
+    p.add_argument("--output_model_path", required=True)
+    args = p.parse_args(argv)
+    total, first = None, None
+    for path in args.model_list_path:
+        state = read_state_dict(path)
+        if total is None:
+            total, first = {k: v.double().clone() for k, v in state.items()}, path
+            continue
+        if state.keys() != total.keys():
+            diff = sorted(set(state) ^ set(total))[:5]
+            raise UerError(f"{path} and {first} have different keys (e.g. {', '.join(diff)})")
+        for k, v in state.items():
+            if v.shape != total[k].shape:
+                raise UerError(f"{k}: {tuple(v.shape)} in {path}, {tuple(total[k].shape)} in {first}")
+            total[k] += v.double()
+    dtypes = {k: v.dtype for k, v in read_state_dict(first).items()}
+    mean = {k: (v / len(args.model_list_path)).to(dtypes[k]) for k, v in total.items()}
+    with atomic_path(args.output_model_path) as tmp:
+        torch.save(mean, tmp)
+    print(f"Wrote the mean of {len(args.model_list_path)} checkpoints to {args.output_model_path}.")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

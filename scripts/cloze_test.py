@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Mask one random token of each line of --input_path and write the model's top-n predictions for
+it (an mlm, bert or albert model). Output lines: text<TAB>masked token<TAB>prediction prediction ..."""
+import argparse
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from uer.api import Pretrained, add_inference_options, parse  # noqa: E402
+from uer.errors import UerError, run_cli  # noqa: E402
+from uer.utils import atomic_write_text  # noqa: E402
+
+
+def main(argv=None):
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__)
+    add_inference_options(p)
+    p.add_argument("--input_path", required=True, help="Text, one sentence a line.")
+    p.add_argument("--output_path", required=True)
+    p.add_argument("--topn", type=int, default=10, help="Predictions per masked token.")
+    p.add_argument("--seq_length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(target="mlm")
+    args, explicit = parse(p, argv)
+    m = Pretrained.from_args(args, explicit | {"target"})
+    if m.cfg.target not in ("mlm", "bert", "albert"):
+        raise UerError(f"--target {m.cfg.target}: cloze_test.py needs a masked LM (mlm, bert or albert)")
+    rng = random.Random(args.seed)
+    out = []
+    with open(args.input_path, encoding="utf-8") as f:
+        for line in f:
+            text = line.strip()
+            ids = m.tokenizer.encode(text)[:args.seq_length - 2]
+            if not ids:
+                continue
+            k = rng.randrange(len(ids))
+            original = ids[k]
+            src = torch.tensor([[m.special.cls] + ids[:k] + [m.special.mask] + ids[k + 1:] + [m.special.sep]])
+            with torch.no_grad():
+                scores = m.model.logits({"src": src, "seg": torch.ones_like(src)})["mlm"][0, k + 1]
+            best = scores.topk(args.topn).indices.tolist()
+            out.append(f"{text}\t{m.vocab.tokens[original]}\t{' '.join(m.vocab.tokens[i] for i in best)}\n")
+    atomic_write_text(args.output_path, "".join(out))
+    print(f"Wrote {len(out)} cloze predictions to {args.output_path}.")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

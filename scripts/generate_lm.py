@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Continue each line of --test_path with an lm model (greedy with --top_k 1, else top-k / top-p
+sampling), writing one line per prompt to --prediction_path. A causal transformer uses a KV cache."""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from uer.api import Pretrained, add_inference_options, parse  # noqa: E402
+from uer.errors import UerError, run_cli  # noqa: E402
+from uer.utils import atomic_write_text  # noqa: E402
+
+
+def main(argv=None):
+    import torch
+
+    from uer.generate import Generator
+
+    p = argparse.ArgumentParser(description=__doc__)
+    add_inference_options(p)
+    p.add_argument("--test_path", required=True, help="Prompts, one a line.")
+    p.add_argument("--prediction_path", required=True, help="Output: each prompt with its continuation.")
+    p.add_argument("--seq_length", type=int, default=128, help="Total length, prompt included.")
+    p.add_argument("--top_k", type=int, default=70, help="Sample among the k best (1: greedy; 0: all).")
+    p.add_argument("--top_p", type=float, default=0.0, help="Nucleus sampling threshold (0: off).")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(target="lm", mask="causal")
+    args, explicit = parse(p, argv)
+    m = Pretrained.from_args(args, explicit | {"target", "mask"})
+    if m.cfg.target != "lm":
+        raise UerError(f"--target {m.cfg.target}: generate_lm.py needs an lm model")
+    if args.seq_length > m.cfg.max_seq_length:
+        raise UerError(f"--seq_length {args.seq_length} is beyond the position table ({m.cfg.max_seq_length})")
+    if not os.path.isfile(args.test_path):
+        raise UerError(f"--test_path {args.test_path}: file not found")
+    gen = Generator(m.model)
+    rng = torch.Generator().manual_seed(args.seed)
+    out = []
+    with open(args.test_path, encoding="utf-8") as f:
+        for line in f:
+            prompt = [m.special.cls] + m.tokenizer.encode(line.strip())
+            ids = gen.generate(prompt[:args.seq_length - 1], args.seq_length, top_k=args.top_k, top_p=args.top_p,
+                               temperature=args.temperature, stop_id=m.special.sep, generator=rng)
+            out.append(line.strip() + m.decode([i for i in ids[len(prompt):] if i != m.special.sep]) + "\n")
+    atomic_write_text(args.prediction_path, "".join(out))
+    print(f"Wrote {len(out)} continuations to {args.prediction_path}.")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

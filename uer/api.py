@@ -1,0 +1,118 @@
+"""Python API: build a model from a recipe and options, load a checkpoint, run text through it.
+
+    from uer.api import Pretrained
+    m = Pretrained.load("models/output_model.bin", config_path="models/bert_tiny_config.json",
+                        vocab_path="models/google_zh_vocab.txt", target="mlm")
+    hidden, seg = m.hidden_states(["今天天气很好", "你好"])     # [B, L, H], [B, L]
+    scores = m.logits(["今天[MASK]气很好"])["mlm"]               # [B, L, V]
+    m.model                                                     # the torch module (eval mode)
+
+Options are the names of pretrain.py's model options (embedding, encoder, mask, target, ...); the
+recipe at config_path supplies the sizes, and an option given here wins over it, as on the command
+line. The scripts in scripts/ are built on this module.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from uer.config import ModelConfig, build_model_config, load_recipe, model_problems
+from uer.errors import ConfigError
+from uer.options import DEFAULT_CONFIG_PATH, TOKENIZERS, add_model_options, add_vocab_options
+from uer.vocab import Vocab, load_vocab
+
+
+class Pretrained:
+    def __init__(self, model, cfg: ModelConfig, vocab: Vocab, tokenizer, device: str = "cpu"):
+        self.model, self.cfg, self.vocab, self.tokenizer = model, cfg, vocab, tokenizer
+        self.special = vocab.special_ids()
+        self.device = torch.device(device)
+
+    @classmethod
+    def load(cls, model_path: str | None = None, *, config_path: str = DEFAULT_CONFIG_PATH,
+             vocab_path: str | None = None, spm_model_path: str | None = None, tokenizer: str = "bert",
+             do_lower_case: bool = True, device: str = "cpu", strict: bool = True, **options) -> "Pretrained":
+        """Build the model of `config_path` + `options`, and load `model_path` into it (strict by
+        default: any key that does not fit is an error that names it)."""
+        from uer.model import build_model
+        from uer.tokenizers import build_tokenizer
+        from uer.train.checkpoint import load_model
+
+        vocab = load_vocab(vocab_path, spm_model_path)
+        tgt = options.pop("tgt_vocab_size", None)
+        cfg = build_model_config(load_recipe(config_path), options, set(options), len(vocab), tgt)
+        problems = model_problems(cfg)
+        if problems:
+            raise ConfigError(problems)
+        model = build_model(cfg)
+        if model_path:
+            load_model(model, model_path, strict=strict)
+        model.to(device).eval()
+        return cls(model, cfg, vocab, build_tokenizer(tokenizer, vocab, spm_model_path, do_lower_case), device)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, explicit: set[str]) -> "Pretrained":
+        """From a parser made with add_inference_options (the scripts)."""
+        names = [f for f in ModelConfig.__dataclass_fields__ if f in explicit]
+        return cls.load(args.load_model_path, config_path=args.config_path, vocab_path=args.vocab_path,
+                        spm_model_path=args.spm_model_path, tokenizer=args.tokenizer,
+                        device="cuda" if getattr(args, "gpu", False) else "cpu",
+                        **{n: getattr(args, n) for n in names})
+
+    def encode(self, texts: list[str], seq_length: int | None = None, add_sep: bool = True) -> dict:
+        """A batch: [CLS] ids [SEP] per text (cut to seq_length), right-padded; seg 1 / 0."""
+        sp = self.special
+        limit = min(seq_length or self.cfg.max_seq_length, self.cfg.max_seq_length)
+        rows = [([sp.cls] + self.tokenizer.encode(t) + ([sp.sep] if add_sep else []))[:limit] for t in texts]
+        width = max(len(r) for r in rows)
+        src = torch.full((len(rows), width), sp.pad, dtype=torch.long)
+        seg = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            src[b, :len(r)] = torch.tensor(r)
+            seg[b, :len(r)] = 1
+        return {"src": src.to(self.device), "seg": seg.to(self.device)}
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids back to text: WordPiece pieces joined, words of Latin script spaced (space tokenizer:
+        tokens joined by spaces)."""
+        tokens = [self.vocab.tokens[i] for i in ids]
+        if self.tokenizer.name == "space":
+            return " ".join(tokens)
+        out = ""
+        for t in tokens:
+            if t.startswith("##"):
+                out += t[2:]
+            elif out and t[:1].isascii() and t[:1].isalnum() and out[-1:].isascii() and out[-1:].isalnum():
+                out += " " + t
+            else:
+                out += t
+        return out
+
+    @torch.no_grad()
+    def hidden_states(self, texts: list[str], seq_length: int | None = None):
+        batch = self.encode(texts, seq_length)
+        return self.model.encode(batch["src"], batch["seg"]), batch["seg"]
+
+    @torch.no_grad()
+    def logits(self, texts: list[str], seq_length: int | None = None) -> dict[str, torch.Tensor]:
+        return self.model.logits(self.encode(texts, seq_length))
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    """--load_model_path, --config_path, the vocabulary and tokenizer, and every model option."""
+    p.add_argument("--load_model_path", required=True, help="The model checkpoint.")
+    p.add_argument("--config_path", default=DEFAULT_CONFIG_PATH, help="JSON model recipe.")
+    add_vocab_options(p)
+    p.add_argument("--tokenizer", choices=list(TOKENIZERS), default="bert", help="Tokenizer.")
+    p.add_argument("--labels_num", type=int, default=None, help="Number of labels (cls target).")
+    add_model_options(p)
+
+
+def parse(p: argparse.ArgumentParser, argv=None):
+    import sys
+
+    from uer.options import explicit_dests
+
+    argv = sys.argv[1:] if argv is None else argv
+    return p.parse_args(argv), explicit_dests(p, argv)
