@@ -160,3 +160,17 @@ def test_partial_load_initialises_what_is_missing(tmp_path):
     assert sorted(report["missing"]) == sorted(k for k in bert.state_dict() if "nsp" in k)
     w = bert.target.nsp_linear_1.weight
     assert 0.01 < w.std().item() < 0.03 and abs(w.mean().item()) < 0.01  # N(0, 0.02), not torch's default
+
+
+def test_strict_load_option(tmp_path, setup):
+    """A bert checkpoint into an mlm model: refused by default (naming the keys); with
+    --strict_load false it loads what fits and says what it left."""
+    import json
+
+    cfg = ModelConfig(vocab_size=21128, target="bert", **json.loads(TINY_RECIPE))
+    save_model(build_model(cfg), str(tmp_path / "bert.bin"))
+    base = args(setup, tmp_path / "m.bin", 1) + ["--pretrained_model_path", str(tmp_path / "bert.bin")]
+    assert_clean_error(run_script(*base, timeout=300), "4 unexpected key(s)", "target.nsp_linear_1.weight")
+    proc = run_script(*base, "--strict_load", "false", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Partial load" in proc.stdout and "4 unexpected" in proc.stdout

@@ -64,6 +64,7 @@ class TrainConfig:
     dataset_path: str
     output_model_path: str
     pretrained_model_path: str | None = None
+    strict_load: bool = True
     resume: bool = False
     total_steps: int = 100000
     save_checkpoint_steps: int = 10000

@@ -123,6 +123,9 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
     io.add_argument("--dataset_path", default="dataset.pt", help="Dataset built by preprocess.py.")
     add_vocab_options(p)
     io.add_argument("--pretrained_model_path", default=None, help="Checkpoint to start from.")
+    io.add_argument("--strict_load", type=_bool, default=True, metavar="{true,false}",
+                    help="false: load what fits from --pretrained_model_path, list the rest, and give the "
+                         "missing parameters the N(0, 0.02) init.")
     io.add_argument("--resume", action="store_true",
                     help="Continue exactly from the newest complete <output_model_path>-<step> checkpoint "
                          "(and its .state file), if there is one.")

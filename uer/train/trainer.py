@@ -100,7 +100,11 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     set_seed(tcfg.seed)  # the same initial weights on every rank
     model = build_model(mcfg)
     if tcfg.pretrained_model_path:
-        load_model(model, tcfg.pretrained_model_path, strict=True)
+        report = load_model(model, tcfg.pretrained_model_path, strict=tcfg.strict_load)
+        if rank.is_main and not tcfg.strict_load and any(report.values()):
+            log(f"Partial load of {tcfg.pretrained_model_path}: " + "; ".join(
+                f"{len(v)} {k} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})" for k, v in report.items() if v)
+                + ". Missing parameters keep their N(0, 0.02) init.")
     model.to(device)
     if tcfg.fp16 and tcfg.fp16_opt_level == "O3":
         model.half()
