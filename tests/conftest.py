@@ -29,6 +29,20 @@ def assert_clean_error(proc, *needles):
         assert n in proc.stderr, f"{n!r} not in:\n{proc.stderr}"
 
 
+def layer_keys(prefix, H, F_):
+    """SPEC 4.1: the keys and shapes of one transformer layer under `prefix`."""
+    s = {}
+    for j in range(3):
+        s[f"{prefix}self_attn.linear_layers.{j}.weight"] = [H, H]
+        s[f"{prefix}self_attn.linear_layers.{j}.bias"] = [H]
+    s.update({f"{prefix}self_attn.final_linear.weight": [H, H], f"{prefix}self_attn.final_linear.bias": [H],
+              f"{prefix}layer_norm_1.gamma": [H], f"{prefix}layer_norm_1.beta": [H],
+              f"{prefix}feed_forward.linear_1.weight": [F_, H], f"{prefix}feed_forward.linear_1.bias": [F_],
+              f"{prefix}feed_forward.linear_2.weight": [H, F_], f"{prefix}feed_forward.linear_2.bias": [H],
+              f"{prefix}layer_norm_2.gamma": [H], f"{prefix}layer_norm_2.beta": [H]})
+    return s
+
+
 @pytest.fixture(scope="session")
 def zh_vocab():
     from uer.vocab import Vocab

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, ZH_VOCAB, assert_clean_error, run_script
+from conftest import ROOT, ZH_VOCAB, assert_clean_error, layer_keys, run_script
 from uer.config import ModelConfig, model_problems
 from uer.model import build_model, count_parameters
 from uer.model.layers import MultiHeadedAttention, reference_attention
@@ -24,19 +24,6 @@ def recipe(name, **kw):
 
 def shapes(model):
     return {k: list(v.shape) for k, v in model.state_dict().items()}
-
-
-def layer_keys(prefix, H, F_):
-    s = {}
-    for j in range(3):
-        s[f"{prefix}self_attn.linear_layers.{j}.weight"] = [H, H]
-        s[f"{prefix}self_attn.linear_layers.{j}.bias"] = [H]
-    s.update({f"{prefix}self_attn.final_linear.weight": [H, H], f"{prefix}self_attn.final_linear.bias": [H],
-              f"{prefix}layer_norm_1.gamma": [H], f"{prefix}layer_norm_1.beta": [H],
-              f"{prefix}feed_forward.linear_1.weight": [F_, H], f"{prefix}feed_forward.linear_1.bias": [F_],
-              f"{prefix}feed_forward.linear_2.weight": [H, F_], f"{prefix}feed_forward.linear_2.bias": [H],
-              f"{prefix}layer_norm_2.gamma": [H], f"{prefix}layer_norm_2.beta": [H]})
-    return s
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT
+from conftest import ROOT, layer_keys
 from uer.config import ModelConfig
 from uer.model import build_model, count_parameters
 from uer.model.layers import LayerNorm, reference_attention
@@ -22,15 +22,7 @@ def spec_41_shapes(V, H, F_, L, target="bert"):
          "embedding.segment_embedding.weight": [3, H], "embedding.layer_norm.gamma": [H],
          "embedding.layer_norm.beta": [H]}
     for i in range(L):
-        p = f"encoder.transformer.{i}."
-        for j in range(3):
-            s[f"{p}self_attn.linear_layers.{j}.weight"] = [H, H]
-            s[f"{p}self_attn.linear_layers.{j}.bias"] = [H]
-        s.update({f"{p}self_attn.final_linear.weight": [H, H], f"{p}self_attn.final_linear.bias": [H],
-                  f"{p}layer_norm_1.gamma": [H], f"{p}layer_norm_1.beta": [H],
-                  f"{p}feed_forward.linear_1.weight": [F_, H], f"{p}feed_forward.linear_1.bias": [F_],
-                  f"{p}feed_forward.linear_2.weight": [H, F_], f"{p}feed_forward.linear_2.bias": [H],
-                  f"{p}layer_norm_2.gamma": [H], f"{p}layer_norm_2.beta": [H]})
+        s.update(layer_keys(f"encoder.transformer.{i}.", H, F_))
     s.update({"target.mlm_linear_1.weight": [H, H], "target.mlm_linear_1.bias": [H],
               "target.layer_norm.gamma": [H], "target.layer_norm.beta": [H],
               "target.mlm_linear_2.weight": [V, H], "target.mlm_linear_2.bias": [V]})
