@@ -108,6 +108,9 @@ def _pretrain(argv: list[str] | None) -> int:
 
     problems = model_problems(mcfg) + train_problems(tcfg) + dataset_problems(
         header, args.dataset_path, mcfg, vocab, tgt_vocab)
+    if tcfg.dev_dataset_path and os.path.isfile(tcfg.dev_dataset_path):
+        problems += [f"dev: {q}" for q in dataset_problems(Dataset(tcfg.dev_dataset_path).header,
+                                                           tcfg.dev_dataset_path, mcfg, vocab, tgt_vocab)]
     problems += masking_problems(tcfg.span_geo_prob, tcfg.span_max_length)
     problems += launch_problems(tcfg)
     masking = None

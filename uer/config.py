@@ -66,6 +66,9 @@ class TrainConfig:
     pretrained_model_path: str | None = None
     strict_load: bool = True
     resume: bool = False
+    dev_dataset_path: str | None = None
+    dev_steps: int | None = None       # None: every save_checkpoint_steps
+    best_model_path: str | None = None  # where the model with the best dev score is kept
     total_steps: int = 100000
     save_checkpoint_steps: int = 10000
     report_steps: int = 100
@@ -198,6 +201,9 @@ def train_problems(cfg: TrainConfig) -> list[str]:
     if cfg.world_size > 1:
         bad = [r for r in cfg.gpu_ranks if not 0 <= r < cfg.world_size]
         _expect(p, not bad, f"--gpu_ranks {bad} lie outside [0, world_size={cfg.world_size})")
+    if cfg.dev_dataset_path:
+        _expect(p, os.path.isfile(cfg.dev_dataset_path), f"--dev_dataset_path {cfg.dev_dataset_path}: file not found")
+    _expect(p, cfg.dev_steps is None or cfg.dev_steps >= 1, f"--dev_steps must be at least 1, got {cfg.dev_steps}")
     _expect(p, cfg.dist_timeout >= 1, f"--dist_timeout must be at least 1 second, got {cfg.dist_timeout}")
     _expect(p, len(set(cfg.gpu_ranks)) == len(cfg.gpu_ranks), f"--gpu_ranks has duplicates: {list(cfg.gpu_ranks)}")
     if cfg.pretrained_model_path:

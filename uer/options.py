@@ -133,6 +133,11 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
                     help="Final model path; checkpoints go to <path>-<step>.")
     io.add_argument("--config_path", default=DEFAULT_CONFIG_PATH,
                     help="JSON model recipe; explicitly given options win over it.")
+    io.add_argument("--dev_dataset_path", default=None,
+                    help="A dataset built by preprocess.py (same target and vocabulary) from held-out text, "
+                         "evaluated every --dev_steps steps: loss, accuracy, perplexity.")
+    io.add_argument("--dev_steps", type=int, default=None,
+                    help="Evaluate the dev dataset every N steps (default: --save_checkpoint_steps).")
     t = p.add_argument_group("training")
     t.add_argument("--total_steps", type=int, default=100000, help="Optimizer steps.")
     t.add_argument("--save_checkpoint_steps", type=int, default=10000, help="Save every N steps.")

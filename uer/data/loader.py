@@ -72,6 +72,15 @@ class BatchLoader:
             self.epoch, self.index, self._order = self.epoch + 1, 0, None
         return arrays
 
+    def ordered(self):
+        """One pass over this rank's share in file order (evaluation); draws such as dynamic masks
+        are seeded by the batch index, so every pass is the same."""
+        for b in range(self.batches_per_epoch):
+            indices = np.arange(self.share.start + b * self.batch_size,
+                                min(self.share.start + (b + 1) * self.batch_size, self.share.stop))
+            rng = np.random.default_rng([self.seed, self.rank, b, 2])
+            yield self._tensors(self.builder.collate(self.ds, indices, rng))
+
     def _tensors(self, arrays: dict) -> dict:
         import torch
 

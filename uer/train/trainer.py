@@ -79,6 +79,39 @@ def autocast_context(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+@torch.no_grad()
+def evaluate(model, loader: BatchLoader, tcfg: TrainConfig, device: torch.device, rank: Rank = Rank()) -> dict:
+    """Loss, accuracy (and perplexity for token-level terms) of each term over one ordered pass of
+    the loader's dataset, summed over ranks."""
+    model.eval()
+    window = Window()
+    for batch in loader.ordered():
+        batch.pop("tokens")
+        with autocast_context(tcfg, device):
+            window.add(model({k: v.to(device, non_blocking=True) for k, v in batch.items()}))
+    metrics, _ = window.read(lambda t: _all_reduce(t, rank))
+    sentence_level = {term for term, key in model.target.terms.items() if key == "label"}
+    for term, m in metrics.items():
+        if term not in sentence_level:
+            m["ppl"] = math.exp(min(m["loss"], 50.0))
+    return metrics
+
+
+def better(new: dict, old: dict, target) -> bool:
+    """A classifier keeps the best accuracy, any other target the lowest total loss."""
+    if target.name == "cls":
+        return new["cls"]["acc"] > old["cls"]["acc"]
+    return sum(m["loss"] for m in new.values()) < sum(m["loss"] for m in old.values())
+
+
+def format_dev(step: int, metrics: dict) -> str:
+    parts = [f"| {step:8d} steps| dev", f" loss {sum(m['loss'] for m in metrics.values()):7.3f}"]
+    for k, m in metrics.items():
+        parts.append(f" {k}: loss {m['loss']:.3f} acc {m['acc']:.3f}" + (f" ppl {m['ppl']:.2f}" if "ppl" in m else "")
+                     + f" ({int(m['count'])})")
+    return "|".join(parts)
+
+
 def dist_sum(values: list[int], device: torch.device) -> list[int]:
     t = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(t)
@@ -144,6 +177,12 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         + (f"; {rank.world_size} processes ({tcfg.backend})." if rank.distributed else ".")
         + (f" Resumed from {found[1]} at step {start}." if found else ""))
     terms = list(target.terms)
+    dev = None
+    if tcfg.dev_dataset_path:
+        dev = BatchLoader(Dataset(tcfg.dev_dataset_path), special, tcfg.batch_size, rank=rank.rank,
+                          world_size=rank.world_size, seed=tcfg.seed, masking=masking)
+    dev_steps = tcfg.dev_steps or tcfg.save_checkpoint_steps
+    best = None
     with loader.prefetch(tcfg.instances_buffer_size) as batches:
         window = Window()
         t_start = time.perf_counter()
@@ -186,6 +225,16 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                 log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
                 history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
                 window = Window()
+            if dev is not None and (step % dev_steps == 0 or step == tcfg.total_steps):
+                scores = evaluate(getattr(model, "module", model), dev, tcfg, device, rank)
+                log(format_dev(step, scores))
+                history[-1:] = [{**(history[-1] if history and history[-1]["step"] == step else {"step": step}),
+                                 "dev": scores}]
+                if tcfg.best_model_path and rank.is_main and (best is None or better(scores, best, target)):
+                    best = scores
+                    save_model(model, tcfg.best_model_path)
+                    log(f"Saved the best model so far (dev) to {tcfg.best_model_path}.")
+                model.train()
             if step % tcfg.save_checkpoint_steps == 0:
                 rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
                 if rank.is_main:

@@ -1,0 +1,12 @@
+#!/usr/bin/env python3
+"""Fine-tune a pre-trained model as a classifier on TSV files. See --help."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from uer.errors import run_cli  # noqa: E402
+from uer.finetune import run_classifier  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(run_cli(run_classifier))

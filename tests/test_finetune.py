@@ -1,0 +1,102 @@
+"""Downstream (issue #10): fine-tune on book_review, keep the best dev model, score the test set,
+predict with the inference script; any encoder; a model converted from HuggingFace; bad TSVs."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import SHARED, ZH_VOCAB, assert_clean_error, run_script
+from uer.config import ModelConfig
+from uer.model import build_model
+from uer.train.checkpoint import save_model
+
+BOOK = os.path.join(SHARED, "datasets", "book_review")
+TINY = {"emb_size": 64, "hidden_size": 64, "feedforward_size": 128, "heads_num": 4, "layers_num": 2,
+        "dropout": 0.1}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("book")
+    for name, n in (("train", 2000), ("dev", 400), ("test", 400)):
+        with open(os.path.join(BOOK, f"{name}.tsv"), encoding="utf-8") as f:
+            (d / f"{name}.tsv").write_text("".join(next(f) for _ in range(n + 1)), encoding="utf-8")
+    (d / "tiny.json").write_text(json.dumps(TINY))
+    return d
+
+
+def finetune(d, out, *extra):
+    return run_script("finetune/run_classifier.py", "--vocab_path", ZH_VOCAB, "--config_path", str(d / "tiny.json"),
+                      "--train_path", str(d / "train.tsv"), "--dev_path", str(d / "dev.tsv"), "--test_path",
+                      str(d / "test.tsv"), "--seq_length", "64", "--batch_size", "32", "--learning_rate", "1e-3",
+                      "--output_model_path", str(out), *extra)
+
+
+def accuracy(line: str) -> float:
+    return float(line.split("accuracy")[1].split()[0])
+
+
+def test_finetune_keeps_the_best_model_and_beats_the_majority_class(tmp_path, data):
+    torch.manual_seed(0)
+    save_model(build_model(ModelConfig(vocab_size=21128, target="mlm", **TINY)), str(tmp_path / "pre.bin"))
+    proc = finetune(data, tmp_path / "ft.bin", "--epochs_num", "2", "--pretrained_model_path", str(tmp_path / "pre.bin"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(" dev|" in line for line in lines) == 2  # one evaluation per epoch
+    test_line = next(line for line in lines if line.startswith("Test accuracy"))
+    majority = max(sum(1 for line in open(data / "test.tsv", encoding="utf-8") if line.startswith(c)) for c in "01")
+    assert accuracy(test_line) > majority / 400 + 0.05, proc.stdout
+    proc = run_script("inference/run_classifier_infer.py", "--load_model_path", str(tmp_path / "ft.bin"),
+                      "--vocab_path", ZH_VOCAB, "--config_path", str(data / "tiny.json"), "--test_path",
+                      str(data / "test.tsv"), "--prediction_path", str(tmp_path / "pred.tsv"), "--seq_length", "64",
+                      "--output_prob")
+    assert proc.returncode == 0, proc.stderr
+    pred = (tmp_path / "pred.tsv").read_text().splitlines()
+    gold = [line.split("\t")[0] for line in (data / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    assert pred[0] == "label\tprob" and len(pred) == 401
+    agree = sum(p.split("\t")[0] == g for p, g in zip(pred[1:], gold)) / 400
+    assert agree == pytest.approx(accuracy(test_line), abs=1e-6)  # the same encoding as in training
+
+
+@pytest.mark.parametrize("options", [["--encoder", "bilstm", "--embedding", "word"],
+                                     ["--encoder", "gatedcnn", "--embedding", "word", "--pooling", "mean"]])
+def test_any_encoder(tmp_path, data, options):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({**TINY, "kernel_size": 3, "block_size": 2}))
+    proc = finetune(data, tmp_path / "ft.bin", "--epochs_num", "1", *options, "--config_path", str(recipe))
+    assert proc.returncode == 0, proc.stderr
+    assert "Test accuracy" in proc.stdout
+
+
+def test_a_model_converted_from_huggingface(tmp_path, data):
+    import transformers
+
+    hf = transformers.BertForPreTraining(transformers.BertConfig(
+        vocab_size=21128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128))
+    torch.save(hf.state_dict(), tmp_path / "hf.bin")
+    proc = run_script("scripts/convert_bert_from_huggingface_to_uer.py", "--input_model_path", str(tmp_path / "hf.bin"),
+                      "--output_model_path", str(tmp_path / "uer.bin"))
+    assert proc.returncode == 0, proc.stderr
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({**TINY, "layernorm_eps": 1e-12}))
+    proc = finetune(data, tmp_path / "ft.bin", "--epochs_num", "1", "--pretrained_model_path", str(tmp_path / "uer.bin"),
+                    "--config_path", str(recipe))
+    assert proc.returncode == 0, proc.stderr
+    # a checkpoint of another size is refused, naming the keys
+    proc = finetune(data, tmp_path / "ft.bin", "--epochs_num", "1", "--pretrained_model_path", str(tmp_path / "uer.bin"),
+                    "--config_path", os.path.join("models", "bert_tiny_config.json"))
+    assert_clean_error(proc, "does not fit the model", "embedding.word_embedding.weight: checkpoint (21128, 64)")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("1\tgood book\n", "line 1: expected a header label<TAB>text_a"),
+    ("label\ttext_a\n1\tgood\n0\tbad\textra\n", "line 3: 3 tab-separated fields, the header has 2"),
+    ("label\ttext_a\n1\tgood\nx\tbad\n", "line 3: the label 'x' is not an integer"),
+])
+def test_bad_tsv_is_a_clear_error(tmp_path, data, text, needle):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(text, encoding="utf-8")
+    proc = run_script("finetune/run_classifier.py", "--vocab_path", ZH_VOCAB, "--config_path", str(data / "tiny.json"),
+                      "--train_path", str(bad), "--dev_path", str(data / "dev.tsv"))
+    assert_clean_error(proc, str(bad), needle)
