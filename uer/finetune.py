@@ -156,7 +156,7 @@ def run_classifier(argv=None) -> int:
             pretrained = os.path.join(work, "pretrained.bin")
             encoder_only(args.pretrained_model_path, pretrained)
             report = load_model(build_model(mcfg, init=False), pretrained, strict=False)
-            wrong = [k for k in report["missing"] if not k.startswith("target.")] + report["misshaped"] + \
+            wrong = report["misshaped"] + [k for k in report["missing"] if not k.startswith("target.")] + \
                 report["unexpected"]
             if wrong:
                 raise UerError(f"--pretrained_model_path {args.pretrained_model_path} does not fit the model of "
