@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Does pre-training pay downstream? Pre-train a small model with the mlm target on the shared CLUE
-# corpus, then fine-tune it on book_review and compare with the same classifier trained from random
-# initialisation at the same budget. Usage: bash bench/finetune_gain.sh [pretrain_steps] [epochs]
+# sample plus the (unlabelled) texts of the book_review training set, then fine-tune it on
+# book_review and compare with the same classifier trained from random initialisation at the same
+# budget. Usage: bash bench/finetune_gain.sh [pretrain_steps] [epochs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-600}
@@ -13,7 +14,8 @@ cat > "$W/small.json" <<JSON
 {"emb_size": 256, "hidden_size": 256, "feedforward_size": 1024, "heads_num": 4, "layers_num": 4, "dropout": 0.1}
 JSON
 V=$S/models/google_zh_vocab.txt
-python3 preprocess.py --corpus_path $S/corpora/CLUECorpusSmall_sampled.txt --vocab_path $V \
+{ cat $S/corpora/CLUECorpusSmall_sampled.txt; tail -n +2 $S/datasets/book_review/train.tsv | cut -f2; } > "$W/corpus.txt"
+python3 preprocess.py --corpus_path "$W/corpus.txt" --vocab_path $V \
     --dataset_path "$W/mlm.pt" --target mlm --dynamic_masking --full_sentences --seq_length 128 --processes_num 2
 python3 pretrain.py --dataset_path "$W/mlm.pt" --vocab_path $V --config_path "$W/small.json" --target mlm \
     --output_model_path "$W/pre.bin" --total_steps "$STEPS" --report_steps 100 --batch_size 32 \

@@ -69,6 +69,8 @@ class TrainConfig:
     dev_dataset_path: str | None = None
     dev_steps: int | None = None       # None: every save_checkpoint_steps
     best_model_path: str | None = None  # where the model with the best dev score is kept
+    log_path: str | None = None         # every log line, appended
+    metrics_path: str | None = None     # CSV: one row per term per report or dev evaluation
     total_steps: int = 100000
     save_checkpoint_steps: int = 10000
     report_steps: int = 100

@@ -138,6 +138,10 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
                          "evaluated every --dev_steps steps: loss, accuracy, perplexity.")
     io.add_argument("--dev_steps", type=int, default=None,
                     help="Evaluate the dev dataset every N steps (default: --save_checkpoint_steps).")
+    io.add_argument("--log_path", default=None, help="Also append every log line to this file (rank 0).")
+    io.add_argument("--metrics_path", default=None,
+                    help="CSV of the metrics (step, split, term, loss, acc, ppl, count, tokens_per_s, lr); "
+                         "scripts/plot_log.py draws it.")
     t = p.add_argument_group("training")
     t.add_argument("--total_steps", type=int, default=100000, help="Optimizer steps.")
     t.add_argument("--save_checkpoint_steps", type=int, default=10000, help="Save every N steps.")

@@ -147,6 +147,8 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     torch.manual_seed(tcfg.seed + rank.rank)  # dropout differs between ranks
     if not rank.is_main:
         log = _silent
+    elif tcfg.log_path or tcfg.metrics_path:
+        log = Recorder(log, tcfg.log_path, tcfg.metrics_path)
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
                          seed=tcfg.seed, masking=masking)
     optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
@@ -223,11 +225,15 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                                    "Try a lower --learning_rate.")
                 speed = tokens / max(now - window.start, 1e-9)
                 log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
+                if isinstance(log, Recorder):
+                    log.metrics(step, "train", metrics, speed, lr)
                 history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
                 window = Window()
             if dev is not None and (step % dev_steps == 0 or step == tcfg.total_steps):
                 scores = evaluate(getattr(model, "module", model), dev, tcfg, device, rank)
                 log(format_dev(step, scores))
+                if isinstance(log, Recorder):
+                    log.metrics(step, "dev", scores)
                 history[-1:] = [{**(history[-1] if history and history[-1]["step"] == step else {"step": step}),
                                  "dev": scores}]
                 if tcfg.best_model_path and rank.is_main and (best is None or better(scores, best, target)):
@@ -277,6 +283,38 @@ def gather(obj, rank: Rank) -> list:
     out = [None] * rank.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+class Recorder:
+    """Rank 0's log: the console, plus the --log_path file and the --metrics_path CSV (both
+    appended, flushed at every line, so a killed run keeps what it reported)."""
+    FIELDS = ("step", "split", "term", "loss", "acc", "ppl", "count", "tokens_per_s", "lr")
+
+    def __init__(self, console, log_path: str | None, metrics_path: str | None):
+        self.console = console
+        self.log_file = open(log_path, "a", encoding="utf-8") if log_path else None
+        self.csv = None
+        if metrics_path:
+            new = not os.path.exists(metrics_path) or os.path.getsize(metrics_path) == 0
+            self.csv = open(metrics_path, "a", encoding="utf-8")
+            if new:
+                self.csv.write(",".join(self.FIELDS) + "\n")
+
+    def __call__(self, line: str) -> None:
+        self.console(line)
+        if self.log_file:
+            self.log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+            self.log_file.flush()
+
+    def metrics(self, step: int, split: str, metrics: dict, speed: float | None = None, lr: float | None = None):
+        if not self.csv:
+            return
+        for term, m in metrics.items():
+            row = [step, split, term, f"{m['loss']:.6f}", f"{m['acc']:.6f}",
+                   f"{m['ppl']:.4f}" if "ppl" in m else "", int(m["count"]),
+                   f"{speed:.2f}" if speed is not None else "", f"{lr:.6e}" if lr is not None else ""]
+            self.csv.write(",".join(map(str, row)) + "\n")
+        self.csv.flush()
 
 
 def _silent(*_args, **_kw) -> None:
