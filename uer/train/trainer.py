@@ -145,6 +145,13 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     if rank.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     torch.manual_seed(tcfg.seed + rank.rank)  # dropout differs between ranks
+    bar = None
+    if rank.is_main and sys.stderr.isatty():  # a progress bar only for a person watching a terminal
+        from tqdm import tqdm
+
+        bar = tqdm(total=tcfg.total_steps, unit="step", dynamic_ncols=True, leave=False)
+        if log is print:
+            log = tqdm.write  # report lines above the bar
     if not rank.is_main:
         log = _silent
     elif tcfg.log_path or tcfg.metrics_path:
@@ -215,6 +222,8 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if bar is not None:
+                bar.update(step - bar.n)
 
             if step % tcfg.report_steps == 0 or step == tcfg.total_steps:
                 metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
@@ -250,6 +259,8 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                         "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "rng": rngs, "run": run_shape(tcfg, rank),
                         "batches_consumed_per_rank": step * tcfg.accumulation_steps})
+    if bar is not None:
+        bar.close()
     if rank.is_main:
         save_model(model, tcfg.output_model_path)
         log(f"Saved the final model to {tcfg.output_model_path}.")
