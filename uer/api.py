@@ -57,7 +57,6 @@ class Pretrained:
         names = [f for f in ModelConfig.__dataclass_fields__ if f in explicit]
         return cls.load(args.load_model_path, config_path=args.config_path, vocab_path=args.vocab_path,
                         spm_model_path=args.spm_model_path, tokenizer=args.tokenizer,
-                        device="cuda" if getattr(args, "gpu", False) else "cpu",
                         **{n: getattr(args, n) for n in names})
 
     def encode(self, texts: list[str], seq_length: int | None = None, add_sep: bool = True) -> dict:

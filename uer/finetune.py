@@ -54,7 +54,8 @@ def read_tsv_header(path: str, need_label: bool = True) -> list[str]:
 
 
 def to_cls_corpus(path: str, header: list[str], out_path: str) -> int:
-    """Rewrite a TSV in the cls corpus layout (label first); returns the number of lines."""
+    """Rewrite a TSV in the cls corpus layout (label first; 0 when the TSV has no label column);
+    returns the number of lines."""
     order = [header.index(c) for c in ("label", "text_a", "text_b") if c in header]
     n = 0
     with open(path, encoding="utf-8") as f, open(out_path, "w", encoding="utf-8") as out:
@@ -62,7 +63,7 @@ def to_cls_corpus(path: str, header: list[str], out_path: str) -> int:
         for line in f:
             if line.strip():
                 fields = line.rstrip("\r\n").split("\t")
-                out.write("\t".join(fields[i] for i in order) + "\n")
+                out.write("\t".join(([] if "label" in header else ["0"]) + [fields[i] for i in order]) + "\n")
                 n += 1
     return n
 
@@ -135,9 +136,9 @@ def run_classifier(argv=None) -> int:
                for name in ("train", "dev", "test") if getattr(args, name + "_path")}
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
     vocab.special_ids()
-    with tempfile.TemporaryDirectory(prefix=".uer-finetune-", dir=os.path.dirname(
-            os.path.abspath(args.output_model_path)) if os.path.isdir(
-            os.path.dirname(os.path.abspath(args.output_model_path))) else None) as work:
+    out_dir = os.path.dirname(os.path.abspath(args.output_model_path))
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".uer-finetune-", dir=out_dir) as work:
         paths = {name: build_cls_dataset(getattr(args, name + "_path"), h, work, name, vocab, args)
                  for name, h in headers.items()}
         train_ds = Dataset(paths["train"])
@@ -188,6 +189,8 @@ def run_classifier(argv=None) -> int:
 
 def run_classifier_infer(argv=None) -> int:
     from uer.api import Pretrained
+    from uer.data.dataset import Dataset
+    from uer.data.loader import BatchLoader
 
     p = argparse.ArgumentParser(description="Predict the labels of a TSV (header text_a[<TAB>text_b]) with "
                                             "a fine-tuned classifier.")
@@ -209,46 +212,20 @@ def run_classifier_infer(argv=None) -> int:
         if w is None:
             raise UerError(f"{args.load_model_path} is not a classifier (no target.linear_2.weight)")
         args.labels_num = w.shape[0]
-    m = Pretrained.load(args.load_model_path, config_path=args.config_path, vocab_path=args.vocab_path,
-                        spm_model_path=args.spm_model_path, tokenizer=args.tokenizer,
-                        **{k: getattr(args, k) for k in explicit | {"labels_num"}
-                           if k in m_fields()})
-    a, b = header.index("text_a"), header.index("text_b") if "text_b" in header else None
-    sp = m.special
-    rows, out = [], ["label" + ("\tprob" if args.output_prob else "") + "\n"]
-    with open(args.test_path, encoding="utf-8") as f:
-        f.readline()
-        for line in f:
-            if line.strip():
-                fields = line.rstrip("\r\n").split("\t")
-                ids = [sp.cls] + m.tokenizer.encode(fields[a])
-                if b is not None:
-                    ids += [sp.sep] + m.tokenizer.encode(fields[b]) + [sp.sep]
-                rows.append(ids[:args.seq_length])
-    for i in range(0, len(rows), args.batch_size):
-        chunk = rows[i:i + args.batch_size]
-        width = max(len(r) for r in chunk)
-        src = torch.full((len(chunk), width), sp.pad, dtype=torch.long)
-        seg = torch.zeros_like(src)
-        for k, r in enumerate(chunk):
-            src[k, :len(r)] = torch.tensor(r)
-            seg[k, :len(r)] = 1
-            if b is not None:
-                first = r.index(sp.sep) + 1 if sp.sep in r else len(r)
-                seg[k, first:len(r)] = 2
-        with torch.no_grad():
-            probs = torch.softmax(m.model.logits({"src": src, "seg": seg})["cls"].float(), -1)
-        for pr in probs:
-            out.append(str(int(pr.argmax())) + ("\t" + " ".join(f"{x:.4f}" for x in pr.tolist())
-                                                if args.output_prob else "") + "\n")
+    m = Pretrained.from_args(args, explicit | {"labels_num"})
+    out = ["label" + ("\tprob" if args.output_prob else "") + "\n"]
+    # the same instances as in fine-tuning: the TSV goes through the cls builder
+    with tempfile.TemporaryDirectory(prefix=".uer-infer-") as work:
+        dataset = Dataset(build_cls_dataset(args.test_path, header, work, "test", m.vocab, args))
+        for batch in BatchLoader(dataset, m.special, args.batch_size).ordered():
+            batch.pop("tokens")
+            with torch.no_grad():
+                probs = torch.softmax(m.model.logits(batch)["cls"].float(), -1)
+            for pr in probs:
+                out.append(str(int(pr.argmax())) + ("\t" + " ".join(f"{x:.4f}" for x in pr.tolist())
+                                                    if args.output_prob else "") + "\n")
     from uer.utils import atomic_write_text
 
     atomic_write_text(args.prediction_path, "".join(out))
-    print(f"Wrote {len(rows)} predictions to {args.prediction_path}.")
+    print(f"Wrote {len(out) - 1} predictions to {args.prediction_path}.")
     return 0
-
-
-def m_fields() -> set[str]:
-    from uer.config import ModelConfig
-
-    return set(ModelConfig.__dataclass_fields__)

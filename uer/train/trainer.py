@@ -112,12 +112,6 @@ def format_dev(step: int, metrics: dict) -> str:
     return "|".join(parts)
 
 
-def dist_sum(values: list[int], device: torch.device) -> list[int]:
-    t = torch.tensor(values, dtype=torch.int64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def _all_reduce(t: torch.Tensor, rank: Rank) -> torch.Tensor:
     if rank.distributed:
         dist.all_reduce(t)
@@ -152,10 +146,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         bar = tqdm(total=tcfg.total_steps, unit="step", dynamic_ncols=True, leave=False)
         if log is print:
             log = tqdm.write  # report lines above the bar
-    if not rank.is_main:
-        log = _silent
-    elif tcfg.log_path or tcfg.metrics_path:
-        log = Recorder(log, tcfg.log_path, tcfg.metrics_path)
+    log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
                          seed=tcfg.seed, masking=masking)
     optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
@@ -200,9 +191,10 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         for step in range(start + 1, tcfg.total_steps + 1):
             micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
             # global-batch normalisation: each term's count over all micro-batches and all ranks
-            local = [sum(target.counts(b)[k] for b in micro) for k in terms]
+            counts = [target.counts(b) for b in micro]
+            local = [sum(c[k] for c in counts) for k in terms]
             if rank.distributed:
-                local = dist_sum(local, device)
+                local = _all_reduce(torch.tensor(local, dtype=torch.int64, device=device), rank).tolist()
             totals = dict(zip(terms, local))
             for m, b in enumerate(micro):
                 window.tokens += b.pop("tokens")
@@ -234,17 +226,17 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                                    "Try a lower --learning_rate.")
                 speed = tokens / max(now - window.start, 1e-9)
                 log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
-                if isinstance(log, Recorder):
-                    log.metrics(step, "train", metrics, speed, lr)
+                log.metrics(step, "train", metrics, speed, lr)
                 history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
                 window = Window()
             if dev is not None and (step % dev_steps == 0 or step == tcfg.total_steps):
                 scores = evaluate(getattr(model, "module", model), dev, tcfg, device, rank)
                 log(format_dev(step, scores))
-                if isinstance(log, Recorder):
-                    log.metrics(step, "dev", scores)
-                history[-1:] = [{**(history[-1] if history and history[-1]["step"] == step else {"step": step}),
-                                 "dev": scores}]
+                log.metrics(step, "dev", scores)
+                if history and history[-1]["step"] == step:
+                    history[-1]["dev"] = scores
+                else:
+                    history.append({"step": step, "dev": scores})
                 if tcfg.best_model_path and rank.is_main and (best is None or better(scores, best, target)):
                     best = scores
                     save_model(model, tcfg.best_model_path)
@@ -301,7 +293,7 @@ class Recorder:
     appended, flushed at every line, so a killed run keeps what it reported)."""
     FIELDS = ("step", "split", "term", "loss", "acc", "ppl", "count", "tokens_per_s", "lr")
 
-    def __init__(self, console, log_path: str | None, metrics_path: str | None):
+    def __init__(self, console, log_path: str | None = None, metrics_path: str | None = None):
         self.console = console
         self.log_file = open(log_path, "a", encoding="utf-8") if log_path else None
         self.csv = None
