@@ -51,34 +51,29 @@ def _uses_cuda(cfg: TrainConfig) -> bool:
 def launch_problems(cfg: TrainConfig) -> list[str]:
     """Every misconfiguration that would otherwise make a process fail late or hang."""
     p = []
-    if from_torchrun():
-        world = int(os.environ["WORLD_SIZE"])
-        if cfg.backend == "nccl" and not torch.cuda.is_available():
-            p.append("--backend nccl needs CUDA, which is not available here; use --backend gloo")
-        if world > 1 and cfg.fp16 and not torch.cuda.is_available():
-            p.append("--fp16 needs a GPU; on the CPU use --bf16")
-        return p
-    if cfg.world_size > 1:
-        if not cfg.gpu_ranks:
+    torchrun = from_torchrun()
+    world = int(os.environ["WORLD_SIZE"]) if torchrun else cfg.world_size
+    if world > 1 and cfg.backend == "nccl" and not torch.cuda.is_available():
+        p.append("--backend nccl needs CUDA, which is not available here; use --backend gloo to "
+                 "train with several processes on the CPU")
+    if not torchrun:
+        if cfg.world_size > 1 and not cfg.gpu_ranks:
             p.append(f"--world_size {cfg.world_size} needs --gpu_ranks: the global ranks of the processes "
                      "to start on this node")
-        if cfg.backend == "nccl" and not torch.cuda.is_available():
-            p.append("--backend nccl needs CUDA, which is not available here; use --backend gloo to "
-                     "train with several processes on the CPU")
-    elif len(cfg.gpu_ranks) > 1:
-        p.append(f"--gpu_ranks lists {len(cfg.gpu_ranks)} ranks but --world_size is 1: set --world_size "
-                 "to the total number of processes")
-    if _uses_cuda(cfg):
-        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not torch.cuda.is_available():
-            p.append(f"--gpu_ranks {' '.join(map(str, cfg.gpu_ranks))} asks for GPUs, but CUDA is not "
-                     "available here; leave out --gpu_ranks to train on the CPU")
-        elif cfg.world_size == 1 and cfg.gpu_ranks[0] >= visible:
-            p.append(f"--gpu_ranks {cfg.gpu_ranks[0]}: only {visible} GPU(s) are visible")
-        elif cfg.world_size > 1 and len(cfg.gpu_ranks) > visible:
-            p.append(f"--gpu_ranks starts {len(cfg.gpu_ranks)} processes on this node, one per GPU, but only "
-                     f"{visible} GPU(s) are visible (CUDA_VISIBLE_DEVICES)")
-    elif cfg.fp16:
+        if cfg.world_size == 1 and len(cfg.gpu_ranks) > 1:
+            p.append(f"--gpu_ranks lists {len(cfg.gpu_ranks)} ranks but --world_size is 1: set --world_size "
+                     "to the total number of processes")
+        if _uses_cuda(cfg):
+            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if not torch.cuda.is_available():
+                p.append(f"--gpu_ranks {' '.join(map(str, cfg.gpu_ranks))} asks for GPUs, but CUDA is not "
+                         "available here; leave out --gpu_ranks to train on the CPU")
+            elif cfg.world_size == 1 and cfg.gpu_ranks[0] >= visible:
+                p.append(f"--gpu_ranks {cfg.gpu_ranks[0]}: only {visible} GPU(s) are visible")
+            elif cfg.world_size > 1 and len(cfg.gpu_ranks) > visible:
+                p.append(f"--gpu_ranks starts {len(cfg.gpu_ranks)} processes on this node, one per GPU, but "
+                         f"only {visible} GPU(s) are visible (CUDA_VISIBLE_DEVICES)")
+    if cfg.fp16 and not any(r.device.startswith("cuda") for r in local_ranks(cfg)):
         p.append("--fp16 needs a GPU (--gpu_ranks); on the CPU use --bf16")
     return p
 
