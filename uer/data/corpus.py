@@ -48,6 +48,8 @@ def byte_ranges(path: str, target_bytes: int = RANGE_BYTES) -> list[tuple[int, i
 
 
 FIELD_FORMATS = ("pairs", "labeled")
+# gzip, bzip2, xz, zip, zstd, 7z: a compressed corpus given as text
+BINARY_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"PK\x03\x04", b"\x28\xb5\x2f\xfd", b"7z\xbc\xaf")
 _WORKER: dict = {}
 
 
@@ -99,7 +101,10 @@ def tokenize_range(args):
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            return None, (k, f"invalid UTF-8 at byte {e.start} of the line (the corpus must be UTF-8 text)")
+            hint = ""
+            if b"\x00" in raw or (start == 0 and k == 0 and raw.startswith(BINARY_MAGIC)):
+                hint = "; this looks like a binary or compressed file"
+            return None, (k, f"invalid UTF-8 at byte {e.start} of the line (the corpus must be UTF-8 text{hint})")
     tok, tgt_tok = _WORKER["tokenizers"]
     nonblank = [i for i, t in enumerate(texts) if t.strip()]
     if corpus_format not in FIELD_FORMATS:

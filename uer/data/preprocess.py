@@ -137,6 +137,9 @@ def build_dataset(job: PreprocessJob) -> dict:
     if builder.corpus_format == "pairs" and job.tgt_vocab is None:
         raise UerError(f"--target {job.target} needs the target-side vocabulary: give --tgt_vocab_path "
                        "or --tgt_spm_model_path")
+    if os.path.getsize(job.corpus_path) == 0:
+        raise UerError(f"{job.corpus_path}: the corpus file is empty (0 bytes); target {job.target!r} expects "
+                       f"{builder.format_help}")
     dtype = job.token_dtype()
     out_dir = os.path.dirname(os.path.abspath(job.dataset_path)) or "."
     os.makedirs(out_dir, exist_ok=True)

@@ -183,6 +183,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                           world_size=rank.world_size, seed=tcfg.seed, masking=masking)
     dev_steps = tcfg.dev_steps or tcfg.save_checkpoint_steps
     best = None
+    skipped = 0  # fp16 steps skipped in a row
     with loader.prefetch(tcfg.instances_buffer_size) as batches:
         window = Window()
         t_start = time.perf_counter()
@@ -206,12 +207,24 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                     loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
                     scaler.scale(loss).backward()
                 window.add(out)
-            if tcfg.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+            scaler.unscale_(optimizer)
+            # the global norm (DDP has summed the gradients, so every rank computes the same one)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm or math.inf)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step ran with
-            scaler.step(optimizer)
-            scaler.update()
+            if scaler.is_enabled():
+                # fp16: the scaler skips a step whose gradients overflowed and lowers the scale
+                scale = scaler.get_scale()
+                scaler.step(optimizer)
+                scaler.update()
+                skipped = skipped + 1 if scaler.get_scale() < scale else 0
+                if skipped:
+                    log(f"step {step}: non-finite gradients at loss scale {scale:g}; the step is skipped.")
+                if skipped >= MAX_SKIPPED_STEPS:
+                    raise non_finite(step, f"{skipped} steps in a row had non-finite gradients", tcfg)
+            elif not torch.isfinite(norm):  # one scalar read per step, before the weights change
+                raise non_finite(step, f"the gradient norm is {norm.item()}", tcfg)
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if bar is not None:
@@ -222,8 +235,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                 now = time.perf_counter()
                 total_loss = sum(m["loss"] for m in metrics.values())
                 if not math.isfinite(total_loss):
-                    raise UerError(f"step {step}: the loss is not finite ({total_loss}); training stopped. "
-                                   "Try a lower --learning_rate.")
+                    raise non_finite(step, f"the loss is {total_loss}", tcfg)
                 speed = tokens / max(now - window.start, 1e-9)
                 log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
                 log.metrics(step, "train", metrics, speed, lr)
@@ -258,6 +270,17 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         log(f"Saved the final model to {tcfg.output_model_path}.")
     sys.stdout.flush()
     return {"history": history, "model": getattr(model, "module", model)}
+
+
+MAX_SKIPPED_STEPS = 50  # fp16: a scale divided by 2**50 is no longer an overflow
+
+
+def non_finite(step: int, what: str, tcfg: TrainConfig) -> UerError:
+    """Training stops before the weights change: the last checkpoint written stays the last good one."""
+    found = latest_checkpoint(tcfg.output_model_path)
+    kept = (f"the last good checkpoint is {found[1]} (step {found[0]}); continue from it with --resume, "
+            "after lowering --learning_rate or --max_grad_norm" if found else "no checkpoint was written yet")
+    return UerError(f"step {step}: {what}; training stopped before the weights changed, and {kept}.")
 
 
 def run_shape(tcfg: TrainConfig, rank: Rank) -> dict:

@@ -1,0 +1,175 @@
+"""Reliability (issue #8): bad corpora never crash or hang, a killed preprocess leaves nothing that
+looks complete, and a non-finite gradient stops training before the weights change, on every rank."""
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, BERT_CORPUS, assert_clean_error, run_script
+from uer.cli import preprocess_main
+from uer.data.dataset import Dataset
+from uer.train.checkpoint import latest_checkpoint, read_state_dict
+from uer.vocab import Vocab
+
+VOCAB = Vocab.load(ZH_VOCAB)
+LAST = "终"  # the last token of every corpus below: it must not be lost
+
+# per corpus format: (target, well-formed text whose last line has no newline, extra options)
+FORMATS = {
+    "documents": ("bert", "第一句。\n第二句。\n\n第三句。\n最后一句终", []),
+    "lines": ("mlm", "第一篇文章。\n第二篇。\n最后一篇终", []),
+    "lm": ("lm", "第一篇文章。\n第二篇。\n最后一篇终", []),
+    "labeled": ("cls", "label\ttext_a\n1\t好书\n0\t最后终", []),
+    "pairs": ("mt", "hello\t你好\nworld\t世界\nlast\t最后终", ["--tgt_vocab_path", ZH_VOCAB]),
+}
+
+
+def preprocess(tmp_path, capsys, corpus_bytes, target, extra=(), name="c.txt"):
+    corpus = tmp_path / name
+    corpus.write_bytes(corpus_bytes)
+    out = tmp_path / f"{name}.pt"
+    rc = preprocess_main(["--corpus_path", str(corpus), "--vocab_path", ZH_VOCAB, "--dataset_path", str(out),
+                          "--target", target, "--seq_length", "16", "--processes_num", "2", *extra])
+    err = capsys.readouterr().err
+    return rc, err, corpus, out
+
+
+def all_tokens(out):
+    ds = Dataset(str(out))
+    got = set(np.asarray(ds.arrays["tokens"]).tolist())
+    if "tgt_tokens" in ds.arrays:
+        got |= set(np.asarray(ds.arrays["tgt_tokens"]).tolist())
+    return ds, got
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_well_formed_edge_cases_keep_every_line(tmp_path, capsys, fmt):
+    """No trailing newline, CRLF line ends, trailing blank lines, NUL bytes: a correct dataset, the
+    last line included."""
+    target, text, extra = FORMATS[fmt]
+    variants = {
+        "no_newline": text.encode(),
+        "crlf": text.replace("\n", "\r\n").encode() + b"\r\n",
+        "trailing_blank": text.encode() + b"\n\n\n \n",
+        "nul": text.replace("第", "第\x00").encode() + b"\n",
+    }
+    datasets = {}
+    for name, data in variants.items():
+        rc, err, _, out = preprocess(tmp_path, capsys, data, target, extra, name=name)
+        assert rc == 0, err
+        ds, got = all_tokens(out)
+        assert VOCAB.get(LAST) in got, f"{name}: the last line was lost"
+        datasets[name] = (len(ds), ds.header["corpus"]["documents"], ds.header["corpus"]["tokens"])
+    # line ends, trailing blank lines and the NUL control characters change nothing
+    assert len(set(datasets.values())) == 1, datasets
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_bad_corpora_are_clear_errors(tmp_path, capsys, fmt):
+    target, text, extra = FORMATS[fmt]
+    rc, err, corpus, out = preprocess(tmp_path, capsys, b"", target, extra, name="empty.txt")
+    assert rc == 2 and f"{corpus}: the corpus file is empty" in err and not out.exists()
+    rc, err, corpus, out = preprocess(tmp_path, capsys, b"\n\n \r\n\t\n", target, extra, name="blank.txt")
+    assert rc == 2 and str(corpus) in err and "holds no" in err and not out.exists()
+    # invalid UTF-8 on line 3, the line named
+    bad = text.encode().split(b"\n")
+    bad[2] = bad[2] + b"\xff\xfe"
+    rc, err, corpus, out = preprocess(tmp_path, capsys, b"\n".join(bad), target, extra, name="utf8.txt")
+    assert rc == 2 and f"{corpus} line 3: invalid UTF-8" in err and not out.exists()
+    # a compressed corpus and random binary data
+    rc, err, corpus, out = preprocess(tmp_path, capsys, gzip.compress(text.encode() * 100), target, extra,
+                                      name="corpus.gz")
+    assert rc == 2 and f"{corpus} line 1" in err and "binary or compressed" in err and not out.exists()
+    noise = np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes()
+    rc, err, corpus, out = preprocess(tmp_path, capsys, noise, target, extra, name="noise.bin")
+    assert rc == 2 and f"{corpus} line" in err and "UTF-8" in err and not out.exists()
+
+
+def test_a_5mb_single_line(tmp_path, capsys):
+    line = "好" * (5 * 2**20 // 3)  # 5 MiB of UTF-8
+    rc, err, _, out = preprocess(tmp_path, capsys, (line + "终\n").encode(), "mlm",
+                                 ["--seq_length", "128", "--dynamic_masking"])
+    assert rc == 0, err
+    ds = Dataset(str(out))
+    assert ds.header["corpus"]["tokens"] == len(line) + 1
+    tokens = np.asarray(ds.arrays["tokens"])
+    assert len(tokens) == len(line) + 3 and tokens[-2] == VOCAB.get("终")  # [CLS] line [SEP], nothing lost
+    # as one sentence of a bert document
+    rc, err, _, out = preprocess(tmp_path, capsys, (line + "\n第二句终\n\n第二篇。\n").encode(), "bert",
+                                 ["--seq_length", "128", "--dup_factor", "1"], name="big_doc.txt")
+    assert rc == 0, err
+
+
+def test_a_killed_preprocess_leaves_no_complete_looking_dataset(tmp_path):
+    out = tmp_path / "dataset.pt"
+    rng = np.random.default_rng()
+    for attempt in range(3):
+        p = subprocess.Popen([sys.executable, "preprocess.py", "--corpus_path", BERT_CORPUS, "--vocab_path",
+                              ZH_VOCAB, "--dataset_path", str(out), "--processes_num", "2", "--dup_factor", "10"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(float(rng.uniform(1.0, 4.0)))
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        # either nothing at --dataset_path, or (killed after the final rename) a complete, readable dataset
+        if out.exists():
+            ds = Dataset(str(out))
+            assert len(ds) > 0 and ds.header["total_bytes"] == out.stat().st_size
+            out.unlink()
+
+
+@pytest.fixture(scope="module")
+def nan_setup(tmp_path_factory):
+    """A corpus whose last document repeats a character found nowhere else, and a checkpoint whose
+    embedding row for that character is NaN: the first batch holding it has non-finite gradients."""
+    d = tmp_path_factory.mktemp("nan")
+    (d / "tiny.json").write_text('{"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, '
+                                 '"layers_num": 2, "dropout": 0.1}')
+    lines = [line[:60] for line in open(DOC_CORPUS, encoding="utf-8").read().split("\n")[:40] if line.strip()]
+    assert "丟" not in "".join(lines)
+    (d / "corpus.txt").write_text("\n".join(lines + ["丟" * 30]) + "\n", encoding="utf-8")
+    proc = run_script("preprocess.py", "--corpus_path", str(d / "corpus.txt"), "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(d / "d.pt"), "--target", "mlm", "--dynamic_masking",
+                      "--seq_length", "32")
+    assert proc.returncode == 0, proc.stderr
+    common = ["--dataset_path", str(d / "d.pt"), "--vocab_path", ZH_VOCAB, "--config_path", str(d / "tiny.json"),
+              "--target", "mlm", "--embedding", "word_pos", "--batch_size", "4"]
+    proc = run_script("pretrain.py", *common, "--output_model_path", str(d / "init.bin"), "--total_steps", "1")
+    assert proc.returncode == 0, proc.stderr
+    state = read_state_dict(str(d / "init.bin"))
+    state["embedding.word_embedding.weight"][VOCAB.get("丟")] = float("nan")
+    torch.save(state, d / "poisoned.bin")
+    return d, common
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tmp_path, nan_setup, world):
+    from test_resume import free_port
+
+    d, common = nan_setup
+    out = tmp_path / "m.bin"
+    dist = [] if world == 1 else ["--world_size", "2", "--gpu_ranks", "0", "1", "--backend", "gloo",
+                                  "--master_ip", f"tcp://127.0.0.1:{free_port()}"]
+    proc = run_script("pretrain.py", *common, "--pretrained_model_path", str(d / "poisoned.bin"), "--output_model_path", str(out),
+                      "--total_steps", "60", "--save_checkpoint_steps", "1", "--report_steps", "1", *dist,
+                      timeout=300)
+    assert_clean_error(proc, "the gradient norm is nan; training stopped before the weights changed")
+    import re
+
+    step = int(re.search(r"step (\d+): the gradient norm", proc.stderr).group(1))
+    assert step > 1, "the poisoned row is only in the last document, not in the first batch"
+    if world == 2:  # both ranks saw the non-finite norm, though only one of them read the poisoned row
+        assert proc.stderr.count(f"step {step}: the gradient norm is nan") == 2, proc.stderr
+    found = latest_checkpoint(str(out))
+    assert found is not None and found[0] == step - 1 and str(found[1]) in proc.stderr
+    assert not out.exists(), "no final model is written after a failed step"
+    state = read_state_dict(found[1])
+    # the checkpoint's weights are finite everywhere but in the poisoned row it was given
+    for k, v in state.items():
+        if k != "embedding.word_embedding.weight":
+            assert torch.isfinite(v).all(), k
