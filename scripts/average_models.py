@@ -18,7 +18,7 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model_list_path", nargs="+", required=True, help="Checkpoints to average.")
-    p.add_argument("--output_model_path", required=True)
+    p.add_argument("--output_model_path", required=True, help="Where the averaged model goes.")
     args = p.parse_args(argv)
     total, first = None, None
     for path in args.model_list_path:

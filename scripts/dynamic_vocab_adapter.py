@@ -49,11 +49,11 @@ def main(argv=None):
     from uer.vocab import Vocab
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--old_model_path", required=True)
-    p.add_argument("--old_vocab_path", required=True)
-    p.add_argument("--new_vocab_path", required=True)
-    p.add_argument("--new_model_path", required=True)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--old_model_path", required=True, help="The model trained with --old_vocab_path.")
+    p.add_argument("--old_vocab_path", required=True, help="The vocabulary of --old_model_path.")
+    p.add_argument("--new_vocab_path", required=True, help="The vocabulary the new model will use.")
+    p.add_argument("--new_model_path", required=True, help="Where the adapted model goes.")
+    p.add_argument("--seed", type=int, default=7, help="Random seed for the rows of new tokens.")
     args = p.parse_args(argv)
     old, new = Vocab.load(args.old_vocab_path), Vocab.load(args.new_vocab_path)
     state = adapt(map_later_names(read_state_dict(args.old_model_path)), old.tokens, new.tokens, args.seed)

@@ -17,7 +17,7 @@ def main(argv=None):
     from uer.vocab import load_vocab
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--load_model_path", required=True)
+    p.add_argument("--load_model_path", required=True, help="The model whose word embedding is written.")
     add_vocab_options(p)
     p.add_argument("--word_embedding_path", required=True, help="Output, word2vec text format.")
     args = p.parse_args(argv)

@@ -19,9 +19,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     add_inference_options(p)
     p.add_argument("--input_path", required=True, help="Text, one item a line.")
-    p.add_argument("--output_path", required=True)
-    p.add_argument("--seq_length", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--output_path", required=True, help="Where the features go (a torch tensor file).")
+    p.add_argument("--seq_length", type=int, default=128, help="Longest input in tokens.")
+    p.add_argument("--batch_size", type=int, default=64, help="Sentences per forward pass.")
     p.add_argument("--features", choices=["tokens", "first", "mean"], default="tokens",
                    help="tokens: every position; first: the [CLS] vector; mean: the mean over real tokens.")
     args, explicit = parse(p, argv)

@@ -33,9 +33,9 @@ def document(rng: random.Random) -> list[str]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--output_path", required=True)
-    p.add_argument("--documents", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--output_path", required=True, help="Where the corpus goes.")
+    p.add_argument("--documents", type=int, default=3000, help="Number of documents.")
+    p.add_argument("--seed", type=int, default=1, help="Random seed.")
     args = p.parse_args()
     rng = random.Random(args.seed)
     with open(args.output_path, "w", encoding="utf-8") as f:

@@ -1,8 +1,12 @@
 """Keeping the numbers (issue #9): --log_path, --metrics_path CSV with train and dev rows,
 scripts/plot_log.py turns it into a PNG; dev evaluation reports perplexity."""
 import csv
+import glob
 import json
 import os
+import sys
+
+import pytest
 
 from conftest import MINI_DOC, ROOT, ZH_VOCAB, assert_clean_error, run_script
 
@@ -35,3 +39,84 @@ def test_log_file_metrics_csv_dev_and_plot(tmp_path):
     proc = run_script("scripts/plot_log.py", "--metrics_path", str(tmp_path / "train.log"), "--output_path",
                       str(tmp_path / "x.png"))
     assert_clean_error(proc, "not a metrics CSV")
+
+
+SCRIPTS = ["preprocess.py", "pretrain.py", "finetune/run_classifier.py", "inference/run_classifier_infer.py"] + \
+    sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "scripts", "*.py")))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_option_has_a_one_line_help(script, monkeypatch):
+    """--help explains every option of every command in one line."""
+    import argparse
+    import runpy
+
+    class Parsed(Exception):
+        pass
+
+    def capture(self, *args, **kwargs):
+        raise Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(sys, "argv", [script])
+    with pytest.raises(Parsed) as caught:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    parser = caught.value.args[0]
+    assert parser.description, f"{script} has no description"
+    missing = [a.option_strings or a.dest for a in parser._actions
+               if not isinstance(a, argparse._HelpAction) and (not a.help or "\n" in a.help)]
+    assert not missing, f"{script}: options without a one-line help: {missing}"
+
+
+def run_in_terminal(args, timeout=300):
+    """Run a repo script with stderr on a pseudo-terminal (stdout a pipe); returns (rc, stdout, stderr)."""
+    import pty
+    import select
+    import subprocess
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty has 0 columns
+    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            p.kill()
+            raise TimeoutError(args)
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    out = p.stdout.read()
+    return p.wait(), out, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_on_a_terminal_only(tmp_path):
+    ds = tmp_path / "d.pt"
+    pre = ["preprocess.py", "--corpus_path", MINI_DOC, "--vocab_path", ZH_VOCAB, "--dataset_path", str(ds),
+           "--target", "mlm", "--seq_length", "32"]
+    rc, out, err = run_in_terminal(pre)
+    assert rc == 0, err
+    assert "tokenize" in err and "build" in err and "100%" in err, err  # bytes read, documents built
+    train = ["pretrain.py", "--dataset_path", str(ds), "--vocab_path", ZH_VOCAB, "--target", "mlm",
+             "--config_path", os.path.join(ROOT, "models", "bert_tiny_config.json"), "--output_model_path",
+             str(tmp_path / "m.bin"), "--total_steps", "6", "--report_steps", "3", "--batch_size", "4"]
+    rc, out, err = run_in_terminal(train)
+    assert rc == 0, err
+    assert "6/6" in err and ("step/s" in err or "s/step" in err) and "<" in err, err  # steps, rate, time left
+    assert out.count(" steps|") == 2, out  # the report lines, on stdout above the bar
+    # not a terminal: no bar at all
+    proc = run_script(*train[:-6], "--output_model_path", str(tmp_path / "n.bin"), "--total_steps", "2",
+                      "--report_steps", "1", "--batch_size", "4")
+    assert proc.returncode == 0 and "step/s" not in proc.stderr and "s/step" not in proc.stderr, proc.stderr
+    proc = run_script(*pre[:-6], "--dataset_path", str(tmp_path / "e.pt"), "--target", "mlm", "--seq_length", "32")
+    assert proc.returncode == 0 and "tokenize" not in proc.stderr, proc.stderr

@@ -231,8 +231,9 @@ def convert_cli(family: str, direction: str, argv=None) -> int:
 
     def main(argv):
         p = argparse.ArgumentParser(description=f"Convert a {family} checkpoint {direction.replace('_', ' ')}.")
-        p.add_argument("--input_model_path", required=True)
-        p.add_argument("--output_model_path", required=True)
+        source, dest = ("HuggingFace", "uer") if direction.startswith("from_huggingface") else ("uer", "HuggingFace")
+        p.add_argument("--input_model_path", required=True, help=f"The {source} checkpoint to read.")
+        p.add_argument("--output_model_path", required=True, help=f"Where the {dest} checkpoint goes.")
         if family != "albert":
             p.add_argument("--layers_num", type=int, default=None,
                            help="Number of layers (read from the checkpoint when left out).")

@@ -174,7 +174,8 @@ class CorpusIndex:
     def open(cls, directory: str, dtype) -> "CorpusIndex":
         tok_path = os.path.join(directory, "tokens.bin")
         n = os.path.getsize(tok_path) // np.dtype(dtype).itemsize
-        tokens = (np.memmap(tok_path, dtype=dtype, mode="r", shape=(n,)) if n
+        # a plain ndarray over the mapping: slicing a np.memmap builds a memmap object each time
+        tokens = (np.memmap(tok_path, dtype=dtype, mode="r", shape=(n,)).view(np.ndarray) if n
                   else np.zeros(0, dtype=dtype))
         arrs = {name: np.load(os.path.join(directory, name + ".npy"), mmap_mode="r")
                 for name in ("sent_start", "sent_len", "doc_off", "doc_label")
