@@ -120,3 +120,18 @@ def test_progress_bars_on_a_terminal_only(tmp_path):
     assert proc.returncode == 0 and "step/s" not in proc.stderr and "s/step" not in proc.stderr, proc.stderr
     proc = run_script(*pre[:-6], "--dataset_path", str(tmp_path / "e.pt"), "--target", "mlm", "--seq_length", "32")
     assert proc.returncode == 0 and "tokenize" not in proc.stderr, proc.stderr
+
+
+def test_console_commands_are_installed():
+    """pip install gives uer-preprocess, uer-pretrain, uer-finetune and uer-infer, each a working command."""
+    import shutil
+    import subprocess
+    from importlib.metadata import entry_points
+
+    commands = {e.name: e for e in entry_points(group="console_scripts") if e.name.startswith("uer-")}
+    assert set(commands) >= {"uer-preprocess", "uer-pretrain", "uer-finetune", "uer-infer"}, commands
+    for name, entry in commands.items():
+        assert callable(entry.load())
+        exe = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
+        proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: "), proc.stderr

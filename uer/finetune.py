@@ -229,3 +229,17 @@ def run_classifier_infer(argv=None) -> int:
     atomic_write_text(args.prediction_path, "".join(out))
     print(f"Wrote {len(out) - 1} predictions to {args.prediction_path}.")
     return 0
+
+
+def run_classifier_main(argv=None) -> int:
+    """The uer-finetune console command."""
+    from uer.errors import run_cli
+
+    return run_cli(run_classifier, argv)
+
+
+def run_classifier_infer_main(argv=None) -> int:
+    """The uer-infer console command."""
+    from uer.errors import run_cli
+
+    return run_cli(run_classifier_infer, argv)
