@@ -135,3 +135,18 @@ def test_console_commands_are_installed():
         exe = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
         proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout.startswith("usage: "), proc.stderr
+
+
+def test_chinese_usage_matches_the_readme():
+    """README.zh.md (the usage section in Chinese) runs exactly the commands of README.md."""
+    def commands(name):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            text = f.read().replace("\\\n", " ")
+        return {" ".join(line.split()) for line in text.splitlines()
+                if line.strip().startswith(("python3 ", "bash ", "torchrun "))}
+
+    zh, en = commands("README.zh.md"), commands("README.md")
+    assert len(zh) >= 30
+    assert zh <= en, zh - en
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        assert "README.zh.md" in f.read()

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Training throughput: uer's training loop against HuggingFace transformers at the same size, on
+the same batches, in one process, one after the other.
+
+For each (recipe, target): uer runs its real `train()` loop on a dataset built by preprocess from
+the shared CLUE sample; the reference runs a plain PyTorch loop (AdamW, clipping, the same
+autocast) over the very same batches:
+  bert -> BertForPreTraining, mlm -> BertForMaskedLM, with the MLM head applied only to the masked
+          positions ("sparse"), and the plain HF call with -100 labels ("dense");
+  lm   -> GPT2LMHeadModel (full-vocabulary logits at every position, as HF computes them).
+Reported: real (non-pad) tokens/s, padded tokens/s, step time, model-FLOPs utilisation against the
+matmul peak measured at the start (real tokens only; 6 x parameters-in-matmuls per token plus
+attention and the heads at the predicted positions), peak RSS growth, and the ratio to the
+reference.
+
+    python3 bench/train_speed.py --recipes tiny small --targets bert mlm lm --steps 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ROOT, SHARED, table  # noqa: E402
+
+VOCAB = os.path.join(SHARED, "models", "google_zh_vocab.txt")
+CORPORA = {"bert": "CLUECorpusSmall_bert_sampled.txt", "mlm": "CLUECorpusSmall_sampled.txt",
+           "lm": "CLUECorpusSmall_sampled.txt"}
+RECIPES = {"tiny": "bert_tiny_config.json", "small": "bert_small_config.json", "base": "bert_base_config.json"}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """Best FLOP/s of an n x n matmul with the current thread count."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def model_flops(cfg, lengths: list[int], predicted: int, rows: int) -> float:
+    """Training FLOPs (forward + backward = 3 x forward) of one batch, real tokens only."""
+    H, F, L, V = cfg.hidden_size, cfg.feedforward_size, cfg.layers_num, cfg.vocab_size
+    fwd = 0.0
+    for n in lengths:
+        fwd += 2 * L * (4 * H * H + 2 * H * F) * n + 4 * L * H * n * n  # linears; QK^T and AV
+    if cfg.target in ("bert", "mlm"):
+        fwd += 2 * (H * H + H * V) * predicted  # transform + output layer at the masked positions
+        if cfg.target == "bert":
+            fwd += 2 * (H * H + 2 * H) * rows  # pooler + NSP
+    else:
+        fwd += 2 * H * V * predicted
+    return 3 * fwd
+
+
+def build_dataset(target: str, seq_length: int, work: str) -> str:
+    from uer.cli import preprocess_main
+
+    path = os.path.join(work, f"{target}.pt")
+    extra = ["--dynamic_masking"] if target != "lm" else []
+    if target == "mlm":
+        extra.append("--full_sentences")
+    rc = preprocess_main(["--corpus_path", os.path.join(SHARED, "corpora", CORPORA[target]), "--vocab_path", VOCAB,
+                          "--dataset_path", path, "--target", target, "--seq_length", str(seq_length),
+                          "--processes_num", "2", *extra])
+    assert rc == 0
+    return path
+
+
+def batches(dataset, special, batch_size: int, n: int, seed: int) -> list[dict]:
+    from uer.data.loader import BatchLoader
+
+    loader = BatchLoader(dataset, special, batch_size, seed=seed)
+    return [{k: (torch.as_tensor(v) if not isinstance(v, int) else v) for k, v in loader.next_arrays().items()}
+            for _ in range(n)]
+
+
+def batch_stats(cfg, batch: dict) -> tuple[int, int, float]:
+    """(real tokens, padded positions, model FLOPs)."""
+    src = batch["src"]
+    lengths = (src != 0).sum(1).tolist()
+    key = {"bert": "mlm_tgt", "mlm": "mlm_tgt", "lm": "lm_tgt"}[cfg.target]
+    return sum(lengths), src.numel(), model_flops(cfg, lengths, len(batch[key]), src.shape[0])
+
+
+def run_uer(mcfg, dataset_path: str, special, args, work: str) -> float:
+    """Seconds per step over the timed steps of uer's own training loop."""
+    from uer.config import TrainConfig
+    from uer.data.dataset import Dataset
+    from uer.train.trainer import train
+
+    total = args.warmup + args.steps
+    tcfg = TrainConfig(dataset_path=dataset_path, output_model_path=os.path.join(work, "m.bin"), total_steps=total,
+                       report_steps=args.warmup, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
+                       learning_rate=1e-4, warmup=0.0, bf16=args.bf16, seed=args.seed)
+    marks = []
+    result = train(tcfg, mcfg, Dataset(dataset_path), special, log=lambda line: marks.append(time.perf_counter())
+                   if " steps|" in line else None)
+    del result
+    return (marks[-1] - marks[0]) / args.steps
+
+
+def hf_model(mcfg, target: str):
+    import transformers as tf
+
+    H, L = mcfg.hidden_size, mcfg.layers_num
+    if target == "lm":
+        conf = tf.GPT2Config(vocab_size=mcfg.vocab_size, n_embd=H, n_layer=L, n_head=mcfg.heads_num,
+                             n_inner=mcfg.feedforward_size, n_positions=512, attn_implementation="sdpa")
+        return tf.GPT2LMHeadModel(conf)
+    conf = tf.BertConfig(vocab_size=mcfg.vocab_size, hidden_size=H, num_hidden_layers=L,
+                         num_attention_heads=mcfg.heads_num, intermediate_size=mcfg.feedforward_size,
+                         max_position_embeddings=512, type_vocab_size=2, attn_implementation="sdpa")
+    return tf.BertForPreTraining(conf) if target == "bert" else tf.BertForMaskedLM(conf)
+
+
+def hf_loss(model, target: str, b: dict, sparse: bool) -> torch.Tensor:
+    ce = torch.nn.functional.cross_entropy
+    mask = (b["src"] != 0).long()
+    if target == "lm":
+        logits = model(input_ids=b["src"], attention_mask=mask).logits
+        return ce(logits.reshape(-1, logits.shape[-1])[b["lm_pos"]].float(), b["lm_tgt"])
+    types = (b["seg"] == 2).long()
+    if not sparse:
+        labels = torch.full_like(b["src"], -100).view(-1)
+        labels[b["mlm_pos"]] = b["mlm_tgt"]
+        kw = {"next_sentence_label": b["label"]} if target == "bert" else {}
+        return model(input_ids=b["src"], attention_mask=mask, token_type_ids=types,
+                     labels=labels.view_as(b["src"]), **kw).loss
+    out = model.bert(input_ids=b["src"], attention_mask=mask, token_type_ids=types)
+    hidden = out.last_hidden_state
+    picked = hidden.reshape(-1, hidden.shape[-1])[b["mlm_pos"]]
+    loss = ce(model.cls.predictions(picked).float(), b["mlm_tgt"])
+    if target == "bert":
+        loss = loss + ce(model.cls.seq_relationship(out.pooler_output).float(), b["label"])
+    return loss
+
+
+def run_hf(mcfg, target: str, data: list[dict], args, sparse: bool) -> float:
+    torch.manual_seed(args.seed)
+    model = hf_model(mcfg, target)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else None
+    marks = []
+    for i, b in enumerate(data):
+        if i == args.warmup:
+            marks.append(time.perf_counter())
+        if ctx:
+            with ctx():
+                loss = hf_loss(model, target, b, sparse)
+        else:
+            loss = hf_loss(model, target, b, sparse)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss)  # what a loop that logs its loss does
+    marks.append(time.perf_counter())
+    return (marks[-1] - marks[0]) / args.steps
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipes", nargs="+", default=["tiny"], choices=sorted(RECIPES), help="Model sizes.")
+    p.add_argument("--targets", nargs="+", default=["bert", "mlm", "lm"], choices=["bert", "mlm", "lm"],
+                   help="Pre-training targets.")
+    p.add_argument("--steps", type=int, default=20, help="Timed optimizer steps per run.")
+    p.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
+    p.add_argument("--batch_size", type=int, default=32, help="Instances per step.")
+    p.add_argument("--seq_length", type=int, default=128, help="--seq_length of the datasets.")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in both (default fp32).")
+    p.add_argument("--no_dense", action="store_true", help="Skip the plain (dense-head) HF loop.")
+    p.add_argument("--seed", type=int, default=7, help="Random seed.")
+    p.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
+    args = p.parse_args(argv)
+
+    from uer.config import build_model_config, load_recipe
+    from uer.data.dataset import Dataset
+    from uer.vocab import load_vocab
+
+    vocab = load_vocab(VOCAB, None)
+    special = vocab.special_ids()
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak = matmul_peak(dtype)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, matmul peak "
+          f"({'bf16' if args.bf16 else 'fp32'}, 2048^2): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    rows, records = [], []
+    with tempfile.TemporaryDirectory() as work:
+        for target in args.targets:
+            path = build_dataset(target, args.seq_length, work)
+            ds = Dataset(path)
+            for recipe in args.recipes:
+                recipe_dict = load_recipe(os.path.join(ROOT, "models", RECIPES[recipe]))
+                options = {"target": target}
+                if target == "lm":  # GPT-2 layout, as GPT2LMHeadModel
+                    options.update(mask="causal", embedding="word_pos", remove_embedding_layernorm=True,
+                                   layernorm_positioning="pre", tie_weights=True)
+                mcfg = build_model_config(recipe_dict, options, set(options), len(vocab))
+                data = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed)
+                stats = [batch_stats(mcfg, b) for b in data[args.warmup:]]
+                real = sum(s[0] for s in stats) / args.steps
+                padded = sum(s[1] for s in stats) / args.steps
+                flops = sum(s[2] for s in stats) / args.steps
+                systems = [("uer", lambda: run_uer(mcfg, path, special, args, work))]
+                ref_name = "HF GPT2LMHeadModel" if target == "lm" else "HF sparse MLM head"
+                systems.append((ref_name, lambda: run_hf(mcfg, target, data, args, sparse=True)))
+                if target != "lm" and not args.no_dense:
+                    systems.append(("HF plain (dense head)", lambda: run_hf(mcfg, target, data, args, sparse=False)))
+                times = {}
+                for name, fn in systems:
+                    before = rss_mib()
+                    times[name] = fn()
+                    t = times[name]
+                    rec = {"recipe": recipe, "target": target, "system": name, "step_s": t,
+                           "real_tokens_per_s": real / t, "padded_tokens_per_s": padded / t,
+                           "mfu": flops / t / peak, "peak_rss_growth_mib": rss_mib() - before}
+                    records.append(rec)
+                    print(json.dumps(rec), flush=True)
+                ref = times[ref_name]
+                for rec in records[-len(systems):]:
+                    rows.append([rec["recipe"], rec["target"], rec["system"], f"{rec['real_tokens_per_s']:,.0f}",
+                                 f"{rec['padded_tokens_per_s']:,.0f}", f"{rec['step_s'] * 1000:.0f}",
+                                 f"{100 * rec['mfu']:.0f} %", f"{ref / rec['step_s']:.2f}x"])
+    print()
+    print(f"batch {args.batch_size} x seq {args.seq_length}, {'bf16' if args.bf16 else 'fp32'}, "
+          f"{torch.get_num_threads()} threads, {args.steps} timed steps; MFU against {peak / 1e9:.0f} GFLOP/s")
+    print(table(["recipe", "target", "system", "real tokens/s", "padded tokens/s", "step ms", "MFU",
+                 "speed vs reference"], rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
