@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from conftest import BERT_CORPUS
 from uer.data.masking import Masker, MaskingConfig
@@ -13,13 +14,33 @@ def corpus_sequences(vocab, n=3000):
     return [np.array([sp.cls] + ids[:120] + [sp.sep], dtype=np.int64) for ids in tok.encode_batch(lines)]
 
 
-def test_token_masking_statistics(zh_vocab):
+def one_at_a_time(masker, seqs, rng):
+    for seq in seqs:
+        yield masker(seq, rng)
+
+
+def all_at_once(masker, seqs, rng):
+    """Masker.mask_flat over all sequences (in two groups), split back into sequences."""
+    half = len(seqs) // 2
+    for group in (seqs[:half], seqs[half:]):
+        lengths = np.array([len(s) for s in group])
+        out, pos, counts, orig = masker.mask_flat(np.concatenate(group), lengths, rng)
+        starts, where = np.cumsum(lengths) - lengths, np.cumsum(counts) - counts
+        for k in range(len(group)):
+            yield (out[starts[k]:starts[k] + lengths[k]], pos[where[k]:where[k] + counts[k]],
+                   orig[where[k]:where[k] + counts[k]])
+
+
+@pytest.mark.parametrize("how", [one_at_a_time, all_at_once])
+def test_token_masking_statistics(zh_vocab, how):
     sp = zh_vocab.special_ids()
     masker = Masker(MaskingConfig(), len(zh_vocab), sp)
     rng = np.random.default_rng(0)
     picked = total = masked = replaced = kept = 0
-    for seq in corpus_sequences(zh_vocab):
-        out, pos, orig = masker(seq, rng)
+    seqs = corpus_sequences(zh_vocab)
+    quarters = np.zeros(4)
+    for seq, (out, pos, orig) in zip(seqs, how(masker, seqs, rng)):
+        quarters += np.bincount((4 * (pos - 1)) // (len(seq) - 2), minlength=4)  # where in its sequence
         assert np.array_equal(seq[pos], orig) and np.all(np.diff(pos) > 0)
         assert not np.isin(orig, [sp.cls, sp.sep, sp.pad]).any()
         assert len(pos) == min(max(1, round(0.15 * len(seq))), len(seq) - 2)
@@ -35,6 +56,8 @@ def test_token_masking_statistics(zh_vocab):
     assert abs(masked / picked - 0.8) < 0.01
     assert abs(replaced / picked - 0.1) < 0.01
     assert abs(kept / picked - 0.1) < 0.012  # a random draw may hit the original id
+    # every eligible position is equally likely: each quarter of a sequence gets a quarter of the picks
+    assert np.all(np.abs(quarters / quarters.sum() - 0.25) < 0.02), quarters / quarters.sum()  # bins differ a little
 
 
 def test_span_masking(zh_vocab):

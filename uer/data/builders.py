@@ -105,15 +105,20 @@ class InstanceBuilder:
                 Field("mask_ids", True, np.dtype(token_dtype).name)]
 
     def _emit(self, out: Instances, src: np.ndarray, rng: np.random.Generator, **scalars) -> None:
-        if self.static_masking:
-            masked, pos, orig = self.masker(src, rng)
-            out.add(tokens=masked, mask_pos=pos, mask_ids=orig, **scalars)
-        else:
-            out.add(tokens=src, **scalars)
+        out.add(tokens=src, **scalars)  # static masking is applied to the whole unit in _chunk
 
     def _new_instances(self, scalars: list[str]) -> Instances:
-        ragged = ["tokens"] + (["mask_pos", "mask_ids"] if self.static_masking else [])
-        return Instances(ragged, scalars)
+        return Instances(["tokens"], scalars)
+
+    def _chunk(self, out: Instances, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The unit's instances as arrays; with static masking, masked (all at once) with their
+        mask_pos and mask_ids."""
+        chunk = out.to_chunk()
+        if self.static_masking:
+            masked, pos, counts, orig = self.masker.mask_flat(chunk["tokens"], chunk["tokens.lengths"], rng)
+            chunk.update({"tokens": masked, "mask_pos": pos, "mask_pos.lengths": counts, "mask_ids": orig,
+                          "mask_ids.lengths": counts})
+        return chunk
 
     def _pad_batch(self, ds: Dataset, indices: np.ndarray, name: str = "tokens", pad: int | None = None):
         seqs = [np.asarray(ds.ragged(name, int(i))) for i in indices]
@@ -121,17 +126,16 @@ class InstanceBuilder:
 
     def _masked(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
         """Per row, the sorted masked positions and their original ids; applies dynamic masking
-        to src."""
-        rows = []
-        for b, i in enumerate(indices):
-            if self.static_masking:
-                pos = np.asarray(ds.ragged("mask_pos", int(i)), dtype=np.int64)
-                orig = np.asarray(ds.ragged("mask_ids", int(i)), dtype=np.int64)
-            else:
-                masked, pos, orig = self.masker(seqs[b], rng)
-                src[b, :len(masked)] = masked
-            rows.append((pos, orig))
-        return rows
+        (all rows at once) to src."""
+        if self.static_masking:
+            return [(np.asarray(ds.ragged("mask_pos", int(i)), dtype=np.int64),
+                     np.asarray(ds.ragged("mask_ids", int(i)), dtype=np.int64)) for i in indices]
+        lengths = np.array([len(q) for q in seqs], dtype=np.int64)
+        masked, pos, counts, orig = self.masker.mask_flat(np.concatenate(seqs) if len(seqs) else
+                                                          np.zeros(0, np.int64), lengths, rng)
+        src[real_mask(seqs, src.shape[1]) > 0] = masked  # rows are left-aligned
+        bounds = np.cumsum(counts)[:-1]
+        return list(zip(np.split(pos, bounds), np.split(orig.astype(np.int64), bounds)))
 
     def _mlm_targets(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
         """Flat predicted positions and their original ids; applies dynamic masking to src."""
@@ -209,7 +213,7 @@ class BertBuilder(InstanceBuilder):
         for _ in range(self.dup_factor):
             for d in docs:
                 self._document(corpus, d, pool, rng, out)
-        return out.to_chunk()
+        return self._chunk(out, rng)
 
     def _document(self, corpus: CorpusIndex, d: int, pool: range, rng, out: Instances) -> None:
         sp = self.special
@@ -286,7 +290,7 @@ class MlmBuilder(InstanceBuilder):
             for stream in streams:
                 for start in range(0, len(stream), S):
                     self._emit(out, stream[start:start + S], rng)
-        return out.to_chunk()
+        return self._chunk(out, rng)
 
     def collate(self, ds, indices, rng):
         seqs, src = self._pad_batch(ds, indices)

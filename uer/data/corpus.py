@@ -177,7 +177,7 @@ class CorpusIndex:
         # a plain ndarray over the mapping: slicing a np.memmap builds a memmap object each time
         tokens = (np.memmap(tok_path, dtype=dtype, mode="r", shape=(n,)).view(np.ndarray) if n
                   else np.zeros(0, dtype=dtype))
-        arrs = {name: np.load(os.path.join(directory, name + ".npy"), mmap_mode="r")
+        arrs = {name: np.load(os.path.join(directory, name + ".npy"), mmap_mode="r").view(np.ndarray)
                 for name in ("sent_start", "sent_len", "doc_off", "doc_label")
                 if os.path.exists(os.path.join(directory, name + ".npy"))}
         return cls(tokens=tokens, **arrs)

@@ -34,12 +34,15 @@ class Masker:
         keep = np.ones(vocab_size, dtype=bool)
         keep[specials[specials < vocab_size]] = False
         self._replacement_pool = np.flatnonzero(keep)
+        # id -> is special, as a table: np.isin costs more than the rest of the masking together
+        self._special_table = np.zeros(max(vocab_size, int(specials.max(initial=0)) + 1), dtype=bool)
+        self._special_table[specials] = True
         p, m = cfg.span_geo_prob, cfg.span_max_length
         probs = np.array([p * (1 - p) ** (k - 1) for k in range(1, m + 1)])
         self._span_cdf = np.cumsum(probs / probs.sum())
 
     def is_special(self, ids: np.ndarray) -> np.ndarray:
-        return np.isin(ids, self._specials)
+        return self._special_table[ids]
 
     def __call__(self, ids: np.ndarray, rng: np.random.Generator):
         """Return (masked_ids, positions, original_ids); positions are sorted."""
@@ -67,6 +70,45 @@ class Masker:
             pool = self._replacement_pool
             out[positions[to_rand]] = pool[rng.integers(0, len(pool), n_rand)]
         return out, positions.astype(np.int64), originals
+
+    def mask_flat(self, flat: np.ndarray, lengths: np.ndarray, rng: np.random.Generator):
+        """Mask many instances at once: `flat` holds them one after the other, `lengths` their
+        sizes. Returns (masked flat ids, positions within each instance, masked count per
+        instance, original ids); positions are sorted within an instance. The same rules as
+        __call__; token mode is vectorised over all instances (span mode goes one by one)."""
+        flat = np.asarray(flat)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if self.cfg.span_masking:
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            parts = [self(flat[a:a + n], rng) for a, n in zip(starts, lengths)]
+            if not parts:
+                return flat.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64), flat[:0].copy()
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                    np.array([len(p[1]) for p in parts], dtype=np.int64), np.concatenate([p[2] for p in parts]))
+        total = len(flat)
+        row = np.repeat(np.arange(len(lengths)), lengths)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        eligible = ~self._special_table[flat]
+        # budget K = max(1, round(0.15 n)), half to even as Python's round
+        budget = np.maximum(1, np.round(MASK_RATE * lengths)).astype(np.int64)
+        # a random subset of K eligible positions per instance: the K smallest random keys
+        keys = rng.random(total)
+        keys[~eligible] = 2.0  # after every eligible position
+        order = np.lexsort((keys, row))
+        rank = np.empty(total, dtype=np.int64)
+        rank[order] = np.arange(total) - starts[row[order]]
+        chosen = eligible & (rank < budget[row])
+        positions = np.flatnonzero(chosen)
+        originals = flat[positions].copy()
+        fate = rng.random(len(positions))
+        out = flat.copy()
+        out[positions[fate < 0.8]] = self.special.mask
+        to_rand = positions[(fate >= 0.8) & (fate < 0.9)]
+        if len(to_rand):
+            pool = self._replacement_pool
+            out[to_rand] = pool[rng.integers(0, len(pool), len(to_rand))]
+        counts = np.bincount(row[positions], minlength=len(lengths)).astype(np.int64)
+        return out, positions - starts[row[positions]], counts, originals
 
     def _spans(self, eligible: np.ndarray, budget: int, rng: np.random.Generator):
         n = len(eligible)
