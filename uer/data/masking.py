@@ -85,20 +85,21 @@ class Masker:
                 return flat.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64), flat[:0].copy()
             return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                     np.array([len(p[1]) for p in parts], dtype=np.int64), np.concatenate([p[2] for p in parts]))
-        total = len(flat)
-        row = np.repeat(np.arange(len(lengths)), lengths)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         eligible = ~self._special_table[flat]
         # budget K = max(1, round(0.15 n)), half to even as Python's round
         budget = np.maximum(1, np.round(MASK_RATE * lengths)).astype(np.int64)
-        # a random subset of K eligible positions per instance: the K smallest random keys
-        keys = rng.random(total)
-        keys[~eligible] = 2.0  # after every eligible position
-        order = np.lexsort((keys, row))
-        rank = np.empty(total, dtype=np.int64)
-        rank[order] = np.arange(total) - starts[row[order]]
-        chosen = eligible & (rank < budget[row])
-        positions = np.flatnonzero(chosen)
+        # a random subset of K eligible positions per instance: shuffle each instance's row of
+        # candidate positions (one row per instance, -1 where not eligible) and keep the first K
+        width = int(lengths.max(initial=0))
+        inside = np.arange(width)[None, :] < lengths[:, None]
+        cand = np.full(inside.shape, -1, dtype=np.int64)
+        cand[inside] = np.where(eligible, np.arange(len(flat)), -1)
+        cand = rng.permuted(cand, axis=1)
+        ok = cand >= 0
+        chosen = ok & (np.cumsum(ok, axis=1) <= budget[:, None])
+        positions = np.sort(cand[chosen])
+        row = np.repeat(np.arange(len(lengths)), lengths)[positions]
         originals = flat[positions].copy()
         fate = rng.random(len(positions))
         out = flat.copy()
@@ -107,8 +108,8 @@ class Masker:
         if len(to_rand):
             pool = self._replacement_pool
             out[to_rand] = pool[rng.integers(0, len(pool), len(to_rand))]
-        counts = np.bincount(row[positions], minlength=len(lengths)).astype(np.int64)
-        return out, positions - starts[row[positions]], counts, originals
+        counts = np.bincount(row, minlength=len(lengths)).astype(np.int64)
+        return out, positions - starts[row], counts, originals
 
     def _spans(self, eligible: np.ndarray, budget: int, rng: np.random.Generator):
         n = len(eligible)
