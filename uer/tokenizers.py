@@ -94,8 +94,16 @@ class BertTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._fast is None:
             return super().encode_batch(texts)
-        return [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
+        # in slices: an HF Encoding holds offsets and token strings too (hundreds of bytes a
+        # token), so a whole 4 MB range at once would cost hundreds of MB per process
+        encode = getattr(self._fast, "encode_batch_fast", self._fast.encode_batch)
+        out: list[list[int]] = []
+        for k in range(0, len(texts), ENCODE_SLICE):
+            out.extend(e.ids for e in encode(texts[k:k + ENCODE_SLICE], add_special_tokens=False))
+        return out
 
+
+ENCODE_SLICE = 2048  # texts per call of the HF tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # The reference algorithm (pure Python)

@@ -109,14 +109,16 @@ _BUILD = {}
 
 
 def _init_build_worker(builder: InstanceBuilder, workdir: str, dtype) -> None:
-    _BUILD["builder"] = builder
-    _BUILD["corpus"] = CorpusIndex.open(workdir, dtype)
+    _BUILD.update(builder=builder, workdir=workdir, dtype=dtype)
 
 
 def _build_unit(task):
     k, docs, pool, seed = task
     rng = np.random.default_rng([seed, k])
-    return _BUILD["builder"].build_unit(_BUILD["corpus"], docs, pool, rng)
+    # the corpus is mapped for one unit at a time: the pages a unit reads leave this process's
+    # memory with it, so memory does not grow with the corpus
+    corpus = CorpusIndex.open(_BUILD["workdir"], _BUILD["dtype"])
+    return _BUILD["builder"].build_unit(corpus, docs, pool, rng)
 
 
 def units(n_docs: int, docs_buffer_size: int):
