@@ -173,3 +173,29 @@ def test_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tm
     for k, v in state.items():
         if k != "embedding.word_embedding.weight":
             assert torch.isfinite(v).all(), k
+
+
+def test_damaged_datasets_are_refused_before_or_at_the_first_batch(tmp_path, nan_setup):
+    d, common = nan_setup
+    data = (d / "d.pt").read_bytes()
+    args = [a if a != str(d / "d.pt") else None for a in common]
+
+    def pretrain(path):
+        return run_script("pretrain.py", *[a if a is not None else str(path) for a in args], "--output_model_path",
+                          str(tmp_path / "m.bin"), "--total_steps", "2")
+
+    # another version of the format
+    assert b'"version": 1' in data
+    (tmp_path / "v.pt").write_bytes(data.replace(b'"version": 1', b'"version": 7', 1))
+    assert_clean_error(pretrain(tmp_path / "v.pt"), "has format version 7", "rebuild it with preprocess.py")
+    # a damaged header
+    (tmp_path / "h.pt").write_bytes(data[:20] + b"\xff" * 8 + data[28:])
+    assert_clean_error(pretrain(tmp_path / "h.pt"), "corrupted header")
+    # damaged token arrays: ids beyond the vocabulary
+    ds = Dataset(str(d / "d.pt"))
+    start = ds.header["arrays"]["tokens"]["offset"]
+    n = ds.header["arrays"]["tokens"]["length"]
+    body = bytearray(data)
+    body[start:start + 2 * n] = b"\xff" * (2 * n)
+    (tmp_path / "b.pt").write_bytes(bytes(body))
+    assert_clean_error(pretrain(tmp_path / "b.pt"), "is corrupted: a batch of instances", "rebuild it")

@@ -46,6 +46,9 @@ class BatchLoader:
             raise UerError(f"dataset {dataset.path} has {len(dataset)} instances, too few for "
                            f"{world_size} processes")
         self.batches_per_epoch = -(-len(self.share) // batch_size)
+        tgt_size = header.get("tgt_vocab_size", header["vocab_size"])
+        self._id_limits = {"src": header["vocab_size"], "mlm_tgt": header["vocab_size"],
+                           "tgt_in": tgt_size, "dec_tgt": tgt_size}
         self.epoch, self.index = 0, 0
         self._order = None
 
@@ -66,7 +69,7 @@ class BatchLoader:
         b = self.index
         indices = order[b * self.batch_size:(b + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.rank, self.epoch, b, 1])
-        arrays = self.builder.collate(self.ds, indices, rng)
+        arrays = self._collate(indices, rng)
         self.index += 1
         if self.index >= self.batches_per_epoch:
             self.epoch, self.index, self._order = self.epoch + 1, 0, None
@@ -79,7 +82,25 @@ class BatchLoader:
             indices = np.arange(self.share.start + b * self.batch_size,
                                 min(self.share.start + (b + 1) * self.batch_size, self.share.stop))
             rng = np.random.default_rng([self.seed, self.rank, b, 2])
-            yield self._tensors(self.builder.collate(self.ds, indices, rng))
+            yield self._tensors(self._collate(indices, rng))
+
+    def _collate(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
+        """The builder's batch, with its ids checked: a damaged file must not reach an embedding."""
+        from uer.errors import UerError
+
+        bad = None
+        try:
+            arrays = self.builder.collate(self.ds, indices, rng)
+        except IndexError as e:  # an id beyond a lookup table
+            bad = str(e)
+        else:
+            for key, limit in self._id_limits.items():
+                if key in arrays and arrays[key].size and (arrays[key].max() >= limit or arrays[key].min() < 0):
+                    bad = f"{key} id {int(arrays[key].max())}, outside the vocabulary of {limit} tokens"
+        if bad:
+            raise UerError(f"dataset {self.ds.path} is corrupted: a batch of instances {int(indices.min())}.."
+                           f"{int(indices.max())} holds {bad}; rebuild it with preprocess.py")
+        return arrays
 
     def _tensors(self, arrays: dict) -> dict:
         import torch
