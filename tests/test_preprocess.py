@@ -150,3 +150,29 @@ def test_prefetch_yields_the_same_batches(tmp_path, zh_vocab):
                 (a[k] == b[k]).all() if hasattr(a[k], "shape") else a[k] == b[k] for k in a)
     assert not ahead._thread.is_alive()  # leaving the block stops and joins the thread
     ahead.close()
+
+
+def test_length_buckets_cut_padding_and_keep_every_instance(tmp_path, zh_vocab):
+    out = tmp_path / "d.pt"
+    build_dataset(job(BERT_CORPUS, out, "bert", 1, zh_vocab, dup_factor=1, dynamic_masking=True, seq_length=128))
+    ds = Dataset(str(out))
+    sp = zh_vocab.special_ids()
+    padded = {}
+    for buckets in (False, True):
+        loader = BatchLoader(ds, sp, 16, seed=3, length_buckets=buckets)
+        epoch = loader.batches_per_epoch
+        seen, real, total = [], 0, 0
+        for _ in range(epoch):
+            src = loader.next_arrays()["src"]
+            real, total = real + int((src != sp.pad).sum()), total + src.size
+        order = BatchLoader(ds, sp, 16, seed=3, length_buckets=buckets)._epoch_order()
+        assert sorted(order.tolist()) == list(range(len(ds)))  # every instance once per epoch
+        padded[buckets] = 1 - real / total
+        # the stream is a function of its position (exact resume)
+        again = BatchLoader(ds, sp, 16, seed=3, length_buckets=buckets)
+        again.seek(epoch + 5)
+        first = BatchLoader(ds, sp, 16, seed=3, length_buckets=buckets)
+        for _ in range(epoch + 5):
+            first.next_arrays()
+        assert np.array_equal(again.next_arrays()["src"], first.next_arrays()["src"])
+    assert padded[True] < padded[False] / 3, padded

@@ -77,6 +77,7 @@ class TrainConfig:
     accumulation_steps: int = 1
     batch_size: int = 32
     instances_buffer_size: int = 25600
+    length_buckets: bool = True
     seed: int = 7
     learning_rate: float = 2e-5
     warmup: float = 0.1

@@ -150,6 +150,9 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch_size", type=int, default=32, help="Instances per micro-batch and process.")
     t.add_argument("--instances_buffer_size", type=int, default=25600,
                    help="Instances the loader prepares ahead of training (background thread).")
+    t.add_argument("--length_buckets", type=_bool, default=True, metavar="{true,false}",
+                   help="Batch instances of similar length (sorted within windows of 64 batches), so "
+                        "little padding is computed.")
     t.add_argument("--labels_num", type=int, default=None, help="Number of labels (cls target).")
     t.add_argument("--dropout", type=float, default=0.1, help="Dropout probability.")
     t.add_argument("--seed", type=int, default=7, help="Random seed.")

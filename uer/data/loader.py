@@ -25,6 +25,9 @@ def builder_config_from_header(header: dict, masking: MaskingConfig | None = Non
                                          header["span_max_length"]))
 
 
+BUCKET_BATCHES = 64  # batches per window sorted by length
+
+
 def shard(n: int, rank: int, world_size: int) -> range:
     """The contiguous share of rank r: disjoint shares that together cover [0, n)."""
     return range(n * rank // world_size, n * (rank + 1) // world_size)
@@ -32,7 +35,8 @@ def shard(n: int, rank: int, world_size: int) -> range:
 
 class BatchLoader:
     def __init__(self, dataset: Dataset, special: SpecialIds, batch_size: int, *, rank: int = 0,
-                 world_size: int = 1, seed: int = 7, masking: MaskingConfig | None = None):
+                 world_size: int = 1, seed: int = 7, masking: MaskingConfig | None = None,
+                 length_buckets: bool = False):
         self.ds = dataset
         header = dataset.header
         self.builder = INSTANCE_BUILDERS[header["target"]](
@@ -51,11 +55,30 @@ class BatchLoader:
                            "tgt_in": tgt_size, "dec_tgt": tgt_size}
         self.epoch, self.index = 0, 0
         self._order = None
+        self.length_buckets = length_buckets
+        self._lengths = None
 
     def _epoch_order(self) -> np.ndarray:
+        """This epoch's instance order: a permutation of the share; with length buckets, each
+        window of BUCKET_BATCHES batches of it is sorted by length, cut into batches, and the
+        batches of the window are shuffled. A function of (seed, rank, epoch) only."""
         if self._order is None:
             rng = np.random.default_rng([self.seed, self.rank, self.epoch])
-            self._order = self.share.start + rng.permutation(len(self.share))
+            order = self.share.start + rng.permutation(len(self.share))
+            if self.length_buckets:
+                if self._lengths is None:
+                    offsets = self.ds.arrays["tokens.offsets"][self.share.start:self.share.stop + 1]
+                    self._lengths = np.diff(np.asarray(offsets)).astype(np.int32)
+                window = self.batch_size * BUCKET_BATCHES
+                parts = []
+                for w in range(0, len(order), window):
+                    part = order[w:w + window]
+                    part = part[np.argsort(self._lengths[part - self.share.start], kind="stable")]
+                    batches = [part[b:b + self.batch_size] for b in range(0, len(part), self.batch_size)]
+                    last = [batches.pop()] if len(batches[-1]) < self.batch_size else []  # stays last
+                    parts += [batches[i] for i in rng.permutation(len(batches))] + last
+                order = np.concatenate(parts)
+            self._order = order
         return self._order
 
     def seek(self, batches_consumed: int) -> None:

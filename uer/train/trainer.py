@@ -148,7 +148,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             log = tqdm.write  # report lines above the bar
     log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
-                         seed=tcfg.seed, masking=masking)
+                         seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets)
     optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
     scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.fp16 and tcfg.fp16_opt_level != "O0")
@@ -287,7 +287,8 @@ def run_shape(tcfg: TrainConfig, rank: Rank) -> dict:
     """What must not change for a resumed run to continue exactly."""
     return {"world_size": rank.world_size, "batch_size": tcfg.batch_size,
             "accumulation_steps": tcfg.accumulation_steps, "seed": tcfg.seed, "total_steps": tcfg.total_steps,
-            "warmup": tcfg.warmup, "dataset_path": os.path.abspath(tcfg.dataset_path)}
+            "warmup": tcfg.warmup, "dataset_path": os.path.abspath(tcfg.dataset_path),
+            "length_buckets": tcfg.length_buckets}
 
 
 def rng_state(device: torch.device) -> dict:
