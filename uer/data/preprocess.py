@@ -22,7 +22,7 @@ import numpy as np
 
 from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig, InstanceBuilder
 from uer.data.corpus import BLANK, FIELD_FORMATS, CorpusIndex, byte_ranges, group_documents, group_fields, \
-    init_tokenize_worker, tokenize_range
+    RANGE_BYTES, init_tokenize_worker, tokenize_range
 from uer.data.dataset import DatasetWriter
 from uer.errors import UerError
 from uer.tokenizers import build_tokenizer, describe_tokenizer
@@ -74,11 +74,12 @@ def _progress(total, desc, unit, enabled):
 
 def tokenize_corpus(job: PreprocessJob, corpus_format: str, workdir: str, dtype) -> dict[str, np.ndarray]:
     """Phase 1. Writes workdir/tokens.bin and returns the per-line arrays of tokenize_range."""
-    ranges = byte_ranges(job.corpus_path)
+    # ranges small enough that every process gets several (the result does not depend on their size)
+    size = os.path.getsize(job.corpus_path)
+    ranges = byte_ranges(job.corpus_path, min(RANGE_BYTES, max(1 << 18, size // (4 * job.processes_num))))
     tasks = [(job.corpus_path, a, b, dtype, corpus_format) for a, b in ranges]
     parts: dict[str, list] = {}
     line_base = 0
-    size = os.path.getsize(job.corpus_path)
     bar = _progress(size, "tokenize", "B", job.show_progress)
     pool = None
     try:
