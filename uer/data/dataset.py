@@ -155,6 +155,7 @@ class Dataset:
     def __init__(self, path: str):
         self.path = path
         self.header = read_header(path)
+        self._fd = None
         self.arrays: dict[str, np.ndarray] = {}
         for name, spec in self.header["arrays"].items():
             if spec["length"] == 0:
@@ -167,8 +168,24 @@ class Dataset:
         return int(self.header["instances"])
 
     def ragged(self, name: str, i: int) -> np.ndarray:
+        """Instance i's values of a ragged field, read with pread rather than through the mapping:
+        pages touched through a mapping stay in the process (with the kernel's fault-around, 64 KB
+        for each instance read at random), so its memory would grow towards the dataset's size."""
         off = self.arrays[name + ".offsets"]
-        return self.arrays[name][off[i]:off[i + 1]]
+        a, b = int(off[i]), int(off[i + 1])
+        spec = self.header["arrays"][name]
+        dtype = np.dtype(spec["dtype"])
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        data = os.pread(self._fd, (b - a) * dtype.itemsize, spec["offset"] + a * dtype.itemsize)
+        return np.frombuffer(data, dtype=dtype)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def scalar(self, name: str, i: int):
         return self.arrays[name][i]

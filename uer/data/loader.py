@@ -25,7 +25,7 @@ def builder_config_from_header(header: dict, masking: MaskingConfig | None = Non
                                          header["span_max_length"]))
 
 
-BUCKET_BATCHES = 64  # batches per window sorted by length
+BUCKET_BATCHES = 64  # optimizer steps per window sorted by length
 
 
 def shard(n: int, rank: int, world_size: int) -> range:
@@ -36,7 +36,7 @@ def shard(n: int, rank: int, world_size: int) -> range:
 class BatchLoader:
     def __init__(self, dataset: Dataset, special: SpecialIds, batch_size: int, *, rank: int = 0,
                  world_size: int = 1, seed: int = 7, masking: MaskingConfig | None = None,
-                 length_buckets: bool = False):
+                 length_buckets: bool = False, accumulation_steps: int = 1):
         self.ds = dataset
         header = dataset.header
         self.builder = INSTANCE_BUILDERS[header["target"]](
@@ -56,12 +56,14 @@ class BatchLoader:
         self.epoch, self.index = 0, 0
         self._order = None
         self.length_buckets = length_buckets
+        self.step_size = batch_size * accumulation_steps  # a bucket is cut into whole optimizer steps
         self._lengths = None
 
     def _epoch_order(self) -> np.ndarray:
         """This epoch's instance order: a permutation of the share; with length buckets, each
-        window of BUCKET_BATCHES batches of it is sorted by length, cut into batches, and the
-        batches of the window are shuffled. A function of (seed, rank, epoch) only."""
+        window of BUCKET_BATCHES optimizer steps of it is sorted by length, cut into steps
+        (batch_size x accumulation_steps instances), and the steps of the window are shuffled.
+        A function of (seed, rank, epoch) only."""
         if self._order is None:
             rng = np.random.default_rng([self.seed, self.rank, self.epoch])
             order = self.share.start + rng.permutation(len(self.share))
@@ -69,14 +71,15 @@ class BatchLoader:
                 if self._lengths is None:
                     offsets = self.ds.arrays["tokens.offsets"][self.share.start:self.share.stop + 1]
                     self._lengths = np.diff(np.asarray(offsets)).astype(np.int32)
-                window = self.batch_size * BUCKET_BATCHES
+                unit = self.step_size  # so accumulation gives the same steps as one bigger batch
+                window = unit * BUCKET_BATCHES
                 parts = []
                 for w in range(0, len(order), window):
                     part = order[w:w + window]
                     part = part[np.argsort(self._lengths[part - self.share.start], kind="stable")]
-                    batches = [part[b:b + self.batch_size] for b in range(0, len(part), self.batch_size)]
-                    last = [batches.pop()] if len(batches[-1]) < self.batch_size else []  # stays last
-                    parts += [batches[i] for i in rng.permutation(len(batches))] + last
+                    steps = [part[b:b + unit] for b in range(0, len(part), unit)]
+                    last = [steps.pop()] if len(steps[-1]) < unit else []  # stays last
+                    parts += [steps[i] for i in rng.permutation(len(steps))] + last
                 order = np.concatenate(parts)
             self._order = order
         return self._order

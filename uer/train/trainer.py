@@ -148,7 +148,8 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             log = tqdm.write  # report lines above the bar
     log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
-                         seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets)
+                         seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets,
+                         accumulation_steps=tcfg.accumulation_steps)
     optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
     scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.fp16 and tcfg.fp16_opt_level != "O0")
