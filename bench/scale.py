@@ -43,7 +43,10 @@ def measure(corpus: str, work: str, processes: int) -> dict:
     if rc:
         raise SystemExit(out)
     size = os.path.getsize(corpus)
-    row = {"corpus_mib": size / 2**20, "preprocess_s": secs, "mib_per_s": size / 2**20 / secs,
+    sys.path.insert(0, ROOT)
+    from uer.data.dataset import read_header
+
+    row = {"instances": read_header(ds)["instances"], "corpus_mib": size / 2**20, "preprocess_s": secs, "mib_per_s": size / 2**20 / secs,
            "preprocess_peak_mib": peak / 2**20, "dataset_mib": os.path.getsize(ds) / 2**20}
     rc, secs, peak, out = run_watched(
         [python(), "pretrain.py", "--dataset_path", ds, "--vocab_path", VOCAB, "--config_path",

@@ -149,7 +149,7 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
     t.add_argument("--accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
     t.add_argument("--batch_size", type=int, default=32, help="Instances per micro-batch and process.")
     t.add_argument("--instances_buffer_size", type=int, default=25600,
-                   help="Instances the loader prepares ahead of training (background thread).")
+                   help="Instances the loader prepares ahead of training (background thread; 16 batches at most).")
     t.add_argument("--length_buckets", type=_bool, default=True, metavar="{true,false}",
                    help="Batch instances of similar length (sorted within windows of 64 batches), so "
                         "little padding is computed.")

@@ -26,6 +26,7 @@ def builder_config_from_header(header: dict, masking: MaskingConfig | None = Non
 
 
 BUCKET_BATCHES = 64  # optimizer steps per window sorted by length
+PREFETCH_BATCHES = 16  # batches ready ahead at most: enough to hide the loader, little memory
 
 
 def shard(n: int, rank: int, world_size: int) -> range:
@@ -66,22 +67,26 @@ class BatchLoader:
         A function of (seed, rank, epoch) only."""
         if self._order is None:
             rng = np.random.default_rng([self.seed, self.rank, self.epoch])
-            order = self.share.start + rng.permutation(len(self.share))
+            n = len(self.share)
+            index = np.int32 if self.share.stop < 2**31 else np.int64  # 4 bytes an instance
+            order = rng.permutation(n).astype(index)
             if self.length_buckets:
                 if self._lengths is None:
                     offsets = self.ds.arrays["tokens.offsets"][self.share.start:self.share.stop + 1]
                     self._lengths = np.diff(np.asarray(offsets)).astype(np.int32)
                 unit = self.step_size  # so accumulation gives the same steps as one bigger batch
-                window = unit * BUCKET_BATCHES
-                parts = []
-                for w in range(0, len(order), window):
-                    part = order[w:w + window]
-                    part = part[np.argsort(self._lengths[part - self.share.start], kind="stable")]
-                    steps = [part[b:b + unit] for b in range(0, len(part), unit)]
-                    last = [steps.pop()] if len(steps[-1]) < unit else []  # stays last
-                    parts += [steps[i] for i in rng.permutation(len(steps))] + last
-                order = np.concatenate(parts)
-            self._order = order
+                position = np.arange(n, dtype=index)
+                window = position // (unit * BUCKET_BATCHES)
+                # sort each window by length (stable), then shuffle its whole steps; a last partial
+                # step stays last
+                order = order[np.lexsort((self._lengths[order], window))]
+                step = position // unit
+                key = rng.random(int(step[-1]) + 1 if n else 0)
+                if n % unit:
+                    key[-1] = 2.0
+                order = order[np.lexsort((position, key[step], window))]
+                del position, window, step
+            self._order = self.share.start + order
         return self._order
 
     def seek(self, batches_consumed: int) -> None:
@@ -142,10 +147,11 @@ class BatchLoader:
 
     def prefetch(self, instances_buffer_size: int) -> "Prefetcher":
         """Iterate with a background thread that builds batches ahead (reading, padding, dynamic
-        masking), holding at most instances_buffer_size instances. The batches are the same, in
+        masking), holding at most instances_buffer_size instances and PREFETCH_BATCHES batches.
+        The batches are the same, in
         the same order, as plain iteration. Use it as a context manager: leaving it stops and joins
         the thread, so no thread is left running torch code while the interpreter shuts down."""
-        return Prefetcher(self, max(2, instances_buffer_size // self.batch_size))
+        return Prefetcher(self, max(2, min(PREFETCH_BATCHES, instances_buffer_size // self.batch_size)))
 
 
 class Prefetcher:
