@@ -75,17 +75,16 @@ class BatchLoader:
                     offsets = self.ds.arrays["tokens.offsets"][self.share.start:self.share.stop + 1]
                     self._lengths = np.diff(np.asarray(offsets)).astype(np.int32)
                 unit = self.step_size  # so accumulation gives the same steps as one bigger batch
-                position = np.arange(n, dtype=index)
-                window = position // (unit * BUCKET_BATCHES)
-                # sort each window by length (stable), then shuffle its whole steps; a last partial
-                # step stays last
-                order = order[np.lexsort((self._lengths[order], window))]
-                step = position // unit
-                key = rng.random(int(step[-1]) + 1 if n else 0)
-                if n % unit:
-                    key[-1] = 2.0
-                order = order[np.lexsort((position, key[step], window))]
-                del position, window, step
+                window = unit * BUCKET_BATCHES
+                # window by window (no temporary of the share's size): sort by length (stable), cut
+                # into whole steps, shuffle the steps; a last partial step stays last
+                for w in range(0, n, window):
+                    part = order[w:w + window]
+                    part = part[np.argsort(self._lengths[part], kind="stable")]
+                    full = len(part) // unit * unit
+                    steps = part[:full].reshape(-1, unit)[rng.permutation(full // unit)]
+                    order[w:w + full] = steps.ravel()
+                    order[w + full:w + len(part)] = part[full:]
             self._order = self.share.start + order
         return self._order
 
