@@ -23,9 +23,9 @@ def check(rows, first_step_limit):
     assert big["preprocess_peak_mib"] < 1536, rows
     assert big["first_step_s"] < first_step_limit, rows
     # the data is read on demand, so only the epoch's order (a few bytes an instance) grows with it
-    index_mib = 64 * big["instances"] / 2**20
+    # (reading the 1 GB dataset through its mapping added 980 MiB; this bound allows about 200)
+    index_mib = min(64 * big["instances"] / 2**20, 0.3 * big["dataset_mib"])
     assert big["pretrain_peak_mib"] < sample["pretrain_peak_mib"] * 1.15 + index_mib, rows
-    assert big["pretrain_peak_mib"] < sample["pretrain_peak_mib"] + 0.3 * big["dataset_mib"], rows
 
 
 def test_memory_flat_in_corpus_size_20mb(tmp_path):
