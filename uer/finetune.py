@@ -195,7 +195,8 @@ def run_classifier_infer(argv=None) -> int:
     p = argparse.ArgumentParser(description="Predict the labels of a TSV (header text_a[<TAB>text_b]) with "
                                             "a fine-tuned classifier.")
     p.add_argument("--load_model_path", required=True, help="The fine-tuned classifier (run_classifier.py --output_model_path).")
-    p.add_argument("--test_path", required=True, help="Test TSV (same layout), scored once with the best dev model.")
+    p.add_argument("--test_path", required=True, help="TSV to predict: a header (text_a[, text_b]; a label column "
+                                                       "is ignored), then one example a line.")
     p.add_argument("--prediction_path", required=True, help="Where the predictions go: a header, then one label a line.")
     p.add_argument("--output_prob", action="store_true", help="Also write the class probabilities.")
     common_options(p)

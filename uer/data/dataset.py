@@ -173,12 +173,14 @@ class Dataset:
         for each instance read at random), so its memory would grow towards the dataset's size."""
         off = self.arrays[name + ".offsets"]
         a, b = int(off[i]), int(off[i + 1])
-        spec = self.header["arrays"][name]
-        dtype = np.dtype(spec["dtype"])
+        values = self.arrays[name]  # a memmap: its dtype, and its offset in the file
+        if a == b:
+            return np.zeros(0, dtype=values.dtype)
+        size = values.dtype.itemsize
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        data = os.pread(self._fd, (b - a) * dtype.itemsize, spec["offset"] + a * dtype.itemsize)
-        return np.frombuffer(data, dtype=dtype)
+        data = os.pread(self._fd, (b - a) * size, values.offset + a * size)
+        return np.frombuffer(data, dtype=values.dtype)
 
     def __getstate__(self):
         return {**self.__dict__, "_fd": None}

@@ -45,47 +45,44 @@ class Masker:
         return self._special_table[ids]
 
     def __call__(self, ids: np.ndarray, rng: np.random.Generator):
-        """Return (masked_ids, positions, original_ids); positions are sorted."""
-        n = len(ids)
+        """One instance: (masked_ids, positions, original_ids); positions are sorted."""
         ids = np.asarray(ids)
-        budget = max(1, round(MASK_RATE * n))
+        if not self.cfg.span_masking:
+            out, positions, _, originals = self.mask_flat(ids, [len(ids)], rng)
+            return out, positions, originals
         eligible = ~self.is_special(ids)
         if not eligible.any():
-            empty = np.zeros(0, dtype=np.int64)
-            return ids.copy(), empty, ids[:0].copy()
-        if self.cfg.span_masking:
-            positions, fate_of_pos = self._spans(eligible, budget, rng)
-        else:
-            cand = np.flatnonzero(eligible)
-            chosen = rng.permutation(cand)[:budget]
-            positions = np.sort(chosen)
-            fate_of_pos = rng.random(len(positions))
-        originals = ids[positions].copy()
-        out = ids.copy()
-        to_mask = fate_of_pos < 0.8
-        to_rand = (fate_of_pos >= 0.8) & (fate_of_pos < 0.9)
-        out[positions[to_mask]] = self.special.mask
-        n_rand = int(to_rand.sum())
-        if n_rand:
-            pool = self._replacement_pool
-            out[positions[to_rand]] = pool[rng.integers(0, len(pool), n_rand)]
+            return ids.copy(), np.zeros(0, dtype=np.int64), ids[:0].copy()
+        positions, fate = self._spans(eligible, max(1, round(MASK_RATE * len(ids))), rng)
+        out, originals = self._apply(ids, positions, fate, rng)
         return out, positions.astype(np.int64), originals
 
-    def mask_flat(self, flat: np.ndarray, lengths: np.ndarray, rng: np.random.Generator):
+    def _apply(self, ids: np.ndarray, positions: np.ndarray, fate: np.ndarray, rng: np.random.Generator):
+        """(masked copy of ids, original ids at positions): each picked position becomes [MASK]
+        (fate < 0.8), a random non-special id (fate < 0.9) or stays."""
+        originals = ids[positions].copy()
+        out = ids.copy()
+        out[positions[fate < 0.8]] = self.special.mask
+        to_rand = positions[(fate >= 0.8) & (fate < 0.9)]
+        if len(to_rand):
+            pool = self._replacement_pool
+            out[to_rand] = pool[rng.integers(0, len(pool), len(to_rand))]
+        return out, originals
+
+    def mask_flat(self, flat: np.ndarray, lengths, rng: np.random.Generator):
         """Mask many instances at once: `flat` holds them one after the other, `lengths` their
         sizes. Returns (masked flat ids, positions within each instance, masked count per
-        instance, original ids); positions are sorted within an instance. The same rules as
-        __call__; token mode is vectorised over all instances (span mode goes one by one)."""
+        instance, original ids); positions are sorted within an instance. Token mode is
+        vectorised over all instances; span mode goes one instance at a time."""
         flat = np.asarray(flat)
         lengths = np.asarray(lengths, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         if self.cfg.span_masking:
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             parts = [self(flat[a:a + n], rng) for a, n in zip(starts, lengths)]
             if not parts:
                 return flat.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64), flat[:0].copy()
             return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                     np.array([len(p[1]) for p in parts], dtype=np.int64), np.concatenate([p[2] for p in parts]))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         eligible = ~self._special_table[flat]
         # budget K = max(1, round(0.15 n)), half to even as Python's round
         budget = np.maximum(1, np.round(MASK_RATE * lengths)).astype(np.int64)
@@ -100,14 +97,7 @@ class Masker:
         chosen = ok & (np.cumsum(ok, axis=1) <= budget[:, None])
         positions = np.sort(cand[chosen])
         row = np.repeat(np.arange(len(lengths)), lengths)[positions]
-        originals = flat[positions].copy()
-        fate = rng.random(len(positions))
-        out = flat.copy()
-        out[positions[fate < 0.8]] = self.special.mask
-        to_rand = positions[(fate >= 0.8) & (fate < 0.9)]
-        if len(to_rand):
-            pool = self._replacement_pool
-            out[to_rand] = pool[rng.integers(0, len(pool), len(to_rand))]
+        out, originals = self._apply(flat, positions, rng.random(len(positions)), rng)
         counts = np.bincount(row, minlength=len(lengths)).astype(np.int64)
         return out, positions - starts[row], counts, originals
 
