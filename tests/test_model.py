@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import ROOT, layer_keys
 from uer.config import ModelConfig
 from uer.model import build_model, count_parameters
-from uer.model.layers import LayerNorm, reference_attention
+from uer.model.layers import LayerNorm, MultiHeadedAttention, attention_with_dropout, dropout, reference_attention
 
 
 def recipe(name, **kw):
@@ -84,3 +84,39 @@ def test_uer_layernorm_formula():
     want = (x - x.mean(-1, keepdim=True)) / (x.std(-1, unbiased=True, keepdim=True) + 1e-6)
     torch.testing.assert_close(ln(x), want)
     torch.testing.assert_close(LayerNorm(8, 1e-6)(x), F.layer_norm(x, (8,), eps=1e-6))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_rate_scale_and_gradient(p):
+    torch.manual_seed(0)
+    x = (torch.rand(1000, 1000) + 1.0).requires_grad_()
+    y = dropout(x, p, True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 3e-3  # 1M units: the standard error is 5e-4
+    kept = y != 0
+    scale = 1.0 / (1.0 - round(p * 2**15) / 2**15)
+    torch.testing.assert_close(y[kept], x[kept] * scale)
+    assert abs(y.mean().item() / x.mean().item() - 1.0) < 3e-3  # the expectation is kept
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() * scale)
+    # a function of torch's generator; off in eval mode, and p = 1 drops everything
+    torch.manual_seed(1)
+    a = dropout(x.detach(), p, True)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x.detach(), p, True))
+    assert dropout(x, p, False) is x
+    assert dropout(x, 1.0, True).abs().sum() == 0
+
+
+def test_attention_with_dropout_is_sdpa_math():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    for causal, m in ((False, mask), (True, None)):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+        torch.testing.assert_close(attention_with_dropout(q, k, v, m, causal, 0.0), want)
+    # training mode on CPU takes that path: with dropout every row still sums to at most 1/(1-p)
+    attn = MultiHeadedAttention(16, 2, 0.5).train()
+    out = attn(torch.randn(2, 7, 16), torch.randn(2, 7, 16), mask)
+    assert out.shape == (2, 7, 16) and torch.isfinite(out).all()

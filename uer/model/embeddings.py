@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from uer.config import ModelConfig
-from uer.model.layers import LayerNorm
+from uer.model.layers import Dropout, LayerNorm
 from uer.model.registry import EMBEDDINGS, register
 
 
@@ -35,7 +35,7 @@ class WordEmbedding(Embedding):
             self.segment_embedding = nn.Embedding(3, E)
         self.layer_norm = None if cfg.remove_embedding_layernorm else \
             LayerNorm(E, cfg.layernorm_eps, cfg.layernorm)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, src: torch.Tensor, seg: torch.Tensor, start: int = 0) -> torch.Tensor:
         """start: the position of src's first token (generation continues a sequence)."""
@@ -89,7 +89,7 @@ class WordSinusoidalPos(Embedding):
         pe[:, 0::2] = torch.sin(position * div)
         pe[:, 1::2] = torch.cos(position * div)
         self.register_buffer("pe", pe, persistent=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, src: torch.Tensor, seg: torch.Tensor, start: int = 0) -> torch.Tensor:
         emb = self.word_embedding(src) * math.sqrt(self.emb_size)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uer.config import ModelConfig
-from uer.model.layers import LayerNorm, TransformerLayer
+from uer.model.layers import Dropout, LayerNorm, TransformerLayer
 from uer.model.registry import ENCODERS, register
 
 
@@ -134,7 +134,7 @@ class RnnEncoder(Encoder):
         super().__init__()
         bi = cfg.bidirectional
         self.rnn = _cell(self.kind, cfg.emb_size, cfg.hidden_size // 2 if bi else cfg.hidden_size, cfg, bi)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, emb: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         return self.dropout(run_packed(self.rnn, emb, real_lengths(seg)))
@@ -163,7 +163,7 @@ class BiRnnEncoder(Encoder):
         super().__init__()
         self.rnn_forward = _cell(self.kind, cfg.emb_size, cfg.hidden_size // 2, cfg)
         self.rnn_backward = _cell(self.kind, cfg.emb_size, cfg.hidden_size // 2, cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, emb: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         lengths = real_lengths(seg)
