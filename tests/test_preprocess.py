@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 
 from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ZH_VOCAB, assert_clean_error, run_script
-from uer.data.builders import BuilderConfig, truncate_pair
+import random
+
+from uer.data.builders import BuilderConfig, trim_pair
 from uer.data.dataset import Dataset
-from uer.data.loader import BatchLoader
+from uer.data.loader import BatchLoader, builder_for
 from uer.data.preprocess import PreprocessJob, build_dataset
 from uer.vocab import Vocab
 
@@ -39,9 +41,10 @@ def test_bert_instances_layout(tmp_path, zh_vocab):
     labels = np.asarray(ds.arrays["label"])
     # half of the multi-sentence chunks, and every one-sentence chunk, get a random next sentence
     assert 0.5 < labels.mean() < 0.8
+    builder = builder_for(ds, sp)
     for i in range(0, len(ds), 97):
-        t = np.asarray(ds.ragged("tokens", i))
-        split = int(ds.scalar("seg_split", i))
+        stored = builder.stored(ds, i)
+        t, split = stored["tokens"], stored["seg_split"]
         assert len(t) <= 64 and t[0] == sp.cls and t[split - 1] == sp.sep and t[-1] == sp.sep
         assert (t[1:split - 1] != sp.sep).all() and (t[split:-1] != sp.sep).all()
     # every document contributes; the last document (no trailing blank line) is not lost
@@ -60,7 +63,9 @@ def test_no_token_lost_mlm(tmp_path, zh_vocab):
         docs = [l for l in f.read().split("\n") if l.strip()]
     sp = zh_vocab.special_ids()
     expected = np.concatenate([[sp.cls] + ids + [sp.sep] for ids in tok.encode_batch(docs)])
-    assert np.array_equal(np.asarray(ds.arrays["tokens"]), expected)
+    assert np.array_equal(np.asarray(ds.arrays["store"]), expected)
+    builder = builder_for(ds, sp)
+    assert np.array_equal(np.concatenate([builder.stored(ds, i)["tokens"] for i in range(len(ds))]), expected)
 
 
 def test_last_line_without_newline_and_crlf(tmp_path, zh_vocab):
@@ -71,16 +76,20 @@ def test_last_line_without_newline_and_crlf(tmp_path, zh_vocab):
     ds = Dataset(str(out))
     assert ds.header["corpus"]["documents"] == 2 and ds.header["corpus"]["sentences"] == 4
     last = zh_vocab.get("后")
-    assert last in set(np.asarray(ds.arrays["tokens"]).tolist())
+    assert last in set(np.asarray(ds.arrays["store"]).tolist())
 
 
-def test_truncate_pair_closed_form():
-    rng = np.random.default_rng(0)
+def test_trim_pair_closed_form():
+    rnd = random.Random(0)
     for la, lb, m in [(10, 3, 8), (3, 10, 8), (5, 5, 7), (100000, 2, 61), (4, 4, 8)]:
-        a, b = truncate_pair(np.arange(la), np.arange(lb) + 1000, m, rng)
-        assert len(a) + len(b) == min(m, la + lb)
-        # pieces stay contiguous runs of the originals
-        assert np.all(np.diff(a) == 1) and np.all(np.diff(b) == 1)
+        fa, ra, fb, rb = trim_pair(la, lb, m, rnd)
+        assert la - ra + lb - rb == min(m, la + lb) and 0 <= fa <= ra <= la and 0 <= fb <= rb <= lb
+        # one token at a time from the longer side (B on a tie): the two end within one token
+        if la + lb > m:
+            assert abs((la - ra) - (lb - rb)) <= 1 or ra == 0 or rb == 0
+    # each dropped token leaves from the front with p = 1/2
+    fronts = [trim_pair(200, 0, 100, rnd)[0] for _ in range(2000)]
+    assert abs(np.mean(fronts) - 50) < 1.0
 
 
 def test_manual_command_and_format_errors(tmp_path):

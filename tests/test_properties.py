@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from conftest import ZH_VOCAB
 from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig
 from uer.data.dataset import Dataset
+from uer.data.loader import builder_for
 from uer.data.preprocess import PreprocessJob, build_dataset
 from uer.vocab import Vocab
 
@@ -55,15 +56,19 @@ def build(tmp_path, target, corpus_text, seed=0, **builder):
 
 
 def instances(ds, field="tokens"):
-    return [np.asarray(ds.ragged(field, i)).tolist() for i in range(len(ds))]
+    """Each instance's ids as training first sees them (static masks applied)."""
+    if field != "tokens":
+        return [np.asarray(ds.ragged(field, i)).tolist() for i in range(len(ds))]
+    builder = builder_for(ds, SP)
+    return [builder.stored(ds, i)["tokens"].tolist() for i in range(len(ds))]
 
 
 def unmask(ds, i, toks):
     """The instance with its statically masked positions restored; checks the mask fields."""
     if "mask_pos" not in ds.header["arrays"]:
         return toks
-    pos = np.asarray(ds.ragged("mask_pos", i)).tolist()
-    orig = np.asarray(ds.ragged("mask_ids", i)).tolist()
+    stored = builder_for(ds, SP).stored(ds, i)
+    pos, orig = stored["mask_pos"].tolist(), stored["mask_ids"].tolist()
     assert pos == sorted(set(pos)) and all(p < len(toks) for p in pos)
     assert all(o not in SPECIAL for o in orig), "a special token was masked"
     restored = list(toks)
@@ -137,7 +142,7 @@ def test_sentence_pair_instances(tmp_path_factory, shape, seq_length, target, dy
     used = {di: [] for di in range(len(docs))}
     for i, toks in enumerate(instances(ds)):
         r = unmask(ds, i, toks)
-        split, label = int(ds.arrays["seg_split"][i]), int(ds.arrays["label"][i])
+        split, label = builder_for(ds, SP).stored(ds, i)["seg_split"], int(ds.arrays["label"][i])
         assert len(r) <= seq_length
         assert r[0] == SP.cls and r[split - 1] == SP.sep and r[-1] == SP.sep
         a, b = r[1:split - 1], r[split:-1]

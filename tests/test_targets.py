@@ -14,6 +14,7 @@ from conftest import (BERT_CORPUS, DOC_CORPUS, EN_VOCAB, ROOT, SHARED, ZH_VOCAB,
 from uer.config import ModelConfig, model_problems
 from uer.data.builders import BuilderConfig
 from uer.data.dataset import Dataset
+from uer.data.loader import builder_for
 from uer.data.loader import BatchLoader
 from uer.data.preprocess import PreprocessJob, build_dataset
 from uer.model import build_model
@@ -99,9 +100,8 @@ def test_t5_decoder_reads_the_masked_tokens_in_order(tmp_path, zh_vocab):
     ds = build(tmp_path, text, "t5", zh_vocab, seq_length=256, tgt_seq_length=12, dup_factor=1)
     a = first_batch(ds, zh_vocab, n=1)
     assert a["tgt_in"].shape == (1, 11)  # at most tgt_seq_length: [CLS] + 10 ids (+ [SEP] predicted)
-    src_ids = np.asarray(ds.ragged("tokens", 0))
-    pos = np.asarray(ds.ragged("mask_pos", 0))
-    orig = np.asarray(ds.ragged("mask_ids", 0))
+    stored = builder_for(ds, zh_vocab.special_ids()).stored(ds, 0)
+    src_ids, pos, orig = stored["tokens"], stored["mask_pos"], stored["mask_ids"]
     assert len(pos) > 30  # more predictions than the reference's fixed 32 could hold
     assert (np.diff(pos) > 0).all() and (src_ids[pos] != orig).any()
     assert a["tgt_in"][0].tolist() == [sp.cls] + orig[:10].tolist()
@@ -117,7 +117,7 @@ def test_albert_sentence_order(tmp_path, zh_vocab):
     a = first_batch(ds, zh_vocab)
     assert 0.25 < a["label"].mean() < 0.75
     for i, (seg, label) in enumerate(zip(a["seg"], a["label"])):
-        row = np.asarray(ds.ragged("tokens", i))  # unmasked (masking is dynamic)
+        row = builder_for(ds, sp).stored(ds, i)["tokens"]  # unmasked (masking is dynamic)
         first = [t for t, s in zip(row, seg) if s == 1][1:-1]
         second = [t for t, s in zip(row, seg) if s == 2][:-1]
         assert first and second and row[0] == sp.cls

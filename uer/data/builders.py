@@ -13,6 +13,7 @@ Batches are dicts of numpy arrays, padded to the longest instance of the batch:
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,7 +87,8 @@ class InstanceBuilder:
     def dup_factor(self) -> int:
         return self.cfg.dup_factor if self.static_masking else 1
 
-    def fields(self, token_dtype) -> list[Field]:
+    def fields(self, token_dtype, store_size: int) -> list[Field]:
+        """The stored fields; store_size bounds the token store (corpus tokens + 2 a document)."""
         raise NotImplementedError
 
     def build_unit(self, corpus: CorpusIndex, docs: range, pool: range,
@@ -97,39 +99,48 @@ class InstanceBuilder:
     def collate(self, ds: Dataset, indices: np.ndarray, rng: np.random.Generator) -> dict:
         raise NotImplementedError
 
+    def instance_tokens(self, ds: Dataset, indices) -> list[np.ndarray]:
+        """The instances' ids, before any masking."""
+        return [np.asarray(ds.ragged("tokens", int(i))) for i in indices]
+
+    def lengths(self, ds: Dataset, lo: int, hi: int) -> np.ndarray:
+        """int32 token counts of instances lo..hi-1."""
+        return np.diff(ds.read("tokens.offsets", lo, hi + 1)).astype(np.int32)
+
+    def stored(self, ds: Dataset, i: int) -> dict:
+        """Instance i as training first sees it (static masks applied), with its masked
+        positions and their original ids; for tests and inspection."""
+        tokens = self.instance_tokens(ds, [i])[0].astype(np.int64)
+        out = {"tokens": tokens}
+        if self.static_masking:
+            pos = ds.ragged("mask_pos", i).astype(np.int64)
+            out.update(mask_pos=pos, mask_ids=tokens[pos].copy())
+            tokens[pos] = ds.ragged("mask_repl", i)
+        return out
+
     # -- shared pieces ----------------------------------------------------------------------
     def _mask_fields(self, token_dtype) -> list[Field]:
+        """Static masks: the masked positions and the ids put there ([MASK], a random id, or the
+        original), one offsets array for both."""
         if not self.static_masking:
             return []
-        return [Field("mask_pos", True, "uint16" if self.cfg.seq_length < 65536 else "uint32"),
-                Field("mask_ids", True, np.dtype(token_dtype).name)]
+        pos = "uint8" if self.cfg.seq_length <= 256 else "uint16" if self.cfg.seq_length <= 65536 else "uint32"
+        return [Field("mask_pos", True, pos), Field("mask_repl", True, np.dtype(token_dtype).name, offsets_of="mask_pos")]
 
-    def _emit(self, out: Instances, src: np.ndarray, rng: np.random.Generator, **scalars) -> None:
-        out.add(tokens=src, **scalars)  # static masking is applied to the whole unit in _chunk
-
-    def _new_instances(self, scalars: list[str]) -> Instances:
-        return Instances(["tokens"], scalars)
-
-    def _chunk(self, out: Instances, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """The unit's instances as arrays; with static masking, masked (all at once) with their
-        mask_pos and mask_ids."""
-        chunk = out.to_chunk()
-        if self.static_masking:
-            masked, pos, counts, orig = self.masker.mask_flat(chunk["tokens"], chunk["tokens.lengths"], rng)
-            chunk.update({"tokens": masked, "mask_pos": pos, "mask_pos.lengths": counts, "mask_ids": orig,
-                          "mask_ids.lengths": counts})
-        return chunk
-
-    def _pad_batch(self, ds: Dataset, indices: np.ndarray, name: str = "tokens", pad: int | None = None):
-        seqs = [np.asarray(ds.ragged(name, int(i))) for i in indices]
-        return seqs, pad_rows(seqs, self.special.pad if pad is None else pad)
+    def _pad_batch(self, ds: Dataset, indices: np.ndarray):
+        seqs = self.instance_tokens(ds, indices)
+        return seqs, pad_rows(seqs, self.special.pad)
 
     def _masked(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
-        """Per row, the sorted masked positions and their original ids; applies dynamic masking
-        (all rows at once) to src."""
+        """Per row, the sorted masked positions and their original ids; applies the static masks,
+        or dynamic masking (all rows at once), to src."""
         if self.static_masking:
-            return [(np.asarray(ds.ragged("mask_pos", int(i)), dtype=np.int64),
-                     np.asarray(ds.ragged("mask_ids", int(i)), dtype=np.int64)) for i in indices]
+            rows = []
+            for b, i in enumerate(indices):
+                pos = ds.ragged("mask_pos", int(i)).astype(np.int64)
+                rows.append((pos, src[b, pos].copy()))
+                src[b, pos] = ds.ragged("mask_repl", int(i))
+            return rows
         lengths = np.array([len(q) for q in seqs], dtype=np.int64)
         masked, pos, counts, orig = self.masker.mask_flat(np.concatenate(seqs) if len(seqs) else
                                                           np.zeros(0, np.int64), lengths, rng)
@@ -138,9 +149,53 @@ class InstanceBuilder:
         return list(zip(np.split(pos, bounds), np.split(orig.astype(np.int64), bounds)))
 
     def _mlm_targets(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
-        """Flat predicted positions and their original ids; applies dynamic masking to src."""
+        """Flat predicted positions and their original ids; applies the masks to src."""
         rows = self._masked(ds, indices, seqs, src, rng)
         return flat_targets([p for p, _ in rows], [t for _, t in rows], src.shape[1])
+
+
+class SpanBuilder(InstanceBuilder):
+    """A masked target whose instances are runs of the corpus: the token `store` holds the corpus
+    once, whatever dup_factor, and an instance is SPAN_WIDTH // 2 (start, length) spans of it
+    (`spans`), plus the special tokens its target puts around them. Static masks are stored as
+    positions and the ids put there."""
+    SPAN_WIDTH = 2
+
+    def fields(self, token_dtype, store_size: int) -> list[Field]:
+        index = "uint32" if store_size + self.cfg.seq_length < 2 ** 32 else "uint64"
+        return ([Field("store", False, np.dtype(token_dtype).name, shared=True),
+                 Field("spans", False, index, width=self.SPAN_WIDTH)] + self._mask_fields(token_dtype))
+
+    def assemble(self, spans: np.ndarray, read) -> list[np.ndarray]:
+        """Instance ids from their spans; read(start, stop) gives store ids."""
+        raise NotImplementedError
+
+    def instance_tokens(self, ds, indices):
+        return self.assemble(ds.rows("spans", indices), lambda a, b: ds.read("store", a, b))
+
+    def lengths(self, ds, lo, hi):
+        w, out = self.SPAN_WIDTH, []
+        for a in range(lo, hi, 1 << 20):  # bounded temporaries
+            rows = ds.read("spans", a * w, min(hi, a + (1 << 20)) * w).reshape(-1, w)
+            out.append(rows[:, 1::2].sum(1).astype(np.int32) + self.extra_tokens)
+        return np.concatenate(out) if out else np.zeros(0, np.int32)
+
+    #: special tokens an instance adds to its spans
+    extra_tokens = 0
+
+    def _chunk(self, store: np.ndarray, spans: np.ndarray, flat: np.ndarray, lengths: np.ndarray,
+               rng: np.random.Generator, **scalars) -> dict[str, np.ndarray]:
+        """A unit's arrays: its part of the store, its instances' spans (global store offsets),
+        and, with static masking, the masks of all its instances (`flat` holds their ids one after
+        the other) drawn at once."""
+        chunk = {"store": store, "spans": spans.ravel(), **scalars}
+        if self.static_masking:
+            masked, pos, counts, _ = self.masker.mask_flat(flat, lengths, rng)
+            row = np.repeat(np.arange(len(lengths)), counts)
+            starts = np.cumsum(lengths) - lengths
+            chunk.update({"mask_pos": pos, "mask_pos.lengths": counts, "mask_repl": masked[starts[row] + pos],
+                          "mask_repl.lengths": counts})
+        return chunk
 
 
 def pad_rows(seqs, pad: int) -> np.ndarray:
@@ -168,23 +223,35 @@ def labels(ds: Dataset, indices: np.ndarray) -> np.ndarray:
     return np.asarray(ds.arrays["label"][np.asarray(indices)], dtype=np.int64)
 
 
-def split_segments(ds: Dataset, indices: np.ndarray, seqs, width: int) -> np.ndarray:
-    """seg: 1 before each instance's seg_split, 2 from it to the end of its tokens, 0 after."""
-    seg = np.zeros((len(seqs), width), dtype=np.int64)
-    for b, i in enumerate(indices):
-        split = int(ds.scalar("seg_split", int(i)))
-        seg[b, :split] = 1
-        seg[b, split:len(seqs[b])] = 2
-    return seg
+def segments(splits: np.ndarray, seqs, width: int) -> np.ndarray:
+    """seg: 1 before each row's split, 2 from it to the end of its tokens, 0 after."""
+    cols = np.arange(width)[None, :]
+    lengths = np.array([len(s) for s in seqs])[:, None]
+    return np.where(cols < np.asarray(splits)[:, None], 1, np.where(cols < lengths, 2, 0)).astype(np.int64)
 
 
-def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.Generator):
-    """Drop tokens one at a time from the longer of a and b (b on a tie), each from the front or
-    the back with probability 1/2, until len(a) + len(b) <= max_tokens. Computed in closed form."""
-    la, lb = len(a), len(b)
+def gather(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """tokens[starts[0]:starts[0] + lengths[0]], then the next run, ..., concatenated."""
+    total = int(lengths.sum())
+    if total == 0:
+        return tokens[:0]
+    return tokens[np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)]
+
+
+def place(out: np.ndarray, dest: np.ndarray, values: np.ndarray, lengths: np.ndarray) -> None:
+    """Write values (runs of `lengths`, concatenated) to out at the run starts `dest`."""
+    total = int(lengths.sum())
+    if total:
+        out[np.repeat(dest - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)] = values
+
+
+def trim_pair(la: int, lb: int, max_tokens: int, rnd: random.Random) -> tuple[int, int, int, int]:
+    """Drop tokens one at a time from the longer of A and B (B on a tie), each from the front or
+    the back with probability 1/2, until la + lb <= max_tokens. Computed in closed form; returns
+    (dropped from A's front, dropped from A, dropped from B's front, dropped from B)."""
     excess = la + lb - max_tokens
     if excess <= 0:
-        return a, b
+        return 0, 0, 0, 0
     ra = rb = 0
     if la > lb:
         d = min(excess, la - lb)
@@ -194,103 +261,159 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.
         rb, excess = d, excess - d
     rb += (excess + 1) // 2  # equal lengths: b first, then alternate
     ra += excess // 2
-    fa, fb = int(rng.binomial(ra, 0.5)), int(rng.binomial(rb, 0.5))
-    return a[fa:la - (ra - fa)], b[fb:lb - (rb - fb)]
+    return _heads(ra, rnd), ra, _heads(rb, rnd), rb
+
+
+def _heads(n: int, rnd: random.Random) -> int:
+    """A Binomial(n, 1/2) draw: the ones among n random bits."""
+    return bin(rnd.getrandbits(n)).count("1") if n else 0
 
 
 @register(INSTANCE_BUILDERS, "bert")
-class BertBuilder(InstanceBuilder):
-    """MLM + next-sentence prediction (SPEC 1.4, after Google's create_pretraining_data)."""
+class BertBuilder(SpanBuilder):
+    """MLM + next-sentence prediction (SPEC 1.4, after Google's create_pretraining_data). An
+    instance is [CLS] A [SEP] B [SEP], with A and B runs of whole sentences (then truncated) of the
+    store, which holds the corpus tokens in order."""
     corpus_format = "documents"
     format_help = "one sentence a line, documents separated by blank lines"
+    SPAN_WIDTH = 4  # A start, A length, B start, B length
+    extra_tokens = 3
 
-    def fields(self, token_dtype) -> list[Field]:
-        return ([Field("tokens", True, np.dtype(token_dtype).name)] + self._mask_fields(token_dtype)
-                + [Field("seg_split", False, "uint32"), Field("label", False, "uint8")])
+    def fields(self, token_dtype, store_size):
+        return super().fields(token_dtype, store_size) + [Field("label", False, "uint8")]
 
     def build_unit(self, corpus, docs, pool, rng):
-        out = self._new_instances(["seg_split", "label"])
+        # Python's generator for the scalar draws of the document loop: a twentieth of the cost
+        # of a numpy draw per call; the masks are drawn with numpy over the whole unit
+        rnd = random.Random(int(rng.integers(2 ** 63)))
+        s0, s1 = int(corpus.doc_off[docs.start]), int(corpus.doc_off[docs.stop])
+        starts = corpus.sent_start[s0:s1]
+        st, en = starts.tolist(), (starts + corpus.sent_len[s0:s1]).tolist()
+        bounds = (np.asarray(corpus.doc_off[docs.start:docs.stop + 1]) - s0).tolist()
+        rows: list[tuple] = []
         for _ in range(self.dup_factor):
-            for d in docs:
-                self._document(corpus, d, pool, rng, out)
-        return self._chunk(out, rng)
+            for k, d in enumerate(docs):
+                lo, hi = bounds[k], bounds[k + 1]
+                self._document(corpus, d, st[lo:hi], en[lo:hi], pool, rnd, rows)
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        spans, label = table[:, :4], table[:, 4]
+        flat, lengths = None, None
+        if self.static_masking:
+            flat, lengths = self._flat(corpus.tokens, spans)
+        store = corpus.tokens[corpus.token_start(docs.start):corpus.token_start(docs.stop)]
+        return self._chunk(store, spans, flat, lengths, rng, label=label)
 
-    def _document(self, corpus: CorpusIndex, d: int, pool: range, rng, out: Instances) -> None:
+    def _flat(self, tokens, spans):
+        """The ids of all the unit's instances, one after the other, and their lengths."""
         sp = self.special
+        la, lb = spans[:, 1], spans[:, 3]
+        n = la + lb + 3
+        inst = np.cumsum(n) - n
+        flat = np.empty(int(n.sum()), dtype=np.int64)
+        flat[inst] = sp.cls
+        flat[inst + 1 + la] = sp.sep
+        flat[inst + n - 1] = sp.sep
+        place(flat, inst + 1, gather(tokens, spans[:, 0], la), la)
+        place(flat, inst + 2 + la, gather(tokens, spans[:, 2], lb), lb)
+        return flat, n
+
+    def _document(self, corpus: CorpusIndex, d: int, st: list, en: list, pool: range, rnd, rows: list) -> None:
+        """Instances of document d, whose sentences are the store runs st[i]..en[i]: gather
+        sentences into a chunk of about `target` tokens, split it into A and B."""
         max_tokens = self.cfg.seq_length - 3
         target = max_tokens
-        if rng.random() < self.cfg.short_seq_prob:
-            target = int(rng.integers(2, max_tokens + 1))
-        doc = corpus.sentences(d)
-        chunk: list[np.ndarray] = []
-        chunk_len = 0
-        i = 0
-        while i < len(doc):
-            chunk.append(doc[i])
-            chunk_len += len(doc[i])
-            if i == len(doc) - 1 or chunk_len >= target:
-                a_end = 1 if len(chunk) == 1 else int(rng.integers(1, len(chunk)))
-                a, b, label, unused = self._pair(corpus, d, pool, chunk, a_end, target, rng)
+        if rnd.random() < self.cfg.short_seq_prob:
+            target = rnd.randint(2, max_tokens)
+        n = len(st)
+        first, chunk_len, i = 0, 0, 0  # the chunk is sentences first..i
+        while i < n:
+            chunk_len += en[i] - st[i]
+            if i == n - 1 or chunk_len >= target:
+                a_end = first + (1 if i == first else rnd.randint(1, i - first))  # A: first..a_end-1
+                (a0, a1), (b0, b1), label, unused = self._pair(corpus, d, pool, st, en, first, a_end, i,
+                                                               target, rnd)
                 i -= unused  # the unused sentences go back to the document
-                a, b = truncate_pair(a, b, max_tokens, rng)
-                src = np.concatenate([[sp.cls], a, [sp.sep], b, [sp.sep]]).astype(np.int64)
-                self._emit(out, src, rng, seg_split=len(a) + 2, label=label)
-                chunk, chunk_len = [], 0
+                fa, ra, fb, rb = trim_pair(a1 - a0, b1 - b0, max_tokens, rnd)
+                rows.append((a0 + fa, a1 - a0 - ra, b0 + fb, b1 - b0 - rb, label))
+                first, chunk_len = i + 1, 0
             i += 1
 
-    def _pair(self, corpus, d, pool, chunk, a_end, target, rng):
-        """(A, B, label, sentences of the chunk left unused): B is the actual next part of the
-        chunk (label 0) or, for a one-sentence chunk or with p = 1/2, taken from a random
-        document of the buffer (label 1)."""
-        a = np.concatenate(chunk[:a_end])
-        if len(chunk) == 1 or rng.random() < 0.5:
-            return a, self._random_b(corpus, d, pool, target - len(a), rng), 1, len(chunk) - a_end
-        return a, np.concatenate(chunk[a_end:]), 0, 0
+    def _pair(self, corpus, d, pool, st, en, first, a_end, last, target, rnd):
+        """((A start, end), (B start, end), label, sentences of the chunk left unused): B is the
+        actual next part of the chunk (label 0) or, for a one-sentence chunk or with p = 1/2,
+        taken from a random document of the buffer (label 1)."""
+        a = (st[first], en[a_end - 1])
+        if last == first or rnd.random() < 0.5:
+            return a, self._random_b(corpus, d, pool, target - (a[1] - a[0]), rnd), 1, last - a_end + 1
+        return a, (st[a_end], en[last]), 0, 0
 
-    def _random_b(self, corpus, d, pool, target_b, rng) -> np.ndarray:
+    def _random_b(self, corpus, d, pool, target_b, rnd) -> tuple[int, int]:
+        """Whole sentences of another document of the buffer, from a random one on, until
+        target_b tokens (at least one sentence)."""
         other = d
         for _ in range(10):
-            other = int(rng.integers(pool.start, pool.stop))
+            other = rnd.randrange(pool.start, pool.stop)
             if other != d:
                 break
-        sents = corpus.sentences(other)
-        start = int(rng.integers(0, len(sents)))
-        b, n = [], 0
-        for s in sents[start:]:
-            b.append(s)
-            n += len(s)
+        lo, hi = int(corpus.doc_off[other]), int(corpus.doc_off[other + 1])
+        first = lo + rnd.randrange(hi - lo)
+        start, n, k = int(corpus.sent_start[first]), 0, first
+        while k < hi:
+            n += int(corpus.sent_len[k])
+            k += 1
             if n >= target_b:
                 break
-        return np.concatenate(b)
+        return start, int(corpus.sent_start[k - 1] + corpus.sent_len[k - 1])
+
+    def assemble(self, spans, read):
+        sp = self.special
+        return [np.concatenate([[sp.cls], read(a, a + la), [sp.sep], read(b, b + lb), [sp.sep]]).astype(np.int64)
+                for a, la, b, lb in spans.tolist()]
 
     def collate(self, ds, indices, rng):
-        seqs, src = self._pad_batch(ds, indices)
-        seg = split_segments(ds, indices, seqs, src.shape[1])
+        spans = ds.rows("spans", indices)
+        seqs = self.assemble(spans, lambda a, b: ds.read("store", a, b))
+        src = pad_rows(seqs, self.special.pad)
+        seg = segments(spans[:, 1] + 2, seqs, src.shape[1])
         mlm_pos, mlm_tgt = self._mlm_targets(ds, indices, seqs, src, rng)
         return {"src": src, "seg": seg, "mlm_pos": mlm_pos, "mlm_tgt": mlm_tgt, "label": labels(ds, indices)}
 
+    def stored(self, ds, i):
+        out = super().stored(ds, i)
+        out.update(seg_split=int(ds.rows("spans", [i])[0, 1]) + 2, label=int(ds.arrays["label"][i]))
+        return out
+
 
 @register(INSTANCE_BUILDERS, "mlm")
-class MlmBuilder(InstanceBuilder):
+class MlmBuilder(SpanBuilder):
     """Masked LM over [CLS] doc [SEP] cut into seq_length pieces (SPEC 1.4); with
-    --full_sentences the documents of a unit are concatenated before cutting."""
+    --full_sentences the documents of a unit are concatenated before cutting. The store holds
+    [CLS] doc [SEP] for every document, so a piece is one run of it."""
     corpus_format = "lines"
     format_help = "one document a line"
 
-    def fields(self, token_dtype) -> list[Field]:
-        return [Field("tokens", True, np.dtype(token_dtype).name)] + self._mask_fields(token_dtype)
-
     def build_unit(self, corpus, docs, pool, rng):
         sp, S = self.special, self.cfg.seq_length
-        out = self._new_instances([])
-        wrapped = [np.concatenate([[sp.cls], corpus.doc_tokens(d), [sp.sep]]).astype(np.int64)
-                   for d in docs]
-        streams = [np.concatenate(wrapped)] if self.cfg.full_sentences and wrapped else wrapped
-        for _ in range(self.dup_factor):
-            for stream in streams:
-                for start in range(0, len(stream), S):
-                    self._emit(out, stream[start:start + S], rng)
-        return self._chunk(out, rng)
+        t0 = corpus.token_start(docs.start)
+        doc_start = np.array([corpus.token_start(d) for d in range(docs.start, docs.stop + 1)], dtype=np.int64)
+        m = np.diff(doc_start) + 2  # wrapped lengths
+        at = np.cumsum(m) - m  # where each wrapped document starts in the unit's store
+        store = np.empty(int(m.sum()), dtype=np.int64)
+        store[at] = sp.cls
+        store[at + m - 1] = sp.sep
+        place(store, at + 1, corpus.tokens[t0:corpus.token_start(docs.stop)], m - 2)
+        if self.cfg.full_sentences:
+            at, m = np.zeros(1, np.int64), np.array([len(store)], np.int64)
+        pieces = -(-m // S)
+        starts = np.repeat(at, pieces) + S * (np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces))
+        lengths = np.minimum(S, np.repeat(at + m, pieces) - starts)
+        starts, lengths = np.tile(starts, self.dup_factor), np.tile(lengths, self.dup_factor)
+        flat = gather(store, starts, lengths) if self.static_masking else None
+        base = t0 + 2 * docs.start  # the unit's store in the dataset's
+        return self._chunk(store, np.stack([starts + base, lengths], 1), flat, lengths, rng)
+
+    def assemble(self, spans, read):
+        return [read(a, a + n).astype(np.int64) for a, n in spans.tolist()]
 
     def collate(self, ds, indices, rng):
         seqs, src = self._pad_batch(ds, indices)
@@ -303,10 +426,10 @@ class AlbertBuilder(BertBuilder):
     """MLM + sentence-order prediction: A and B are consecutive parts of one chunk (B may be
     empty for a one-sentence chunk), swapped with p = 1/2 (label 1). No other document is read."""
 
-    def _pair(self, corpus, d, pool, chunk, a_end, target, rng):
-        a = np.concatenate(chunk[:a_end])
-        b = np.concatenate(chunk[a_end:]) if a_end < len(chunk) else a[:0]
-        if rng.random() < 0.5:
+    def _pair(self, corpus, d, pool, st, en, first, a_end, last, target, rnd):
+        a = (st[first], en[a_end - 1])
+        b = (st[a_end], en[last]) if a_end <= last else (a[1], a[1])
+        if rnd.random() < 0.5:
             return b, a, 1, 0
         return a, b, 0, 0
 
@@ -332,7 +455,7 @@ class T5Builder(MlmBuilder):
 class UnmaskedBuilder(InstanceBuilder):
     masked = False
 
-    def fields(self, token_dtype) -> list[Field]:
+    def fields(self, token_dtype, store_size) -> list[Field]:
         return [Field("tokens", True, np.dtype(token_dtype).name)]
 
 
@@ -345,7 +468,7 @@ class LmBuilder(UnmaskedBuilder):
 
     def build_unit(self, corpus, docs, pool, rng):
         sp, n = self.special, self.cfg.seq_length + 1
-        out = self._new_instances([])
+        out = Instances(["tokens"], [])
         for d in docs:
             doc = np.concatenate([[sp.cls], corpus.doc_tokens(d), [sp.sep]]).astype(np.int64)
             for start in range(0, len(doc) - 1, n):
@@ -370,7 +493,7 @@ class BilmBuilder(UnmaskedBuilder):
 
     def build_unit(self, corpus, docs, pool, rng):
         S = self.cfg.seq_length
-        out = self._new_instances([])
+        out = Instances(["tokens"], [])
         for d in docs:
             ids = corpus.doc_tokens(d)
             for start in range(0, len(ids), S):
@@ -395,7 +518,7 @@ class MtBuilder(UnmaskedBuilder):
     corpus_format = "pairs"
     format_help = "source<TAB>target a line"
 
-    def fields(self, token_dtype) -> list[Field]:
+    def fields(self, token_dtype, store_size) -> list[Field]:
         dtype = np.dtype(token_dtype).name
         return [Field("tokens", True, dtype), Field("tgt_tokens", True, dtype)]
 
@@ -427,13 +550,13 @@ class ClsBuilder(UnmaskedBuilder):
     corpus_format = "labeled"
     format_help = "label<TAB>text or label<TAB>text_a<TAB>text_b a line"
 
-    def fields(self, token_dtype) -> list[Field]:
+    def fields(self, token_dtype, store_size) -> list[Field]:
         return [Field("tokens", True, np.dtype(token_dtype).name), Field("seg_split", False, "uint32"),
                 Field("label", False, "uint32")]
 
     def build_unit(self, corpus, docs, pool, rng):
         sp, S = self.special, self.cfg.seq_length
-        out = self._new_instances(["seg_split", "label"])
+        out = Instances(["tokens"], ["seg_split", "label"])
         for d in docs:
             texts = corpus.sentences(d)
             if len(texts) == 1:
@@ -449,4 +572,5 @@ class ClsBuilder(UnmaskedBuilder):
 
     def collate(self, ds, indices, rng):
         seqs, src = self._pad_batch(ds, indices)
-        return {"src": src, "seg": split_segments(ds, indices, seqs, src.shape[1]), "label": labels(ds, indices)}
+        splits = np.asarray(ds.arrays["seg_split"][np.asarray(indices)])
+        return {"src": src, "seg": segments(splits, seqs, src.shape[1]), "label": labels(ds, indices)}

@@ -158,6 +158,12 @@ class CorpusIndex:
         a, b = self.doc_off[d], self.doc_off[d + 1]
         return [self.tokens[s:s + n] for s, n in zip(self.sent_start[a:b], self.sent_len[a:b])]
 
+    def token_start(self, d: int) -> int:
+        """Offset of document d's first token in `tokens` (the total for d = n_docs): documents
+        cover the token file in order, without gaps."""
+        s = int(self.doc_off[d])
+        return int(self.sent_start[s]) if s < len(self.sent_start) else len(self.tokens)
+
     def doc_tokens(self, d: int) -> np.ndarray:
         a, b = self.doc_off[d], self.doc_off[d + 1]
         if b - a == 1:

@@ -3,8 +3,10 @@
 Layout:  MAGIC (8 bytes) | header length (uint64 LE) | header JSON | padding | arrays...
 Each array starts at a 64-byte aligned offset recorded in the header. A ragged field `f` (one
 variable-length list per instance) is stored as `f` (all values, concatenated) and `f.offsets`
-(int64, instances + 1); a scalar field is one array of length `instances`. Nothing is padded.
-The file is assembled under a temporary name and renamed when complete.
+(int64, instances + 1), or uses the offsets of another ragged field with the same lengths; a
+fixed field is `width` values per instance; a shared field is one free-length array that
+instances point into (the token store). Nothing is padded. The file is assembled under a
+temporary name and renamed when complete.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from uer.errors import UerError
 from uer.utils import atomic_path
 
 MAGIC = b"UERDSET\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ALIGN = 64
 
 
@@ -29,6 +31,13 @@ class Field:
     name: str
     ragged: bool
     dtype: str  # numpy dtype name
+    width: int = 1  # values per instance of a fixed field
+    shared: bool = False  # one free-length array, not per instance
+    offsets_of: str | None = None  # a ragged field read through another ragged field's offsets
+
+    @property
+    def offsets(self) -> str:
+        return (self.offsets_of or self.name) + ".offsets"
 
 
 class DatasetWriter:
@@ -46,7 +55,7 @@ class DatasetWriter:
         self._ragged_total = {f.name: 0 for f in fields if f.ragged}
         for f in fields:
             self._files[f.name] = open(os.path.join(self._tmpdir, f.name), "wb")
-            if f.ragged:
+            if f.ragged and not f.offsets_of:
                 off = open(os.path.join(self._tmpdir, f.name + ".offsets"), "wb")
                 np.zeros(1, dtype=np.int64).tofile(off)
                 self._files[f.name + ".offsets"] = off
@@ -56,15 +65,22 @@ class DatasetWriter:
         n = None
         for f in self.fields:
             values = np.asarray(chunk[f.name]).astype(f.dtype, copy=False)
+            if f.shared:
+                values.tofile(self._files[f.name])
+                continue
             if f.ragged:
                 lengths = np.asarray(chunk[f.name + ".lengths"], dtype=np.int64)
                 assert lengths.sum() == len(values), f"{f.name}: lengths do not match values"
-                offs = self._ragged_total[f.name] + np.cumsum(lengths)
-                offs.tofile(self._files[f.name + ".offsets"])
-                self._ragged_total[f.name] = int(offs[-1]) if len(offs) else self._ragged_total[f.name]
+                if f.offsets_of:
+                    assert np.array_equal(lengths, chunk[f.offsets_of + ".lengths"]), f"{f.name}: lengths differ"
+                else:
+                    offs = self._ragged_total[f.name] + np.cumsum(lengths)
+                    offs.tofile(self._files[f.name + ".offsets"])
+                    self._ragged_total[f.name] = int(offs[-1]) if len(offs) else self._ragged_total[f.name]
                 k = len(lengths)
             else:
-                k = len(values)
+                assert len(values) % f.width == 0, f"{f.name}: not {f.width} values an instance"
+                k = len(values) // f.width
             n = k if n is None else n
             assert n == k, f"field {f.name} has {k} instances, expected {n}"
             values.tofile(self._files[f.name])
@@ -77,7 +93,7 @@ class DatasetWriter:
         names = []
         for f in self.fields:
             names.append((f.name, f.dtype))
-            if f.ragged:
+            if f.ragged and not f.offsets_of:
                 names.append((f.name + ".offsets", "int64"))
         header = dict(header, format="uer-dataset", version=FORMAT_VERSION, instances=self.count)
         # Offsets depend on the header size, which depends on the offsets: settle them with a
@@ -89,6 +105,11 @@ class DatasetWriter:
             nbytes = sizes[name]
             arrays[name] = {"dtype": dtype, "offset": pos, "length": nbytes // np.dtype(dtype).itemsize}
             pos = _align(pos + nbytes)
+        for f in self.fields:
+            if f.offsets_of:
+                arrays[f.name]["offsets"] = f.offsets
+            if f.width > 1:
+                arrays[f.name]["width"] = f.width
         header["arrays"] = arrays
         header["total_bytes"] = pos
         blob = json.dumps(header, ensure_ascii=False).encode("utf-8")
@@ -167,20 +188,31 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.header["instances"])
 
-    def ragged(self, name: str, i: int) -> np.ndarray:
-        """Instance i's values of a ragged field, read with pread rather than through the mapping:
-        pages touched through a mapping stay in the process (with the kernel's fault-around, 64 KB
-        for each instance read at random), so its memory would grow towards the dataset's size."""
-        off = self.arrays[name + ".offsets"]
-        a, b = int(off[i]), int(off[i + 1])
+    def read(self, name: str, a: int, b: int) -> np.ndarray:
+        """Values a..b-1 of an array, read with pread rather than through the mapping: pages
+        touched through a mapping stay in the process (with the kernel's fault-around, 64 KB for
+        each instance read at random), so its memory would grow towards the dataset's size."""
         values = self.arrays[name]  # a memmap: its dtype, and its offset in the file
-        if a == b:
+        if b <= a:
             return np.zeros(0, dtype=values.dtype)
         size = values.dtype.itemsize
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         data = os.pread(self._fd, (b - a) * size, values.offset + a * size)
         return np.frombuffer(data, dtype=values.dtype)
+
+    def ragged(self, name: str, i: int) -> np.ndarray:
+        """Instance i's values of a ragged field."""
+        off = self.arrays[self.header["arrays"][name].get("offsets", name + ".offsets")]
+        return self.read(name, int(off[i]), int(off[i + 1]))
+
+    def rows(self, name: str, indices) -> np.ndarray:
+        """[len(indices), width] values of a fixed field, int64."""
+        w = self.header["arrays"][name].get("width", 1)
+        out = np.empty((len(indices), w), dtype=np.int64)
+        for r, i in enumerate(indices):
+            out[r] = self.read(name, int(i) * w, (int(i) + 1) * w)
+        return out
 
     def __getstate__(self):
         return {**self.__dict__, "_fd": None}

@@ -25,6 +25,13 @@ def builder_config_from_header(header: dict, masking: MaskingConfig | None = Non
                                          header["span_max_length"]))
 
 
+def builder_for(dataset: Dataset, special: SpecialIds, masking: MaskingConfig | None = None):
+    """The instance builder that reads `dataset` (its target and options from the header)."""
+    header = dataset.header
+    return INSTANCE_BUILDERS[header["target"]](builder_config_from_header(header, masking), special,
+                                               header["vocab_size"])
+
+
 BUCKET_BATCHES = 64  # optimizer steps per window sorted by length
 PREFETCH_BATCHES = 16  # batches ready ahead at most: enough to hide the loader, little memory
 
@@ -40,8 +47,7 @@ class BatchLoader:
                  length_buckets: bool = False, accumulation_steps: int = 1):
         self.ds = dataset
         header = dataset.header
-        self.builder = INSTANCE_BUILDERS[header["target"]](
-            builder_config_from_header(header, masking), special, header["vocab_size"])
+        self.builder = builder_for(dataset, special, masking)
         self.batch_size = batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.share = shard(len(dataset), rank, world_size)
@@ -72,8 +78,7 @@ class BatchLoader:
             order = rng.permutation(n).astype(index)
             if self.length_buckets:
                 if self._lengths is None:
-                    offsets = self.ds.arrays["tokens.offsets"][self.share.start:self.share.stop + 1]
-                    self._lengths = np.diff(np.asarray(offsets)).astype(np.int32)
+                    self._lengths = self.builder.lengths(self.ds, self.share.start, self.share.stop)
                 unit = self.step_size  # so accumulation gives the same steps as one bigger batch
                 window = unit * BUCKET_BATCHES
                 # window by window (no temporary of the share's size): sort by length (stable), cut

@@ -168,7 +168,7 @@ def build_dataset(job: PreprocessJob) -> dict:
         n_docs = len(doc_off) - 1
         tasks = [(k, docs, buf, job.seed) for k, (docs, buf) in
                  enumerate(units(n_docs, job.builder.docs_buffer_size))]
-        writer = DatasetWriter(job.dataset_path, builder.fields(dtype))
+        writer = DatasetWriter(job.dataset_path, builder.fields(dtype, int(sent_len.sum()) + 2 * n_docs))
         bar = _progress(n_docs, "build", "doc", job.show_progress)
         pool = None
         try:
