@@ -73,6 +73,46 @@ def test_weight_decay_groups():
     assert opt.param_groups[0]["weight_decay"] == 0.01 and opt.param_groups[1]["weight_decay"] == 0.0
 
 
+def test_optimizer_is_torch_fused_adamw_without_the_dynamo_import():
+    """uer's AdamW steps exactly as torch's fused AdamW, and a fresh process that builds and
+    steps it does not import torch._dynamo (a second of start-up)."""
+    import subprocess
+    import sys
+
+    from uer.model import build_model
+
+    def trained(make):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(vocab_size=50, **TINY))
+        opt = make(model)
+        for step in range(3):
+            batch = {"src": torch.randint(1, 50, (2, 6)), "seg": torch.ones(2, 6, dtype=torch.long),
+                     "mlm_pos": torch.tensor([1, 7]), "mlm_tgt": torch.tensor([3, 4]), "label": torch.tensor([0, 1])}
+            out = model(batch)
+            sum(v[0] for v in out.values()).backward()
+            opt.step()
+            opt.zero_grad()
+        return model.state_dict(), opt.state_dict()
+
+    ours = trained(lambda m: build_optimizer(m, 1e-3, 0.01))
+
+    def reference(m):
+        groups = build_optimizer(m, 1e-3, 0.01).param_groups
+        return torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups],
+                                 lr=1e-3, eps=1e-6, fused=True)
+
+    theirs = trained(reference)
+    for k in ours[0]:
+        assert torch.equal(ours[0][k], theirs[0][k]), k
+    assert ours[1]["state"][0]["exp_avg"].equal(theirs[1]["state"][0]["exp_avg"])
+    code = ("import sys, torch\nfrom uer.train.optim import build_optimizer\n"
+            "m = torch.nn.Linear(3, 2)\nopt = build_optimizer(m, 1e-3, 0.01)\n"
+            "m(torch.ones(1, 3)).sum().backward()\nopt.step()\nopt.zero_grad()\nopt.state_dict()\n"
+            "print('torch._dynamo' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
 def test_manual_first_example_end_to_end(tmp_path, bert_dataset):
     """The manual's first pretrain command as written (data paths pointing at real files)."""
     os.makedirs(tmp_path / "models")

@@ -1,6 +1,9 @@
 """AdamW with decoupled weight decay on all but biases and LayerNorm, and the schedule."""
 from __future__ import annotations
 
+import inspect
+import sys
+
 import torch
 from torch import nn
 
@@ -10,8 +13,41 @@ def no_decay(name: str) -> bool:
     return leaf in ("bias", "gamma", "beta") or "layer_norm" in name
 
 
+def _skip_dynamo_import() -> None:
+    """torch.optim marks some functions "never compile" lazily: the first call imports
+    torch._dynamo (a second of start-up on a small machine) only to wrap the function. uer never
+    compiles an optimizer, so each such function (an Optimizer method, the functional adam) is
+    made its own wrapper. Does nothing once torch._dynamo is loaded, or if torch stops working
+    this way."""
+    if "torch._dynamo" in sys.modules:
+        return
+    outer = list(vars(torch.optim.Optimizer).values()) + [getattr(sys.modules.get("torch.optim.adam"), "adam", None)]
+    for f in outer:
+        cells = [c.cell_contents for c in (getattr(f, "__closure__", None) or ())
+                 if not isinstance(c.cell_contents, (int, str, type(None)))]
+        for w in [f] + cells:  # the marking wrapper itself, or one held by f
+            code = getattr(w, "__code__", None)
+            inner = getattr(w, "__wrapped__", None)
+            if code is not None and code.co_filename.endswith("_compile.py") and callable(inner) \
+                    and getattr(inner, "__dynamo_disable", None) is None:
+                setattr(inner, "__dynamo_disable", inner)
+
+
+_ADAM_STEP = inspect.unwrap(torch.optim.Adam.step)
+
+
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW, with a step that does not import torch._dynamo the first time (torch.optim
+    wraps step to mark a graph break for the compiler; uer never compiles the optimizer)."""
+
+    def step(self, closure=None):
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return _ADAM_STEP(self, closure)
+
+
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999),
                     eps: float = 1e-6) -> torch.optim.Optimizer:
+    _skip_dynamo_import()
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -21,7 +57,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9
     # the fused kernel (CUDA and CPU) is one pass over each tensor: on CPU 3x as fast as foreach
     fused = all(p.device.type in ("cuda", "cpu") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
                 for p in model.parameters())
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if fused else {"foreach": True}))
+    return AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if fused else {"foreach": True}))
 
 
 def lr_multiplier(step: int, total_steps: int, warmup: float) -> float:
