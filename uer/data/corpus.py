@@ -12,6 +12,7 @@ included), and a labeled line also carries its label.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -85,6 +86,19 @@ def split_fields(text: str, corpus_format: str, first_line: bool):
     return fields[1:], label
 
 
+def _utf8_error(data: bytes, start: int) -> tuple[int, str]:
+    """(line index in the range, message) of the first line that is not UTF-8."""
+    for k, raw in enumerate(data.split(b"\n")):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            hint = ""
+            if b"\x00" in raw or (start == 0 and k == 0 and raw.startswith(BINARY_MAGIC)):
+                hint = "; this looks like a binary or compressed file"
+            return k, f"invalid UTF-8 at byte {e.start} of the line (the corpus must be UTF-8 text{hint})"
+    raise AssertionError("no invalid line found")
+
+
 def tokenize_range(args):
     """Tokenize the lines of one byte range. Returns (arrays, error): the text formats give
     line_len (BLANK for blank lines) and tokens; the field formats give line_fields (0 for a
@@ -93,27 +107,21 @@ def tokenize_range(args):
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # the range ends with a newline
-    texts = []
-    for k, raw in enumerate(raw_lines):
-        try:
-            texts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            hint = ""
-            if b"\x00" in raw or (start == 0 and k == 0 and raw.startswith(BINARY_MAGIC)):
-                hint = "; this looks like a binary or compressed file"
-            return None, (k, f"invalid UTF-8 at byte {e.start} of the line (the corpus must be UTF-8 text{hint})")
+    try:
+        texts = data.decode("utf-8").split("\n")  # a newline byte is never inside a UTF-8 character
+    except UnicodeDecodeError:
+        return None, _utf8_error(data, start)
+    if texts and texts[-1] == "":
+        texts.pop()  # the range ends with a newline
     tok, tgt_tok = _WORKER["tokenizers"]
     nonblank = [i for i, t in enumerate(texts) if t.strip()]
     if corpus_format not in FIELD_FORMATS:
         lengths = np.full(len(texts), BLANK, dtype=np.int64)
         encoded = tok.encode_batch([texts[i] for i in nonblank]) if nonblank else []
-        for i, ids in zip(nonblank, encoded):
-            lengths[i] = len(ids)
+        counts = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        lengths[nonblank] = counts
         # ids are below the vocabulary size, which chose dtype
-        flat = np.fromiter((t for ids in encoded for t in ids), dtype=dtype)
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=int(counts.sum()))
         return {"line_len": lengths, "tokens": flat}, None
 
     line_fields = np.zeros(len(texts), dtype=np.int64)
@@ -137,7 +145,7 @@ def tokenize_range(args):
                for c, col in enumerate(columns)]
     pieces = [encoded[c][r] for _, c, r in where]
     field_len = np.array([len(p) for p in pieces], dtype=np.int64)
-    flat = np.fromiter((t for ids in pieces for t in ids), dtype=dtype)
+    flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype=dtype, count=int(field_len.sum()))
     return {"line_fields": line_fields, "field_len": field_len, "label": labels, "tokens": flat}, None
 
 

@@ -94,8 +94,10 @@ class Masker:
         cand[inside] = np.where(eligible, np.arange(len(flat)), -1)
         cand = rng.permuted(cand, axis=1)
         ok = cand >= 0
-        chosen = ok & (np.cumsum(ok, axis=1) <= budget[:, None])
-        positions = np.sort(cand[chosen])
+        chosen = ok & (np.cumsum(ok, axis=1, dtype=np.int32) <= budget[:, None])
+        picked = np.zeros(len(flat), dtype=bool)
+        picked[cand[chosen]] = True
+        positions = np.flatnonzero(picked)  # sorted, without a sort
         row = np.repeat(np.arange(len(lengths)), lengths)[positions]
         out, originals = self._apply(flat, positions, rng.random(len(positions)), rng)
         counts = np.bincount(row, minlength=len(lengths)).astype(np.int64)

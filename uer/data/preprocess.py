@@ -65,10 +65,20 @@ def _pool(processes: int, initializer, initargs):
     return mp.get_context(method).Pool(processes, initializer=initializer, initargs=initargs)
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total, desc, unit, enabled):
+    if not enabled:
+        return _NoBar()  # and no tqdm import
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True,
                 unit_scale=True)
 
 
