@@ -287,8 +287,8 @@ class BertBuilder(SpanBuilder):
         # of a numpy draw per call; the masks are drawn with numpy over the whole unit
         rnd = random.Random(int(rng.integers(2 ** 63)))
         # the corpus index as memoryviews: indexing one gives a Python int, 5x faster than numpy's
-        self._index = tuple(memoryview(np.ascontiguousarray(a, dtype=np.int64))
-                            for a in (corpus.doc_off, corpus.sent_start, corpus.sent_len))
+        index = tuple(memoryview(np.ascontiguousarray(a, dtype=np.int64))
+                      for a in (corpus.doc_off, corpus.sent_start, corpus.sent_len))
         s0, s1 = int(corpus.doc_off[docs.start]), int(corpus.doc_off[docs.stop])
         starts = corpus.sent_start[s0:s1]
         st, en = starts.tolist(), (starts + corpus.sent_len[s0:s1]).tolist()
@@ -297,7 +297,7 @@ class BertBuilder(SpanBuilder):
         for _ in range(self.dup_factor):
             for k, d in enumerate(docs):
                 lo, hi = bounds[k], bounds[k + 1]
-                self._document(corpus, d, st[lo:hi], en[lo:hi], pool, rnd, rows)
+                self._document(index, d, st[lo:hi], en[lo:hi], pool, rnd, rows)
         table = np.array(rows, dtype=np.int64).reshape(-1, 5)
         spans, label = table[:, :4], table[:, 4]
         flat, lengths = None, None
@@ -320,9 +320,10 @@ class BertBuilder(SpanBuilder):
         place(flat, inst + 2 + la, gather(tokens, spans[:, 2], lb), lb)
         return flat, n
 
-    def _document(self, corpus: CorpusIndex, d: int, st: list, en: list, pool: range, rnd, rows: list) -> None:
+    def _document(self, index: tuple, d: int, st: list, en: list, pool: range, rnd, rows: list) -> None:
         """Instances of document d, whose sentences are the store runs st[i]..en[i]: gather
-        sentences into a chunk of about `target` tokens, split it into A and B."""
+        sentences into a chunk of about `target` tokens, split it into A and B. `index` is the
+        corpus's (doc_off, sent_start, sent_len)."""
         max_tokens = self.cfg.seq_length - 3
         target = max_tokens
         uniform = rnd.random  # below, int(uniform() * n) draws from 0..n-1 (cheaper than randrange)
@@ -334,7 +335,7 @@ class BertBuilder(SpanBuilder):
             chunk_len += en[i] - st[i]
             if i == n - 1 or chunk_len >= target:
                 a_end = first + (1 if i == first else 1 + int(uniform() * (i - first)))  # A: first..a_end-1
-                (a0, a1), (b0, b1), label, unused = self._pair(corpus, d, pool, st, en, first, a_end, i,
+                (a0, a1), (b0, b1), label, unused = self._pair(index, d, pool, st, en, first, a_end, i,
                                                                target, rnd)
                 i -= unused  # the unused sentences go back to the document
                 fa, ra, fb, rb = trim_pair(a1 - a0, b1 - b0, max_tokens, rnd)
@@ -342,16 +343,16 @@ class BertBuilder(SpanBuilder):
                 first, chunk_len = i + 1, 0
             i += 1
 
-    def _pair(self, corpus, d, pool, st, en, first, a_end, last, target, rnd):
+    def _pair(self, index, d, pool, st, en, first, a_end, last, target, rnd):
         """((A start, end), (B start, end), label, sentences of the chunk left unused): B is the
         actual next part of the chunk (label 0) or, for a one-sentence chunk or with p = 1/2,
         taken from a random document of the buffer (label 1)."""
         a = (st[first], en[a_end - 1])
         if last == first or rnd.random() < 0.5:
-            return a, self._random_b(corpus, d, pool, target - (a[1] - a[0]), rnd), 1, last - a_end + 1
+            return a, self._random_b(index, d, pool, target - (a[1] - a[0]), rnd), 1, last - a_end + 1
         return a, (st[a_end], en[last]), 0, 0
 
-    def _random_b(self, corpus, d, pool, target_b, rnd) -> tuple[int, int]:
+    def _random_b(self, index, d, pool, target_b, rnd) -> tuple[int, int]:
         """Whole sentences of another document of the buffer, from a random one on, until
         target_b tokens (at least one sentence)."""
         other = d
@@ -359,7 +360,7 @@ class BertBuilder(SpanBuilder):
             other = pool.start + int(rnd.random() * len(pool))
             if other != d:
                 break
-        doc_off, sent_start, sent_len = self._index
+        doc_off, sent_start, sent_len = index
         lo, hi = doc_off[other], doc_off[other + 1]
         first = lo + int(rnd.random() * (hi - lo))
         n, k = 0, first
@@ -431,7 +432,7 @@ class AlbertBuilder(BertBuilder):
     """MLM + sentence-order prediction: A and B are consecutive parts of one chunk (B may be
     empty for a one-sentence chunk), swapped with p = 1/2 (label 1). No other document is read."""
 
-    def _pair(self, corpus, d, pool, st, en, first, a_end, last, target, rnd):
+    def _pair(self, index, d, pool, st, en, first, a_end, last, target, rnd):
         a = (st[first], en[a_end - 1])
         b = (st[a_end], en[last]) if a_end <= last else (a[1], a[1])
         if rnd.random() < 0.5:

@@ -221,5 +221,3 @@ class Dataset:
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
 
-    def scalar(self, name: str, i: int):
-        return self.arrays[name][i]
