@@ -134,7 +134,7 @@ def test_console_commands_are_installed():
         assert callable(entry.load())
         exe = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
         proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0 and proc.stdout.startswith("usage: "), proc.stderr
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {name} "), proc.stdout[:200] + proc.stderr
 
 
 def test_chinese_usage_matches_the_readme():

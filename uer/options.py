@@ -7,6 +7,8 @@ component is not built yet is parsed and then rejected by validation with a clea
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 EMBEDDINGS = ("word", "word_pos", "word_pos_seg", "word_sinusoidalpos")
 ENCODERS = ("transformer", "rnn", "lstm", "gru", "birnn", "bilstm", "bigru", "gatedcnn")
@@ -32,6 +34,9 @@ def _bool(text: str) -> bool:
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if invoked.startswith("uer-"):  # a console command (uer-preprocess, ...) names itself
+        prog = invoked
     return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
