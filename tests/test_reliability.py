@@ -121,6 +121,12 @@ def test_a_killed_preprocess_leaves_no_complete_looking_dataset(tmp_path):
             ds = Dataset(str(out))
             assert len(ds) > 0 and ds.header["total_bytes"] == out.stat().st_size
             out.unlink()
+    # what the killed runs left (their temporary directories and files) goes with the next run
+    (tmp_path / ".uer-preprocess-otherhost-1-x").mkdir()  # another host's: it may still be running
+    proc = run_script("preprocess.py", "--corpus_path", BERT_CORPUS, "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(out), "--dup_factor", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".uer-preprocess-otherhost-1-x", "dataset.pt"]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,43 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
+import socket
 import tempfile
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _owned_prefix(prefix: str, directory: str) -> str:
+    """A temporary name prefix that records this host and process, `<prefix><host>-<pid>-`. Entries
+    of `directory` with `prefix` left by a process of this host that no longer runs (a killed run)
+    are removed first: nothing else can finish them. (Other hosts' entries are left alone: on a
+    shared file system their processes may still be running.)"""
+    host = socket.gethostname().replace("-", "_")
+    mine = f"{prefix}{host}-"
+    for name in os.listdir(directory):
+        pid = name[len(mine):].split("-", 1)[0] if name.startswith(mine) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            stale = os.path.join(directory, name)
+            if os.path.isdir(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(stale)
+    return f"{mine}{os.getpid()}-"
+
+
+def owned_temp_dir(prefix: str, directory: str) -> str:
+    """tempfile.mkdtemp in `directory`, named as _owned_prefix says (stale ones removed first)."""
+    return tempfile.mkdtemp(prefix=_owned_prefix(prefix, directory), dir=directory)
 
 
 @contextlib.contextmanager
@@ -13,7 +49,8 @@ def atomic_path(path: str):
     On failure the temporary file is removed and `path` is left as it was."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_owned_prefix("." + os.path.basename(path) + ".", directory),
+                               suffix=".tmp", dir=directory)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

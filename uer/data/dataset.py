@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from uer.errors import UerError
-from uer.utils import atomic_path
+from uer.utils import atomic_path, owned_temp_dir
 
 MAGIC = b"UERDSET\x00"
 FORMAT_VERSION = 2
@@ -50,7 +49,7 @@ class DatasetWriter:
         self.count = 0
         directory = os.path.dirname(os.path.abspath(path)) or "."
         os.makedirs(directory, exist_ok=True)
-        self._tmpdir = tempfile.mkdtemp(prefix=".uer-dataset-", dir=directory)
+        self._tmpdir = owned_temp_dir(".uer-dataset-", directory)
         self._files = {}
         self._ragged_total = {f.name: 0 for f in fields if f.ragged}
         for f in fields:

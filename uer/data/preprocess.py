@@ -14,7 +14,6 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from uer.data.corpus import BLANK, FIELD_FORMATS, CorpusIndex, byte_ranges, grou
 from uer.data.dataset import DatasetWriter
 from uer.errors import UerError
 from uer.tokenizers import build_tokenizer, describe_tokenizer
+from uer.utils import owned_temp_dir
 from uer.vocab import Vocab
 
 UNIT_DOCS = 256
@@ -156,7 +156,7 @@ def build_dataset(job: PreprocessJob) -> dict:
     dtype = job.token_dtype()
     out_dir = os.path.dirname(os.path.abspath(job.dataset_path)) or "."
     os.makedirs(out_dir, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix=".uer-preprocess-", dir=out_dir)
+    workdir = owned_temp_dir(".uer-preprocess-", out_dir)
     writer = None
     try:
         lines = tokenize_corpus(job, builder.corpus_format, workdir, dtype)
