@@ -230,19 +230,19 @@ def segments(splits: np.ndarray, seqs, width: int) -> np.ndarray:
     return np.where(cols < np.asarray(splits)[:, None], 1, np.where(cols < lengths, 2, 0)).astype(np.int64)
 
 
+def runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices starts[0], ..., starts[0] + lengths[0] - 1, then those of the next run, ..."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+
+
 def gather(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """tokens[starts[0]:starts[0] + lengths[0]], then the next run, ..., concatenated."""
-    total = int(lengths.sum())
-    if total == 0:
-        return tokens[:0]
-    return tokens[np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)]
+    return tokens[runs(starts, lengths)]
 
 
 def place(out: np.ndarray, dest: np.ndarray, values: np.ndarray, lengths: np.ndarray) -> None:
     """Write values (runs of `lengths`, concatenated) to out at the run starts `dest`."""
-    total = int(lengths.sum())
-    if total:
-        out[np.repeat(dest - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)] = values
+    out[runs(dest, lengths)] = values
 
 
 def trim_pair(la: int, lb: int, max_tokens: int, rnd: random.Random) -> tuple[int, int, int, int]:

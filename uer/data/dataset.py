@@ -55,9 +55,9 @@ class DatasetWriter:
         for f in fields:
             self._files[f.name] = open(os.path.join(self._tmpdir, f.name), "wb")
             if f.ragged and not f.offsets_of:
-                off = open(os.path.join(self._tmpdir, f.name + ".offsets"), "wb")
+                off = open(os.path.join(self._tmpdir, f.offsets), "wb")
                 np.zeros(1, dtype=np.int64).tofile(off)
-                self._files[f.name + ".offsets"] = off
+                self._files[f.offsets] = off
 
     def add(self, chunk: dict[str, np.ndarray]) -> None:
         """chunk[name] is the values array; for ragged fields chunk[name + '.lengths'] too."""
@@ -74,7 +74,7 @@ class DatasetWriter:
                     assert np.array_equal(lengths, chunk[f.offsets_of + ".lengths"]), f"{f.name}: lengths differ"
                 else:
                     offs = self._ragged_total[f.name] + np.cumsum(lengths)
-                    offs.tofile(self._files[f.name + ".offsets"])
+                    offs.tofile(self._files[f.offsets])
                     self._ragged_total[f.name] = int(offs[-1]) if len(offs) else self._ragged_total[f.name]
                 k = len(lengths)
             else:
@@ -93,7 +93,7 @@ class DatasetWriter:
         for f in self.fields:
             names.append((f.name, f.dtype))
             if f.ragged and not f.offsets_of:
-                names.append((f.name + ".offsets", "int64"))
+                names.append((f.offsets, "int64"))
         header = dict(header, format="uer-dataset", version=FORMAT_VERSION, instances=self.count)
         # Offsets depend on the header size, which depends on the offsets: settle them with a
         # fixed-width header (padded with spaces) big enough for any value.
@@ -177,7 +177,10 @@ class Dataset:
         self.header = read_header(path)
         self._fd = None
         self.arrays: dict[str, np.ndarray] = {}
-        for name, spec in self.header["arrays"].items():
+        specs = self.header["arrays"]
+        self._offsets = {name: spec.get("offsets", name + ".offsets") for name, spec in specs.items()}
+        self._width = {name: spec.get("width", 1) for name, spec in specs.items()}
+        for name, spec in specs.items():
             if spec["length"] == 0:
                 self.arrays[name] = np.zeros(0, dtype=spec["dtype"])
             else:
@@ -202,12 +205,12 @@ class Dataset:
 
     def ragged(self, name: str, i: int) -> np.ndarray:
         """Instance i's values of a ragged field."""
-        off = self.arrays[self.header["arrays"][name].get("offsets", name + ".offsets")]
+        off = self.arrays[self._offsets[name]]
         return self.read(name, int(off[i]), int(off[i + 1]))
 
     def rows(self, name: str, indices) -> np.ndarray:
         """[len(indices), width] values of a fixed field, int64."""
-        w = self.header["arrays"][name].get("width", 1)
+        w = self._width[name]
         out = np.empty((len(indices), w), dtype=np.int64)
         for r, i in enumerate(indices):
             out[r] = self.read(name, int(i) * w, (int(i) + 1) * w)
