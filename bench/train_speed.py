@@ -10,8 +10,9 @@ autocast) over the very same batches:
   lm   -> GPT2LMHeadModel (full-vocabulary logits at every position, as HF computes them).
 Reported: real (non-pad) tokens/s, padded tokens/s, step time, model-FLOPs utilisation against the
 matmul peak measured at the start (real tokens only; 6 x parameters-in-matmuls per token plus
-attention and the heads at the predicted positions), peak RSS growth, and the ratio to the
-reference.
+attention and the heads at the predicted positions; for uer's bert and mlm, whose last layer runs
+only at the positions the loss reads, the FLOPs it performs there), peak RSS growth, and the ratio
+to the reference.
 
     python3 bench/train_speed.py --recipes tiny small --targets bert mlm lm --steps 20
 """
@@ -51,12 +52,16 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 / best
 
 
-def model_flops(cfg, lengths: list[int], predicted: int, rows: int) -> float:
-    """Training FLOPs (forward + backward = 3 x forward) of one batch, real tokens only."""
+def model_flops(cfg, lengths: list[int], predicted: int, rows: int, last_rows: list[int] | None = None) -> float:
+    """Training FLOPs (forward + backward = 3 x forward) of one batch, real tokens only.
+    last_rows: the positions per row at which the last layer runs (uer with a target that reads
+    only some positions); None: all of them."""
     H, F, L, V = cfg.hidden_size, cfg.feedforward_size, cfg.layers_num, cfg.vocab_size
     fwd = 0.0
-    for n in lengths:
-        fwd += 2 * L * (4 * H * H + 2 * H * F) * n + 4 * L * H * n * n  # linears; QK^T and AV
+    for i, n in enumerate(lengths):
+        u = n if last_rows is None else last_rows[i]
+        fwd += 2 * (L - 1) * (4 * H * H + 2 * H * F) * n + 4 * (L - 1) * H * n * n  # linears; QK^T and AV
+        fwd += 4 * H * H * n + (4 * H * H + 4 * H * F) * u + 4 * H * u * n  # last layer: K, V at every position
     if cfg.target in ("bert", "mlm"):
         fwd += 2 * (H * H + H * V) * predicted  # transform + output layer at the masked positions
         if cfg.target == "bert":
@@ -89,12 +94,20 @@ def batches(dataset, special, batch_size: int, n: int, seed: int, length_buckets
             for _ in range(n)]
 
 
-def batch_stats(cfg, batch: dict) -> tuple[int, int, float]:
-    """(real tokens, padded positions, model FLOPs)."""
+def batch_stats(cfg, batch: dict, uer: bool) -> tuple[int, int, float]:
+    """(real tokens, padded positions, model FLOPs): uer's FLOPs count its last layer only at the
+    positions the target reads (the masked ones, and position 0 for bert), as it computes them."""
+    from uer.model.model import read_plan
+
     src = batch["src"]
     lengths = (src != 0).sum(1).tolist()
     key = {"bert": "mlm_tgt", "mlm": "mlm_tgt", "lm": "lm_tgt"}[cfg.target]
-    return sum(lengths), src.numel(), model_flops(cfg, lengths, len(batch[key]), src.shape[0])
+    last_rows = None
+    if uer and cfg.target != "lm":
+        reads = ("first_pos", "mlm_pos") if cfg.target == "bert" else ("mlm_pos",)
+        rows = read_plan(batch, reads)["read:rows"]
+        last_rows = torch.bincount(rows // src.shape[1], minlength=src.shape[0]).tolist()
+    return sum(lengths), src.numel(), model_flops(cfg, lengths, len(batch[key]), src.shape[0], last_rows)
 
 
 def run_uer(mcfg, dataset_path: str, special, args, work: str, length_buckets: bool) -> float:
@@ -229,7 +242,7 @@ def main(argv=None) -> int:
                                     lambda: run_hf(mcfg, target, plain, args, sparse=False)))
                 times = {}
                 for name, data, fn in systems:
-                    stats = [batch_stats(mcfg, b) for b in data[args.warmup:]]
+                    stats = [batch_stats(mcfg, b, name.startswith("uer")) for b in data[args.warmup:]]
                     real = sum(s[0] for s in stats) / args.steps
                     padded = sum(s[1] for s in stats) / args.steps
                     flops = sum(s[2] for s in stats) / args.steps

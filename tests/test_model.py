@@ -120,3 +120,74 @@ def test_attention_with_dropout_is_sdpa_math():
     attn = MultiHeadedAttention(16, 2, 0.5).train()
     out = attn(torch.randn(2, 7, 16), torch.randn(2, 7, 16), mask)
     assert out.shape == (2, 7, 16) and torch.isfinite(out).all()
+
+
+def _read_batch(B=4, L=16, V=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(5, V, (B, L), generator=g)
+    seg = torch.ones(B, L, dtype=torch.long)
+    seg[1, 10:] = 0
+    seg[2, 5:] = 0
+    src[seg == 0] = 0
+    pos = torch.tensor([1, 3, 9, 17, 20, 34, 50, 52, 53])  # row 3 reads nothing but position 0
+    return {"src": src, "seg": seg, "mlm_pos": pos, "mlm_tgt": torch.randint(0, V, (len(pos),), generator=g),
+            "label": torch.tensor([0, 1, 1, 0])}
+
+
+@pytest.mark.parametrize("target,kw", [("mlm", {}), ("bert", {}), ("mlm", {"layernorm_positioning": "pre"}),
+                                       ("albert", {"parameter_sharing": True, "emb_size": 16,
+                                                   "factorized_embedding_parameterization": True}),
+                                       ("bert", {"layers_num": 1})])
+def test_last_layer_runs_only_where_the_target_reads(target, kw):
+    """mlm/bert/albert read the masked positions (and position 0): the encoder's last layer runs
+    only there, and loss and gradients equal those of the whole last layer."""
+    from uer.model.model import first_positions
+
+    cfg = ModelConfig(**{"vocab_size": 100, "hidden_size": 32, "emb_size": 32, "feedforward_size": 64,
+                         "heads_num": 4, "layers_num": 2, "target": target, **kw})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    batch = _read_batch()
+    last = model.encoder.transformer if cfg.parameter_sharing else model.encoder.transformer[-1]
+    ffn_rows = []
+    last.feed_forward.linear_1.register_forward_hook(lambda m, i, o: ffn_rows.append(i[0].numel() // i[0].shape[-1]))
+    out = model(batch)
+    read = {0, 16, 32, 48} | set(batch["mlm_pos"].tolist()) if target != "mlm" else set(batch["mlm_pos"].tolist())
+    assert ffn_rows[-1] == len(read)
+
+    hidden = model.encode(batch["src"], batch["seg"])  # every layer at every position
+    whole = model.target(hidden.reshape(-1, cfg.hidden_size), {**batch, "first_pos": first_positions(batch)})
+    assert ffn_rows[-1] == batch["src"].numel()
+    assert out.keys() == whole.keys()
+    for k in out:
+        torch.testing.assert_close(out[k][0], whole[k][0])
+        assert int(out[k][1]) == int(whole[k][1]) and int(out[k][2]) == int(whole[k][2])
+    params = list(model.parameters())
+    g_rows = torch.autograd.grad(sum(v[0] for v in out.values()), params)
+    g_whole = torch.autograd.grad(sum(v[0] for v in whole.values()), params)
+    for p, a, b in zip(params, g_rows, g_whole):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_read_plan_on_the_host_is_what_forward_uses():
+    """The training loop plans on the host; the plan indexes exactly the positions the target
+    reads, and forward with it equals forward planning for itself."""
+    from uer.model.model import READ, read_plan
+
+    cfg = ModelConfig(vocab_size=100, hidden_size=32, emb_size=32, feedforward_size=64, heads_num=4,
+                      layers_num=2, target="bert")
+    model = build_model(cfg).eval()
+    batch = _read_batch()
+    plan = read_plan(batch, model.target.reads)
+    rows, query, keep = plan[READ + "rows"], plan[READ + "query"], plan[READ + "keep"]
+    assert rows.tolist() == sorted({0, 16, 32, 48} | set(batch["mlm_pos"].tolist()))
+    assert rows[plan[READ + "mlm_pos"]].tolist() == batch["mlm_pos"].tolist()
+    assert rows[plan[READ + "first_pos"]].tolist() == [0, 16, 32, 48]
+    assert query.shape == (4, 4)  # row 0 reads 0, 1, 3, 9: the most of any row
+    assert query.reshape(-1)[keep].tolist() == rows.tolist()
+    assert ((query // 16) == torch.arange(4)[:, None]).all()  # padding stays within its row
+    prepared = model.prepare(batch)
+    assert model.prepare(prepared) is prepared
+    a, b = model(prepared), model(batch)
+    for k in a:
+        torch.testing.assert_close(a[k][0], b[k][0], rtol=0, atol=0)

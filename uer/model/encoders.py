@@ -11,7 +11,9 @@ from uer.model.registry import ENCODERS, register
 
 
 class Encoder(nn.Module):
-    """forward(emb [B, L, E], seg [B, L]) -> hidden [B, L, H]."""
+    """forward(emb [B, L, E], seg [B, L]) -> hidden [B, L, H]. An encoder with selects_rows also
+    takes rows=(query, keep, flat) (see model.read_plan) and returns hidden [U, H] at flat only."""
+    selects_rows = False
 
     @classmethod
     def direction(cls, cfg: ModelConfig) -> str:
@@ -33,6 +35,7 @@ class TransformerEncoder(Encoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.causal = cfg.mask == "causal"
+        self.selects_rows = not self.causal
         self.layers_num = cfg.layers_num
         self.parameter_sharing = cfg.parameter_sharing
         if cfg.factorized_embedding_parameterization:
@@ -50,9 +53,11 @@ class TransformerEncoder(Encoder):
         if cfg.layernorm_positioning == "pre":
             self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layernorm_eps, cfg.layernorm)
 
-    def forward(self, emb: torch.Tensor, seg: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
+    def forward(self, emb: torch.Tensor, seg: torch.Tensor, caches: list[dict] | None = None,
+                rows: tuple | None = None) -> torch.Tensor:
         """caches (causal only, for generation): one dict per layer holding the keys and values of
-        the positions already seen; emb then holds only the new positions."""
+        the positions already seen; emb then holds only the new positions. rows (fully visible
+        only): the last layer runs at those positions alone."""
         x = self.linear(emb) if hasattr(self, "linear") else emb
         if self.causal:
             mask = None
@@ -60,7 +65,8 @@ class TransformerEncoder(Encoder):
             mask = (seg > 0)[:, None, None, :]  # [B, 1, 1, L]: padding keys are invisible
         for i in range(self.layers_num):
             layer = self.transformer if self.parameter_sharing else self.transformer[i]
-            x = layer(x, mask, self.causal, caches[i] if caches is not None else None)
+            last = rows if i == self.layers_num - 1 else None
+            x = layer(x, mask, self.causal, caches[i] if caches is not None else None, rows=last)
         if hasattr(self, "layer_norm"):
             x = self.layer_norm(x)
         return x

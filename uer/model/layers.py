@@ -100,9 +100,10 @@ class MultiHeadedAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                cache: dict | None = None) -> torch.Tensor:
+                cache: dict | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
         """cache (self-attention while generating): the keys and values of earlier positions,
-        extended in place; the new queries see them all and, causally, each other."""
+        extended in place; the new queries see them all and, causally, each other. keep: only
+        these rows of the flattened [B * Lq] output are projected and returned ([len(keep), H])."""
         B, Lq, H = query.shape
         Lk = key_value.shape[1]
 
@@ -126,7 +127,10 @@ class MultiHeadedAttention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                  dropout_p=self.dropout if self.training else 0.0)
-        return self.final_linear(out.transpose(1, 2).reshape(B, Lq, H))
+        out = out.transpose(1, 2).reshape(B, Lq, H)
+        if keep is not None:
+            out = out.reshape(B * Lq, H).index_select(0, keep)
+        return self.final_linear(out)
 
 
 def attention_with_dropout(q, k, v, attn_mask, is_causal: bool, p: float) -> torch.Tensor:
@@ -178,10 +182,30 @@ class TransformerLayer(nn.Module):
         self.dropout_2 = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool,
-                cache: dict | None = None) -> torch.Tensor:
+                cache: dict | None = None, rows: tuple | None = None) -> torch.Tensor:
+        """rows (query [B, Q], keep [U], flat [U]; not causal): the output only at the flat
+        positions, [U, H]. Keys and values still come from every position; the queries are
+        those of `query`, and everything after attention runs on the U rows alone."""
+        if rows is not None:
+            return self._at_rows(x, attn_mask, *rows)
         if self.pre:
             h = self.layer_norm_1(x)
             x = x + self.dropout_1(self.self_attn(h, h, attn_mask, is_causal, cache))
             return x + self.dropout_2(self.feed_forward(self.layer_norm_2(x)))
         x = self.layer_norm_1(x + self.dropout_1(self.self_attn(x, x, attn_mask, is_causal, cache)))
+        return self.layer_norm_2(x + self.dropout_2(self.feed_forward(x)))
+
+    def _at_rows(self, x, attn_mask, query, keep, flat):
+        H = x.shape[-1]
+
+        def at(t, pos):
+            return t.reshape(-1, H).index_select(0, pos.reshape(-1))
+
+        residual = at(x, flat)
+        h = self.layer_norm_1(x) if self.pre else x
+        attended = self.self_attn(at(h, query).view(*query.shape, H), h, attn_mask, False, keep=keep)
+        if self.pre:
+            x = residual + self.dropout_1(attended)
+            return x + self.dropout_2(self.feed_forward(self.layer_norm_2(x)))
+        x = self.layer_norm_1(residual + self.dropout_1(attended))
         return self.layer_norm_2(x + self.dropout_2(self.feed_forward(x)))

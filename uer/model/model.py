@@ -8,9 +8,49 @@ from uer.config import ModelConfig
 from uer.model.registry import EMBEDDINGS, ENCODERS, TARGETS
 
 
+READ = "read:"  # prefix of the batch keys a read plan adds
+
+
+def first_positions(batch: dict) -> torch.Tensor:
+    """Flat positions (b * L) of every row's first token."""
+    B, L = batch["src"].shape
+    return torch.arange(B, device=batch["src"].device) * L
+
+
+def read_plan(batch: dict, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Where an encoder's last layer must run for a target that reads only the flat positions in
+    batch[k] for k in keys ("first_pos": position 0 of every row), as batch keys:
+      read:rows  [U]     the distinct positions read, sorted;
+      read:query [B, Q]  row b's positions among them, left-aligned, padded with b * L (Q: the most
+                         in one row), the queries of the last layer's attention;
+      read:keep  [U]     where rows lie in read:query flattened;
+      read:<k>   [M_k]   batch[k] as indices into rows.
+    The one data-dependent shape, Q, is read on the host: call it on host batches (the training
+    loop does) and a GPU step never waits for it."""
+    first = first_positions(batch)
+    parts = [first if k == "first_pos" else batch[k] for k in keys]
+    rows, inverse = torch.unique(torch.cat(parts), sorted=True, return_inverse=True)
+    B, L = batch["src"].shape
+    row_of = torch.div(rows, L, rounding_mode="floor")
+    counts = torch.bincount(row_of, minlength=B)
+    slot = torch.arange(len(rows), device=rows.device) - (counts.cumsum(0) - counts)[row_of]
+    width = max(int(counts.max()), 1)
+    query = first[:, None].repeat(1, width)
+    query[row_of, slot] = rows
+    plan = {READ + "rows": rows, READ + "query": query, READ + "keep": row_of * width + slot}
+    for k, piece in zip(keys, inverse.split([len(p) for p in parts])):
+        plan[READ + k] = piece
+    return plan
+
+
 class Model(nn.Module):
     """embedding -> encoder -> target. (mt/t5 keep their target embedding and decoder inside the
-    target, as the reference checkpoints do.)"""
+    target, as the reference checkpoints do.)
+
+    A target that reads only some positions (`Target.reads`) gets the hidden states as rows [N, H]
+    and its position keys as indices into them. When the encoder can run its last layer at chosen
+    positions only (`Encoder.selects_rows`), it runs there alone: for mlm that is the masked 15 %,
+    and the rest of the last layer's output, which no loss reads, is never computed."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -22,8 +62,25 @@ class Model(nn.Module):
     def encode(self, src: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.embedding(src, seg), seg)
 
+    def prepare(self, batch: dict) -> dict:
+        """batch with its read plan, when the target and encoder use one (see read_plan)."""
+        reads = self.target.reads
+        if reads is None or not self.encoder.selects_rows or READ + "rows" in batch:
+            return batch
+        return {**batch, **read_plan(batch, reads)}
+
     def forward(self, batch: dict) -> dict:
-        return self.target(self.encode(batch["src"], batch["seg"]), batch)
+        src, seg = batch["src"], batch["seg"]
+        reads = self.target.reads
+        if reads is None:
+            return self.target(self.encode(src, seg), batch)
+        if self.encoder.selects_rows:
+            batch = self.prepare(batch)
+            rows = tuple(batch[READ + k] for k in ("query", "keep", "rows"))
+            hidden = self.encoder(self.embedding(src, seg), seg, rows=rows)
+            return self.target(hidden, {**batch, **{k: batch[READ + k] for k in reads}})
+        hidden = self.encode(src, seg)
+        return self.target(hidden.reshape(-1, hidden.shape[-1]), {**batch, "first_pos": first_positions(batch)})
 
     def logits(self, batch: dict) -> dict[str, torch.Tensor]:
         """Every term's scores at every position (or per sequence); see Target.logits."""

@@ -30,7 +30,7 @@ def token_terms(logits: torch.Tensor, labels: torch.Tensor):
 
 
 def at_positions(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Rows of hidden [B, L, D] at flat positions pos [M] -> [M, D]."""
+    """Rows of hidden [B, L, D] (or [N, D]) at flat positions pos [M] -> [M, D]."""
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, pos)
 
 
@@ -41,6 +41,10 @@ class Target(nn.Module):
     tied_weight_name: str | None = None
     #: the module (path under the model) whose word_embedding it shares
     tie_source = "embedding"
+    #: when set, forward reads only the flat positions in these batch keys ("first_pos": position
+    #: 0 of every row, which the model adds) and gets hidden as rows [N, H] that they index (see
+    #: Model); otherwise forward gets hidden [B, L, H]
+    reads: tuple[str, ...] | None = None
 
     def counts(self, batch: dict) -> dict[str, int]:
         """Predictions per loss term in this batch, known on the host before the forward."""
@@ -95,6 +99,7 @@ class MlmHead(Target):
 @register(TARGETS, "mlm")
 class MlmTarget(MlmHead):
     terms = {"mlm": "mlm_tgt"}
+    reads = ("mlm_pos",)
 
     def forward(self, hidden: torch.Tensor, batch: dict) -> Terms:
         return {"mlm": self.mlm(hidden, batch)}
@@ -104,21 +109,24 @@ class SentencePairTarget(MlmHead):
     """MLM + a two-way sentence-pair classifier on the hidden state at position 0
     (<sp>_linear_1 H -> H, tanh, <sp>_linear_2 H -> 2)."""
     sp = ""
+    reads = ("first_pos", "mlm_pos")
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
         setattr(self, f"{self.sp}_linear_1", nn.Linear(cfg.hidden_size, cfg.hidden_size))
         setattr(self, f"{self.sp}_linear_2", nn.Linear(cfg.hidden_size, 2))
 
-    def sp_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+    def sp_scores(self, first: torch.Tensor) -> torch.Tensor:
+        """[B, H] hidden states at position 0 -> [B, 2]."""
         l1, l2 = getattr(self, f"{self.sp}_linear_1"), getattr(self, f"{self.sp}_linear_2")
-        return l2(torch.tanh(l1(hidden[:, 0])))
+        return l2(torch.tanh(l1(first)))
 
     def forward(self, hidden, batch):
-        return {"mlm": self.mlm(hidden, batch), self.sp: token_terms(self.sp_scores(hidden), batch["label"])}
+        first = at_positions(hidden, batch["first_pos"])
+        return {"mlm": self.mlm(hidden, batch), self.sp: token_terms(self.sp_scores(first), batch["label"])}
 
     def logits(self, hidden, batch):
-        return {"mlm": self.mlm_scores(hidden), self.sp: self.sp_scores(hidden)}
+        return {"mlm": self.mlm_scores(hidden), self.sp: self.sp_scores(hidden[:, 0])}
 
 
 @register(TARGETS, "bert")

@@ -87,6 +87,7 @@ def evaluate(model, loader: BatchLoader, tcfg: TrainConfig, device: torch.device
     window = Window()
     for batch in loader.ordered():
         batch.pop("tokens")
+        batch = getattr(model, "module", model).prepare(batch)  # on the host: no device sync
         with autocast_context(tcfg, device):
             window.add(model({k: v.to(device, non_blocking=True) for k, v in batch.items()}))
     metrics, _ = window.read(lambda t: _all_reduce(t, rank))
@@ -135,7 +136,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     model.to(device)
     if tcfg.fp16 and tcfg.fp16_opt_level == "O3":
         model.half()
-    target = model.target
+    target, prepare = model.target, model.prepare
     if rank.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     torch.manual_seed(tcfg.seed + rank.rank)  # dropout differs between ranks
@@ -200,7 +201,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             totals = dict(zip(terms, local))
             for m, b in enumerate(micro):
                 window.tokens += b.pop("tokens")
-                b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+                b = {k: v.to(device, non_blocking=True) for k, v in prepare(b).items()}
                 sync = not rank.distributed or m == len(micro) - 1
                 with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(tcfg, device):
                     out = model(b)
