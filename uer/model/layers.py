@@ -140,7 +140,9 @@ def attention_with_dropout(q, k, v, attn_mask, is_causal: bool, p: float) -> tor
         L, S = q.shape[-2], k.shape[-2]
         attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(S - L)
     if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
+        # added in place (the product is not saved for backward): masked_fill would copy the scores
+        scores.add_(torch.zeros(attn_mask.shape, dtype=scores.dtype, device=q.device)
+                    .masked_fill_(~attn_mask, float("-inf")))
     return dropout(scores.softmax(-1), p, True) @ v
 
 
