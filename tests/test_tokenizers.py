@@ -40,6 +40,12 @@ def test_bert_tokenizer_zh(zh, text, tokens):
     assert zh.encode_batch([text]) == [zh.convert_tokens_to_ids(tokens)]
 
 
+def test_final_sigma_as_the_reference(zh):
+    """str.lower() gives a word-final capital sigma as ς; the Rust normalizer would give σ."""
+    assert zh.tokenize("ΟΔΟΣ") == ["ο", "##δ", "##ο", "##ς"]
+    assert zh.encode_batch(["ΟΔΟΣ", "ΣΟΣ x", "abc"]) == [zh.encode("ΟΔΟΣ"), zh.encode("ΣΟΣ x"), zh.encode("abc")]
+
+
 def test_bert_ids_zh(zh):
     # ids straight from google_zh_vocab.txt (line number - 1)
     v = zh.vocab
@@ -53,6 +59,29 @@ def test_fast_path_equals_reference_on_corpus(zh):
     with open(BERT_CORPUS, encoding="utf-8") as f:
         lines = f.read().split("\n")[:4000]
     assert zh.encode_batch(lines) == [zh.encode(l) for l in lines]
+
+
+def _flat(tok, texts):
+    encoded = [tok.encode(t) for t in texts]
+    return [len(e) for e in encoded], [i for e in encoded for i in e]
+
+
+@pytest.mark.parametrize("extra", [[], ["\u2603"], ["雪\u2603人 x\u2603", "a \u2603 b"]])
+def test_encode_flat_joins_texts_without_changing_them(zh, en, extra):
+    """encode_flat tokenizes groups of texts joined by a marker word: every text still gets
+    exactly the reference's ids, including texts that hold the marker character (that slice is
+    then encoded text by text), empty texts and texts whose edges are accents or final sigmas."""
+    from uer.tokenizers import ENCODE_SLICE, JOIN_LINES
+
+    with open(BERT_CORPUS, encoding="utf-8") as f:
+        lines = f.read().split("\n")[:3000]
+    lines[5:5] = ["", "  ", "\u0301abc", "x" * 201, "我爱NLP"] + extra
+    lines[2500:2500] = ["ΟΔΟΣ", "ΟΔΟΣ\u0301 x"]  # final sigma: the reference lowercases it to ς
+    assert len(lines) > ENCODE_SLICE + JOIN_LINES  # several slices, the last one short
+    for tok in (zh, en):
+        counts, ids = tok.encode_flat(lines)
+        assert (counts.tolist(), ids.tolist()) == _flat(tok, lines)
+    assert [a.tolist() for a in zh.encode_flat([])] == [[], []]
 
 
 def test_char_and_space_tokenizers():

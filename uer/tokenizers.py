@@ -7,7 +7,9 @@ here in pure Python (`BasicTokenizer` + `wordpiece`) as the specification and as
 """
 from __future__ import annotations
 
+import itertools
 import unicodedata
+
 from uer.errors import UerError
 from uer.registry import register
 from uer.vocab import UNK, Vocab
@@ -44,6 +46,15 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_flat(self, texts: list[str]) -> tuple["np.ndarray", "np.ndarray"]:
+        """(ids per text, int64 [n]; all the ids in order, int64): encode_batch, flattened."""
+        import numpy as np
+
+        encoded = self.encode_batch(texts)
+        counts = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=int(counts.sum()))
+        return counts, ids
+
     def describe(self) -> str:
         return describe_tokenizer(self.name, self.sp is not None, self.do_lower_case)
 
@@ -79,7 +90,7 @@ class BertTokenizer(Tokenizer):
     def __init__(self, vocab: Vocab, spm_model_path: str | None = None, do_lower_case: bool = True):
         super().__init__(vocab, spm_model_path, do_lower_case)
         self.basic = BasicTokenizer(do_lower_case)
-        self._fast = None
+        self._fast = self._marked = None
         if self.sp is None:
             self._fast = _build_fast_bert(vocab, do_lower_case)
 
@@ -96,14 +107,62 @@ class BertTokenizer(Tokenizer):
             return super().encode_batch(texts)
         # in slices: an HF Encoding holds offsets and token strings too (hundreds of bytes a
         # token), so a whole 4 MB range at once would cost hundreds of MB per process
-        encode = getattr(self._fast, "encode_batch_fast", self._fast.encode_batch)
         out: list[list[int]] = []
         for k in range(0, len(texts), ENCODE_SLICE):
-            out.extend(e.ids for e in encode(texts[k:k + ENCODE_SLICE], add_special_tokens=False))
+            out.extend(e.ids for e in self._encode(texts[k:k + ENCODE_SLICE]))
+        if self.do_lower_case:
+            # the Rust normalizer lowercases character by character: a word-final capital sigma
+            # becomes σ, where the reference's str.lower() gives ς
+            for i, t in enumerate(texts):
+                if _SIGMA in t:
+                    out[i] = self.encode(t)
         return out
+
+    def _encode(self, texts: list[str]):
+        encode = getattr(self._fast, "encode_batch_fast", self._fast.encode_batch)
+        return encode(texts, add_special_tokens=False)
+
+    def encode_flat(self, texts):
+        """The fast path encodes groups of JOIN_LINES texts joined by " <marker> " (a word of its
+        own, whose id is len(vocab)) and cuts the ids at the markers: one Encoding per group
+        instead of per text. Each text is tokenized alone either way (the marker is a
+        whitespace-delimited word; nothing in BERT tokenization crosses whitespace). A slice
+        whose texts produce a marker id themselves (the marker character in the text) is
+        encoded text by text."""
+        import numpy as np
+
+        if self._fast is None:
+            return super().encode_flat(texts)
+        marker = len(self.vocab)
+        counts, ids = [], []
+        for k in range(0, len(texts), ENCODE_SLICE):
+            part = texts[k:k + ENCODE_SLICE]  # (text by text: see encode_batch)
+            glue = f" {_MARKER} "
+            groups = [glue.join(part[g:g + JOIN_LINES]) + glue for g in range(0, len(part), JOIN_LINES)]
+            flat = np.concatenate([np.array(e.ids, dtype=np.int64) for e in self._encode_marked(groups)])
+            at = np.flatnonzero(flat == marker)
+            if len(at) == len(part) and not (self.do_lower_case and any(_SIGMA in g for g in groups)):
+                counts.append(np.diff(at, prepend=-1) - 1)
+                ids.append(np.delete(flat, at))
+            else:
+                c, i = super().encode_flat(part)
+                counts.append(c)
+                ids.append(i)
+        if not counts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(counts), np.concatenate(ids)
+
+    def _encode_marked(self, groups: list[str]):
+        if self._marked is None:
+            self._marked = _build_fast_bert(self.vocab, self.do_lower_case, marker=True)
+        encode = getattr(self._marked, "encode_batch_fast", self._marked.encode_batch)
+        return encode(groups, add_special_tokens=False)
 
 
 ENCODE_SLICE = 2048  # texts per call of the HF tokenizer
+JOIN_LINES = 32  # texts per HF Encoding in encode_flat
+_SIGMA = "\u03a3"
+_MARKER = "\u2603"  # a symbol: not removed by clean_text, not punctuation, not CJK, so a word alone
 
 # ----------------------------------------------------------------------------------------------
 # The reference algorithm (pure Python)
@@ -208,8 +267,9 @@ def spm_encode_pieces(sp, text: str) -> list[str]:
     return out
 
 
-def _build_fast_bert(vocab: Vocab, do_lower_case: bool):
-    """HF `tokenizers` pipeline equal to BasicTokenizer + wordpiece, or None if unavailable."""
+def _build_fast_bert(vocab: Vocab, do_lower_case: bool, marker: bool = False):
+    """HF `tokenizers` pipeline equal to BasicTokenizer + wordpiece, or None if unavailable;
+    marker: _MARKER gets the id len(vocab) (see BertTokenizer.encode_flat)."""
     try:
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import models, normalizers, pre_tokenizers
@@ -217,7 +277,10 @@ def _build_fast_bert(vocab: Vocab, do_lower_case: bool):
         return None
     if UNK not in vocab.w2i:
         return None
-    tok = HFTokenizer(models.WordPiece(dict(vocab.w2i), unk_token=UNK, max_input_chars_per_word=200,
+    w2i = dict(vocab.w2i)
+    if marker:
+        w2i[_MARKER] = len(vocab)
+    tok = HFTokenizer(models.WordPiece(w2i, unk_token=UNK, max_input_chars_per_word=200,
                                        continuing_subword_prefix="##"))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                 strip_accents=do_lower_case, lowercase=do_lower_case)

@@ -117,12 +117,10 @@ def tokenize_range(args):
     nonblank = [i for i, t in enumerate(texts) if t.strip()]
     if corpus_format not in FIELD_FORMATS:
         lengths = np.full(len(texts), BLANK, dtype=np.int64)
-        encoded = tok.encode_batch([texts[i] for i in nonblank]) if nonblank else []
-        counts = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        counts, flat = tok.encode_flat([texts[i] for i in nonblank])
         lengths[nonblank] = counts
         # ids are below the vocabulary size, which chose dtype
-        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=int(counts.sum()))
-        return {"line_len": lengths, "tokens": flat}, None
+        return {"line_len": lengths, "tokens": flat.astype(dtype)}, None
 
     line_fields = np.zeros(len(texts), dtype=np.int64)
     labels = np.full(len(texts), -1, dtype=np.int64)
