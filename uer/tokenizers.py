@@ -90,9 +90,7 @@ class BertTokenizer(Tokenizer):
     def __init__(self, vocab: Vocab, spm_model_path: str | None = None, do_lower_case: bool = True):
         super().__init__(vocab, spm_model_path, do_lower_case)
         self.basic = BasicTokenizer(do_lower_case)
-        self._fast = self._marked = None
-        if self.sp is None:
-            self._fast = _build_fast_bert(vocab, do_lower_case)
+        self._hf_cache: dict[bool, object] = {}
 
     def tokenize(self, text: str) -> list[str]:
         if self.sp is not None:
@@ -103,7 +101,7 @@ class BertTokenizer(Tokenizer):
         return out
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        if self._fast is None:
+        if self._hf() is None:
             return super().encode_batch(texts)
         # in slices: an HF Encoding holds offsets and token strings too (hundreds of bytes a
         # token), so a whole 4 MB range at once would cost hundreds of MB per process
@@ -118,9 +116,16 @@ class BertTokenizer(Tokenizer):
                     out[i] = self.encode(t)
         return out
 
-    def _encode(self, texts: list[str]):
-        encode = getattr(self._fast, "encode_batch_fast", self._fast.encode_batch)
-        return encode(texts, add_special_tokens=False)
+    def _hf(self, marker: bool = False):
+        """The HF `tokenizers` pipeline (built on first use; None without a fast path)."""
+        if marker not in self._hf_cache:
+            self._hf_cache[marker] = None if self.sp is not None else \
+                _build_fast_bert(self.vocab, self.do_lower_case, marker)
+        return self._hf_cache[marker]
+
+    def _encode(self, texts: list[str], marker: bool = False):
+        hf = self._hf(marker)
+        return getattr(hf, "encode_batch_fast", hf.encode_batch)(texts, add_special_tokens=False)
 
     def encode_flat(self, texts):
         """The fast path encodes groups of JOIN_LINES texts joined by " <marker> " (a word of its
@@ -131,15 +136,15 @@ class BertTokenizer(Tokenizer):
         encoded text by text."""
         import numpy as np
 
-        if self._fast is None:
+        if self._hf(marker=True) is None:
             return super().encode_flat(texts)
         marker = len(self.vocab)
         counts, ids = [], []
         for k in range(0, len(texts), ENCODE_SLICE):
-            part = texts[k:k + ENCODE_SLICE]  # (text by text: see encode_batch)
+            part = texts[k:k + ENCODE_SLICE]
             glue = f" {_MARKER} "
             groups = [glue.join(part[g:g + JOIN_LINES]) + glue for g in range(0, len(part), JOIN_LINES)]
-            flat = np.concatenate([np.array(e.ids, dtype=np.int64) for e in self._encode_marked(groups)])
+            flat = np.concatenate([np.array(e.ids, dtype=np.int64) for e in self._encode(groups, marker=True)])
             at = np.flatnonzero(flat == marker)
             if len(at) == len(part) and not (self.do_lower_case and any(_SIGMA in g for g in groups)):
                 counts.append(np.diff(at, prepend=-1) - 1)
@@ -151,12 +156,6 @@ class BertTokenizer(Tokenizer):
         if not counts:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(counts), np.concatenate(ids)
-
-    def _encode_marked(self, groups: list[str]):
-        if self._marked is None:
-            self._marked = _build_fast_bert(self.vocab, self.do_lower_case, marker=True)
-        encode = getattr(self._marked, "encode_batch_fast", self._marked.encode_batch)
-        return encode(groups, add_special_tokens=False)
 
 
 ENCODE_SLICE = 2048  # texts per call of the HF tokenizer
