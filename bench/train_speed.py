@@ -98,13 +98,14 @@ def batch_stats(cfg, batch: dict, uer: bool) -> tuple[int, int, float]:
     """(real tokens, padded positions, model FLOPs): uer's FLOPs count its last layer only at the
     positions the target reads (the masked ones, and position 0 for bert), as it computes them."""
     from uer.model.model import read_plan
+    from uer.model.registry import TARGETS
 
     src = batch["src"]
     lengths = (src != 0).sum(1).tolist()
     key = {"bert": "mlm_tgt", "mlm": "mlm_tgt", "lm": "lm_tgt"}[cfg.target]
     last_rows = None
-    if uer and cfg.target != "lm":
-        reads = ("first_pos", "mlm_pos") if cfg.target == "bert" else ("mlm_pos",)
+    reads = TARGETS[cfg.target].reads
+    if uer and reads is not None:
         rows = read_plan(batch, reads)["read:rows"]
         last_rows = torch.bincount(rows // src.shape[1], minlength=src.shape[0]).tolist()
     return sum(lengths), src.numel(), model_flops(cfg, lengths, len(batch[key]), src.shape[0], last_rows)

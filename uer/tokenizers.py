@@ -108,13 +108,15 @@ class BertTokenizer(Tokenizer):
         out: list[list[int]] = []
         for k in range(0, len(texts), ENCODE_SLICE):
             out.extend(e.ids for e in self._encode(texts[k:k + ENCODE_SLICE]))
-        if self.do_lower_case:
-            # the Rust normalizer lowercases character by character: a word-final capital sigma
-            # becomes σ, where the reference's str.lower() gives ς
-            for i, t in enumerate(texts):
-                if _SIGMA in t:
-                    out[i] = self.encode(t)
+        for i, t in enumerate(texts):
+            if self._rust_differs(t):
+                out[i] = self.encode(t)
         return out
+
+    def _rust_differs(self, text: str) -> bool:
+        """The Rust normalizer lowercases character by character: a word-final capital sigma
+        becomes σ, where the reference's str.lower() gives ς. Such texts take the reference path."""
+        return self.do_lower_case and _SIGMA in text
 
     def _hf(self, marker: bool = False):
         """The HF `tokenizers` pipeline (built on first use; None without a fast path)."""
@@ -140,16 +142,16 @@ class BertTokenizer(Tokenizer):
             return super().encode_flat(texts)
         marker = len(self.vocab)
         counts, ids = [], []
+        glue = f" {_MARKER} "
         for k in range(0, len(texts), ENCODE_SLICE):
             part = texts[k:k + ENCODE_SLICE]
-            glue = f" {_MARKER} "
             groups = [glue.join(part[g:g + JOIN_LINES]) + glue for g in range(0, len(part), JOIN_LINES)]
             flat = np.concatenate([np.array(e.ids, dtype=np.int64) for e in self._encode(groups, marker=True)])
             at = np.flatnonzero(flat == marker)
-            if len(at) == len(part) and not (self.do_lower_case and any(_SIGMA in g for g in groups)):
+            if len(at) == len(part) and not any(map(self._rust_differs, groups)):
                 counts.append(np.diff(at, prepend=-1) - 1)
                 ids.append(np.delete(flat, at))
-            else:
+            else:  # text by text, through encode_batch
                 c, i = super().encode_flat(part)
                 counts.append(c)
                 ids.append(i)

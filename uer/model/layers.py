@@ -188,24 +188,14 @@ class TransformerLayer(nn.Module):
         """rows (query [B, Q], keep [U], flat [U]; not causal): the output only at the flat
         positions, [U, H]. Keys and values still come from every position; the queries are
         those of `query`, and everything after attention runs on the U rows alone."""
+        h = self.layer_norm_1(x) if self.pre else x  # what attention reads
+        query, residual, keep = h, x, None
         if rows is not None:
-            return self._at_rows(x, attn_mask, *rows)
-        if self.pre:
-            h = self.layer_norm_1(x)
-            x = x + self.dropout_1(self.self_attn(h, h, attn_mask, is_causal, cache))
-            return x + self.dropout_2(self.feed_forward(self.layer_norm_2(x)))
-        x = self.layer_norm_1(x + self.dropout_1(self.self_attn(x, x, attn_mask, is_causal, cache)))
-        return self.layer_norm_2(x + self.dropout_2(self.feed_forward(x)))
-
-    def _at_rows(self, x, attn_mask, query, keep, flat):
-        H = x.shape[-1]
-
-        def at(t, pos):
-            return t.reshape(-1, H).index_select(0, pos.reshape(-1))
-
-        residual = at(x, flat)
-        h = self.layer_norm_1(x) if self.pre else x
-        attended = self.self_attn(at(h, query).view(*query.shape, H), h, attn_mask, False, keep=keep)
+            query_pos, keep, flat = rows
+            H = x.shape[-1]
+            query = h.reshape(-1, H).index_select(0, query_pos.reshape(-1)).view(*query_pos.shape, H)
+            residual = x.reshape(-1, H).index_select(0, flat)
+        attended = self.self_attn(query, h, attn_mask, is_causal, cache, keep=keep)
         if self.pre:
             x = residual + self.dropout_1(attended)
             return x + self.dropout_2(self.feed_forward(self.layer_norm_2(x)))
