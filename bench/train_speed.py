@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Training throughput: uer's training loop against HuggingFace transformers at the same size, on
-the same batches, in one process, one after the other.
+the same batches, one after the other, each system in a fresh process of its own (as a user runs
+it: uer's training loop keeps freed memory for reuse, see uer.utils.retain_freed_memory; a plain
+HF loop runs with glibc's defaults, and once more with uer's setting, to show what that alone is
+worth).
 
 For each (recipe, target): uer runs its real `train()` loop on a dataset built by preprocess from
 the shared CLUE sample; the reference runs a plain PyTorch loop (AdamW, clipping, the same
@@ -9,10 +12,10 @@ autocast) over the very same batches:
           positions ("sparse"), and the plain HF call with -100 labels ("dense");
   lm   -> GPT2LMHeadModel (full-vocabulary logits at every position, as HF computes them).
 Reported: real (non-pad) tokens/s, padded tokens/s, step time, model-FLOPs utilisation against the
-matmul peak (the best measured at the start and after each group of runs; real tokens only; 6 x parameters-in-matmuls per token plus
-attention and the heads at the predicted positions; for uer's bert and mlm, whose last layer runs
-only at the positions the loss reads, the FLOPs it performs there), peak RSS growth, and the ratio
-to the reference.
+matmul peak (the best measured at the start and after each group of runs; real tokens only; 6 x
+parameters-in-matmuls per token plus attention and the heads at the predicted positions; for uer's
+bert and mlm, whose last layer runs only at the positions the loss reads, the FLOPs it performs
+there), the peak RSS growth of the run, and the ratio to the reference.
 
     python3 bench/train_speed.py --recipes tiny small --targets bert mlm lm --steps 20
 """
@@ -23,6 +26,7 @@ import json
 import math
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -165,7 +169,11 @@ def hf_loss(model, target: str, b: dict, sparse: bool) -> torch.Tensor:
     return loss
 
 
-def run_hf(mcfg, target: str, data: list[dict], args, sparse: bool) -> float:
+def run_hf(mcfg, target: str, data: list[dict], args, sparse: bool, retain: bool = False) -> float:
+    if retain:
+        from uer.utils import retain_freed_memory
+
+        assert retain_freed_memory()
     torch.manual_seed(args.seed)
     model = hf_model(mcfg, target)
     model.train()
@@ -193,6 +201,44 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+SYSTEMS = {  # name -> what runs (kind, option) and the batches it trains on
+    "uer": ("uer", True), "uer --length_buckets false": ("uer", False),
+    "HF sparse MLM head": ("hf", "sparse"), "HF sparse MLM head + uer's malloc setting": ("hf", "sparse+retain"),
+    "HF plain (dense head)": ("hf", "dense"),
+    "HF GPT2LMHeadModel": ("hf", "sparse"), "HF GPT2LMHeadModel + uer's malloc setting": ("hf", "sparse+retain"),
+}
+
+
+def model_config(recipe: str, target: str, vocab_size: int):
+    from uer.config import build_model_config, load_recipe
+
+    options = {"target": target}
+    if target == "lm":  # GPT-2 layout, as GPT2LMHeadModel
+        options.update(mask="causal", embedding="word_pos", remove_embedding_layernorm=True,
+                       layernorm_positioning="pre", tie_weights=True)
+    return build_model_config(load_recipe(os.path.join(ROOT, "models", RECIPES[recipe])), options, set(options),
+                              vocab_size)
+
+
+def run_one(job: dict, args) -> dict:
+    """In a fresh process: one system's timed run -> {"step_s", "peak_rss_growth_mib"}."""
+    from uer.data.dataset import Dataset
+    from uer.vocab import load_vocab
+
+    vocab = load_vocab(VOCAB, None)
+    special = vocab.special_ids()
+    mcfg = model_config(job["recipe"], job["target"], len(vocab))
+    kind, option = SYSTEMS[job["system"]]
+    before = rss_mib()
+    if kind == "uer":
+        t = run_uer(mcfg, job["dataset"], special, args, job["work"], option)
+    else:
+        data = batches(Dataset(job["dataset"]), special, args.batch_size, args.warmup + args.steps, args.seed)
+        before = rss_mib()
+        t = run_hf(mcfg, job["target"], data, args, sparse=option != "dense", retain=option.endswith("+retain"))
+    return {"step_s": t, "peak_rss_growth_mib": rss_mib() - before}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipes", nargs="+", default=["tiny"], choices=sorted(RECIPES), help="Model sizes.")
@@ -204,13 +250,16 @@ def main(argv=None) -> int:
     p.add_argument("--seq_length", type=int, default=128, help="--seq_length of the datasets.")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in both (default fp32).")
     p.add_argument("--no_dense", action="store_true", help="Skip the plain (dense-head) HF loop.")
-    p.add_argument("--no_warm_run", action="store_true",
-                   help="Skip the untimed uer run before each recipe and target's timed runs.")
+    p.add_argument("--no_retain_row", action="store_true",
+                   help="Skip the HF reference run with uer's malloc setting.")
     p.add_argument("--seed", type=int, default=7, help="Random seed.")
     p.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
+    p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: one system's run, as JSON
     args = p.parse_args(argv)
+    if args.job:
+        print("RESULT " + json.dumps(run_one(json.loads(args.job), args)), flush=True)
+        return 0
 
-    from uer.config import build_model_config, load_recipe
     from uer.data.dataset import Dataset
     from uer.vocab import load_vocab
 
@@ -221,49 +270,44 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, matmul peak "
           f"({'bf16' if args.bf16 else 'fp32'}, 2048^2): {peak / 1e9:.1f} GFLOP/s", flush=True)
     rows, records = [], []
+    shared = list(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as work:
         for target in args.targets:
             path = build_dataset(target, args.seq_length, work)
             ds = Dataset(path)
             for recipe in args.recipes:
-                recipe_dict = load_recipe(os.path.join(ROOT, "models", RECIPES[recipe]))
-                options = {"target": target}
-                if target == "lm":  # GPT-2 layout, as GPT2LMHeadModel
-                    options.update(mask="causal", embedding="word_pos", remove_embedding_layernorm=True,
-                                   layernorm_positioning="pre", tie_weights=True)
-                mcfg = build_model_config(recipe_dict, options, set(options), len(vocab))
+                mcfg = model_config(recipe, target, len(vocab))
                 plain = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed)
                 bucketed = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed, True)
                 ref_name = "HF GPT2LMHeadModel" if target == "lm" else "HF sparse MLM head"
-                # (name, the batches it trains on, run)
-                systems = [("uer", bucketed, lambda: run_uer(mcfg, path, special, args, work, True)),
-                           ("uer --length_buckets false", plain,
-                            lambda: run_uer(mcfg, path, special, args, work, False)),
-                           (ref_name, plain, lambda: run_hf(mcfg, target, plain, args, sparse=True))]
+                names = ["uer", "uer --length_buckets false", ref_name]
+                if not args.no_retain_row:
+                    names.append(ref_name + " + uer's malloc setting")
                 if target != "lm" and not args.no_dense:
-                    systems.append(("HF plain (dense head)", plain,
-                                    lambda: run_hf(mcfg, target, plain, args, sparse=False)))
-                if not args.no_warm_run:
-                    # a process's first training run is slower (its heap grows to the run's shapes):
-                    # one untimed run first, so the first timed system is not the one paying
-                    run_uer(mcfg, path, special, args, work, True)
-                times = {}
-                for name, data, fn in systems:
+                    names.append("HF plain (dense head)")
+                for name in names:
+                    data = bucketed if name == "uer" else plain
                     stats = [batch_stats(mcfg, b, name.startswith("uer")) for b in data[args.warmup:]]
                     real = sum(s[0] for s in stats) / args.steps
                     padded = sum(s[1] for s in stats) / args.steps
                     flops = sum(s[2] for s in stats) / args.steps
-                    before = rss_mib()
-                    times[name] = t = fn()
+                    job = {"system": name, "recipe": recipe, "target": target, "dataset": path, "work": work}
+                    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *shared, "--job", json.dumps(job)],
+                                          capture_output=True, text=True)
+                    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+                    if proc.returncode != 0 or not result:
+                        sys.stderr.write(proc.stdout + proc.stderr)
+                        raise SystemExit(f"{name} ({recipe}, {target}) failed")
+                    out = json.loads(result[-1][len("RESULT "):])
+                    t = out["step_s"]
                     rec = {"recipe": recipe, "target": target, "system": name, "step_s": t,
                            "real_tokens_per_s": real / t, "padded_tokens_per_s": padded / t,
-                           "flops_per_s": flops / t, "peak_rss_growth_mib": rss_mib() - before}
+                           "flops_per_s": flops / t, "peak_rss_growth_mib": out["peak_rss_growth_mib"]}
                     records.append(rec)
                     print(json.dumps(rec), flush=True)
-                group = records[-len(systems):]
+                group = records[-len(names):]
                 for rec in group:
-                    rec["reference_real_tokens_per_s"] = group[[n for n, _, _ in systems].index(ref_name)][
-                        "real_tokens_per_s"]
+                    rec["reference_real_tokens_per_s"] = group[names.index(ref_name)]["real_tokens_per_s"]
                 # a busy moment at the start would understate the peak (and overstate MFU): the
                 # peak is the best of the measurements before and after every group
                 peak = max(peak, max(matmul_peak(dtype) for _ in range(3)))

@@ -84,3 +84,28 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def retain_freed_memory() -> bool:
+    """Let glibc keep the memory a training step frees for the next step to reuse.
+
+    By default glibc serves every block of 32 MiB or more (and smaller ones early on) with a
+    fresh mmap and unmaps it on free, so each step's large activations (a [4096, 2048] feed-forward
+    output is 32 MiB, a [608, 21128] score matrix 49 MiB) come back as new pages that the kernel
+    faults in and zeroes: ~140-220 k page faults a step on BERT-small here. With mmap off and no
+    trimming, the heap grows to one step's peak and stays there. Returns whether it applied
+    (glibc only; elsewhere nothing changes)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # glibc: other C libraries have no mallopt of this meaning
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

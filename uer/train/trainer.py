@@ -29,7 +29,7 @@ from uer.train.checkpoint import latest_checkpoint, load_model, load_training_st
     save_training_state, state_path
 from uer.train.distributed import Rank, finish, init
 from uer.train.optim import build_optimizer, build_scheduler
-from uer.utils import set_seed
+from uer.utils import retain_freed_memory, set_seed
 from uer.vocab import SpecialIds
 
 
@@ -123,7 +123,9 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
           masking: MaskingConfig | None = None, log=print, rank: Rank = Rank()) -> dict:
     """Train on this rank's share of the dataset. With several ranks the model is wrapped in DDP,
     gradients are synchronised once per optimizer step, loss counts and report metrics are summed
-    over all ranks, and only rank 0 logs and saves."""
+    over all ranks, and only rank 0 logs and saves. The process keeps the memory a step frees for
+    the next one (see retain_freed_memory)."""
+    retain_freed_memory()
     device = torch.device(rank.device)
     set_seed(tcfg.seed)  # the same initial weights on every rank
     model = build_model(mcfg)
