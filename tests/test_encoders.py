@@ -350,3 +350,24 @@ def test_gatedcnn_matches_the_conv2d_formulation():
             res = h
     with torch.no_grad():
         torch.testing.assert_close(enc(emb, torch.ones(2, 7)), h.squeeze(3).transpose(1, 2))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("encoder", ["lstm", "bilstm", "gru"])
+def test_recurrent_encoders_run_under_cpu_bf16_autocast(encoder, padded):
+    """--bf16 on a CPU without bf16 RNN kernels (no AVX-512 BF16: oneDNN cannot create its bf16
+    LSTM primitive, which torch uses when every row has the same length) runs the RNN in fp32;
+    where the kernels exist, in bf16. Either way the output is the fp32 one to bf16 precision."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, emb_size=32, hidden_size=32, layers_num=2, dropout=0.0, embedding="word",
+                      encoder=encoder, target="bilm" if encoder == "bilstm" else "lm")
+    model = build_model(cfg)
+    src = torch.randint(1, 50, (3, 9))
+    seg = torch.ones_like(src)
+    if padded:
+        seg[1, 6:] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training mode, with gradients: what --bf16 runs
+        got = model.encoder(model.embedding(src, seg), seg)
+    got.float().sum().backward()
+    want = model.encoder(model.embedding(src, seg), seg)
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)

@@ -1,6 +1,8 @@
 """Encoder slot (keys under `encoder.`)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,10 +103,24 @@ def real_lengths(seg: torch.Tensor) -> torch.Tensor:
     return (seg > 0).sum(1).clamp(min=1)
 
 
+def _bf16_rnn_unsupported(x: torch.Tensor) -> bool:
+    """Under CPU bf16 autocast, LSTMs run oneDNN's bf16 RNN primitive, which a CPU without
+    AVX-512 BF16 cannot create ("could not create a primitive descriptor")."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return supported is not None and not supported()
+
+
 def run_packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Run `rnn` (batch_first) over the first lengths[b] steps of each row; zeros beyond them."""
+    """Run `rnn` (batch_first) over the first lengths[b] steps of each row; zeros beyond them.
+    Where the CPU has no bf16 RNN kernels, the RNN runs in fp32 under --bf16."""
+    fp32 = _bf16_rnn_unsupported(x)
+    if fp32:
+        x = x.float()
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, _ = rnn(packed)
+    with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():
+        out, _ = rnn(packed)
     out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     return out
 
