@@ -101,9 +101,8 @@ def retain_freed_memory() -> bool:
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))  # None (no ldconfig): the process's own symbols
         libc.gnu_get_libc_version  # glibc: other C libraries have no mallopt of this meaning
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
