@@ -201,11 +201,11 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-SYSTEMS = {  # name -> what runs (kind, option) and the batches it trains on
+SYSTEMS = {  # name -> ("uer", length_buckets) or ("hf", sparse head, uer's malloc setting)
     "uer": ("uer", True), "uer --length_buckets false": ("uer", False),
-    "HF sparse MLM head": ("hf", "sparse"), "HF sparse MLM head + uer's malloc setting": ("hf", "sparse+retain"),
-    "HF plain (dense head)": ("hf", "dense"),
-    "HF GPT2LMHeadModel": ("hf", "sparse"), "HF GPT2LMHeadModel + uer's malloc setting": ("hf", "sparse+retain"),
+    "HF sparse MLM head": ("hf", True, False), "HF sparse MLM head + uer's malloc setting": ("hf", True, True),
+    "HF plain (dense head)": ("hf", False, False),
+    "HF GPT2LMHeadModel": ("hf", True, False), "HF GPT2LMHeadModel + uer's malloc setting": ("hf", True, True),
 }
 
 
@@ -228,14 +228,14 @@ def run_one(job: dict, args) -> dict:
     vocab = load_vocab(VOCAB, None)
     special = vocab.special_ids()
     mcfg = model_config(job["recipe"], job["target"], len(vocab))
-    kind, option = SYSTEMS[job["system"]]
-    before = rss_mib()
+    kind, *options = SYSTEMS[job["system"]]
     if kind == "uer":
-        t = run_uer(mcfg, job["dataset"], special, args, job["work"], option)
+        before = rss_mib()
+        t = run_uer(mcfg, job["dataset"], special, args, job["work"], *options)
     else:
         data = batches(Dataset(job["dataset"]), special, args.batch_size, args.warmup + args.steps, args.seed)
         before = rss_mib()
-        t = run_hf(mcfg, job["target"], data, args, sparse=option != "dense", retain=option.endswith("+retain"))
+        t = run_hf(mcfg, job["target"], data, args, *options)
     return {"step_s": t, "peak_rss_growth_mib": rss_mib() - before}
 
 

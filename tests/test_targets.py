@@ -19,6 +19,7 @@ from uer.data.loader import BatchLoader
 from uer.data.preprocess import PreprocessJob, build_dataset
 from uer.model import build_model
 from uer.model.targets import pool
+from uer.utils import cpu_has_native_bf16
 from uer.vocab import Vocab
 
 MT_CORPUS = os.path.join(SHARED, "corpora", "news-commentary-v13-en-zh_sampled.txt")
@@ -287,7 +288,7 @@ SYSTEMS = {
 REPORT = re.compile(r"\|\s*(\d+)/\s*\d+ steps\|.*?\| loss\s+([\d.]+)")
 # --bf16 where the CPU computes in bf16 natively (AVX-512 BF16): faster there; elsewhere bf16 is
 # emulated and slower than fp32, so these runs use fp32 (the bf16 paths have tests of their own)
-FAST_PRECISION = ["--bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else []
+FAST_PRECISION = ["--bf16"] if cpu_has_native_bf16() else []
 
 
 def expand(options: str, tmp_path) -> list[str]:

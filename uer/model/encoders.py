@@ -10,6 +10,7 @@ from torch import nn
 from uer.config import ModelConfig
 from uer.model.layers import Dropout, LayerNorm, TransformerLayer
 from uer.model.registry import ENCODERS, register
+from uer.utils import cpu_has_native_bf16
 
 
 class Encoder(nn.Module):
@@ -105,11 +106,8 @@ def real_lengths(seg: torch.Tensor) -> torch.Tensor:
 
 def _bf16_rnn_unsupported(x: torch.Tensor) -> bool:
     """Under CPU bf16 autocast, LSTMs run oneDNN's bf16 RNN primitive, which a CPU without
-    AVX-512 BF16 cannot create ("could not create a primitive descriptor")."""
-    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-        return False
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return supported is not None and not supported()
+    native bf16 cannot create ("could not create a primitive descriptor")."""
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_has_native_bf16()
 
 
 def run_packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
