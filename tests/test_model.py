@@ -104,6 +104,9 @@ def test_cpu_dropout_rate_scale_and_gradient(p):
     a = dropout(x.detach(), p, True)
     torch.manual_seed(1)
     assert torch.equal(a, dropout(x.detach(), p, True))
+    # the next call's mask is a fresh draw, independent of this one's
+    both = ((a == 0) & (dropout(x.detach(), p, True) == 0)).float().mean().item()
+    assert abs(both - p * p) < 3e-3
     assert dropout(x, p, False) is x
     assert dropout(x, 1.0, True).abs().sum() == 0
 
