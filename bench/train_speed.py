@@ -26,6 +26,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -239,6 +240,17 @@ def run_one(job: dict, args) -> dict:
     return {"step_s": t, "peak_rss_growth_mib": rss_mib() - before}
 
 
+def run_job(job: dict, argv: list[str]) -> dict:
+    """run_one in a fresh process (this script with --job)."""
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--job", json.dumps(job)],
+                          capture_output=True, text=True)
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not result:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"{job['system']} ({job['recipe']}, {job['target']}) failed")
+    return json.loads(result[-1][len("RESULT "):])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipes", nargs="+", default=["tiny"], choices=sorted(RECIPES), help="Model sizes.")
@@ -252,6 +264,9 @@ def main(argv=None) -> int:
     p.add_argument("--no_dense", action="store_true", help="Skip the plain (dense-head) HF loop.")
     p.add_argument("--no_retain_row", action="store_true",
                    help="Skip the HF reference run with uer's malloc setting.")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="Timed runs of every system, interleaved (all systems, then all again); a system's "
+                        "step time is the median of its runs.")
     p.add_argument("--seed", type=int, default=7, help="Random seed.")
     p.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: one system's run, as JSON
@@ -285,24 +300,24 @@ def main(argv=None) -> int:
                     names.append(ref_name + " + uer's malloc setting")
                 if target != "lm" and not args.no_dense:
                     names.append("HF plain (dense head)")
+                stats = {}
                 for name in names:
                     data = bucketed if name == "uer" else plain
-                    stats = [batch_stats(mcfg, b, name.startswith("uer")) for b in data[args.warmup:]]
-                    real = sum(s[0] for s in stats) / args.steps
-                    padded = sum(s[1] for s in stats) / args.steps
-                    flops = sum(s[2] for s in stats) / args.steps
-                    job = {"system": name, "recipe": recipe, "target": target, "dataset": path, "work": work}
-                    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *shared, "--job", json.dumps(job)],
-                                          capture_output=True, text=True)
-                    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-                    if proc.returncode != 0 or not result:
-                        sys.stderr.write(proc.stdout + proc.stderr)
-                        raise SystemExit(f"{name} ({recipe}, {target}) failed")
-                    out = json.loads(result[-1][len("RESULT "):])
-                    t = out["step_s"]
+                    counted = [batch_stats(mcfg, b, name.startswith("uer")) for b in data[args.warmup:]]
+                    stats[name] = [sum(s[i] for s in counted) / args.steps for i in range(3)]
+                runs = {name: [] for name in names}
+                for _ in range(args.rounds):  # A B C, A B C: a drift in the machine's speed hits all alike
+                    for name in names:
+                        job = {"system": name, "recipe": recipe, "target": target, "dataset": path, "work": work}
+                        runs[name].append(run_job(job, shared))
+                for name in names:
+                    real, padded, flops = stats[name]
+                    t = statistics.median(r["step_s"] for r in runs[name])
                     rec = {"recipe": recipe, "target": target, "system": name, "step_s": t,
+                           "step_s_runs": [r["step_s"] for r in runs[name]],
                            "real_tokens_per_s": real / t, "padded_tokens_per_s": padded / t,
-                           "flops_per_s": flops / t, "peak_rss_growth_mib": out["peak_rss_growth_mib"]}
+                           "flops_per_s": flops / t,
+                           "peak_rss_growth_mib": max(r["peak_rss_growth_mib"] for r in runs[name])}
                     records.append(rec)
                     print(json.dumps(rec), flush=True)
                 group = records[-len(names):]
