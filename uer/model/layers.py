@@ -44,15 +44,22 @@ class _CpuDropout(torch.autograd.Function):
         n = x.numel()
         seed = int(torch.empty((), dtype=torch.int64).random_())
         bits = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n])
-        keep = (bits >= 2 * threshold - _RANDOM_LEVELS).view(x.shape)
+        keep = (bits >= 2 * threshold - _RANDOM_LEVELS).view(x.shape).view(torch.uint8)  # 0 or 1
         ctx.scale = _RANDOM_LEVELS / (_RANDOM_LEVELS - threshold)
         ctx.save_for_backward(keep)
-        return torch.where(keep, x, 0).mul_(ctx.scale)  # x * keep would first copy keep to floats
+        return _masked_scale(x, keep, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0).mul_(ctx.scale), None
+        return _masked_scale(grad, keep, ctx.scale), None
+
+
+def _masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """x * keep * scale for a uint8 keep mask of 0s and 1s, in one pass: 3-4x faster on CPU than
+    torch.where(keep, x, 0).mul_(scale) with a bool mask (or x * bool mask, which first converts
+    the mask to floats), and equal to it except that a dropped inf or nan gives nan, not 0."""
+    return torch.addcmul(x.new_zeros(()), x, keep, value=scale)
 
 
 _RANDOM_LEVELS = 1 << 15
