@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import pytest
@@ -8,7 +9,8 @@ import torch.nn.functional as F
 from conftest import ROOT, layer_keys
 from uer.config import ModelConfig
 from uer.model import build_model, count_parameters
-from uer.model.layers import LayerNorm, MultiHeadedAttention, attention_with_dropout, dropout, reference_attention
+from uer.model.layers import (LayerNorm, MultiHeadedAttention, _CpuAttention, additive_mask, attention_with_dropout,
+                              dropout, keep_mask, reference_attention)
 
 
 def recipe(name, **kw):
@@ -123,6 +125,34 @@ def test_attention_with_dropout_is_sdpa_math():
     attn = MultiHeadedAttention(16, 2, 0.5).train()
     out = attn(torch.randn(2, 7, 16), torch.randn(2, 7, 16), mask)
     assert out.shape == (2, 7, 16) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mask_kind", ["padding", "causal", "per_head", "none"])
+def test_cpu_attention_equals_the_math_with_its_dropout_mask(mask_kind):
+    """The clone-free CPU attention (training, dropout on, fp32): outputs and gradients equal
+    softmax(QK^T/sqrt(d) + mask), dropped with the very mask it draws, times V; q, k, v are strided
+    views of one projection output, as in the model."""
+    B, Lq, Lk, h, d, p = 3, 5, 7, 2, 4, 0.3
+    torch.manual_seed(0)
+    x = torch.randn(B, Lk, 3, h, d, requires_grad=True)
+    q, k, v = x[:, :Lq, 0], x[:, :, 1], x[:, :, 2]
+    bool_mask = {"padding": torch.ones(B, 1, 1, Lk, dtype=torch.bool).index_fill_(3, torch.tensor([5, 6]), False),
+                 "causal": None, "none": None,
+                 "per_head": torch.rand(B, h, Lq, Lk, generator=torch.Generator().manual_seed(1)) > 0.3}[mask_kind]
+    bool_mask = None if bool_mask is None else bool_mask.index_fill_(3, torch.tensor([0]), True)
+    add = additive_mask(bool_mask, mask_kind == "causal", Lq, Lk, x.device)
+    threshold = round(p * 2 ** 15)
+    torch.manual_seed(5)
+    out = _CpuAttention.apply(q, k, v, add, threshold)
+    torch.manual_seed(5)
+    keep = keep_mask((h, B, Lq, Lk), threshold).float() / (1 - threshold / 2 ** 15)
+    scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / math.sqrt(d)
+    probs = (scores if add is None else scores + add).softmax(-1) * keep.transpose(0, 1)
+    want = (probs @ v.transpose(1, 2)).transpose(1, 2).reshape(B, Lq, h * d)
+    torch.testing.assert_close(out, want)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(want, x, grad)[0])
+    assert 0 < (keep == 0).float().mean() < 0.6  # the mask drops
 
 
 def _read_batch(B=4, L=16, V=100, seed=0):

@@ -41,10 +41,7 @@ class _CpuDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, threshold: int) -> torch.Tensor:
-        n = x.numel()
-        seed = int(torch.empty((), dtype=torch.int64).random_())
-        bits = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n])
-        keep = (bits >= 2 * threshold - _RANDOM_LEVELS).view(x.shape).view(torch.uint8)  # 0 or 1
+        keep = keep_mask(x.shape, threshold)
         ctx.scale = _RANDOM_LEVELS / (_RANDOM_LEVELS - threshold)
         ctx.save_for_backward(keep)
         return _masked_scale(x, keep, ctx.scale)
@@ -53,6 +50,14 @@ class _CpuDropout(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
         return _masked_scale(grad, keep, ctx.scale), None
+
+
+def keep_mask(shape, threshold: int) -> torch.Tensor:
+    """_CpuDropout's keep mask: a uint8 tensor of 0s (probability threshold / 2**15) and 1s."""
+    n = math.prod(shape)
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    bits = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n])
+    return (bits >= 2 * threshold - _RANDOM_LEVELS).view(shape).view(torch.uint8)
 
 
 def _masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
@@ -133,13 +138,19 @@ class MultiHeadedAttention(nn.Module):
                     attn_mask = torch.ones(Lq, past + Lq, dtype=torch.bool, device=q.device).tril(past)
                     is_causal = False
             cache["k"], cache["v"] = k, v
-        if self.training and self.dropout > 0 and q.device.type == "cpu":
-            # SDPA runs its math path on CPU whenever dropout is on: the same, with cheaper dropout
-            out = attention_with_dropout(q, k, v, attn_mask, is_causal, self.dropout)
-        else:
+        threshold = round(self.dropout * _RANDOM_LEVELS)  # the CPU dropout's drop threshold
+        if not self.training or self.dropout == 0 or q.device.type != "cpu":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                  dropout_p=self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, Lq, H)
+        elif q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and threshold < _RANDOM_LEVELS:
+            # SDPA runs its math path on CPU whenever dropout is on: the same, with cheaper dropout
+            # and no copies of the heads (q, k, v stay the [B, L, heads, d] views of the projections)
+            out = _CpuAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                      additive_mask(attn_mask, is_causal, Lq, Lk, q.device), threshold)
+        else:  # reduced precision, or p = 1
+            out = attention_with_dropout(q, k, v, attn_mask, is_causal, self.dropout)
+        if out.dim() == 4:
+            out = out.transpose(1, 2).reshape(B, Lq, H)
         if keep is not None:
             out = out.reshape(B * Lq, H).index_select(0, keep)
         return self.final_linear(out)
@@ -148,14 +159,69 @@ class MultiHeadedAttention(nn.Module):
 def attention_with_dropout(q, k, v, attn_mask, is_causal: bool, p: float) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d) + mask) with `dropout`, times V (boolean masks: True = may attend)."""
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)
-    if is_causal:
-        L, S = q.shape[-2], k.shape[-2]
-        attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(S - L)
-    if attn_mask is not None:
-        # added in place (the product is not saved for backward): masked_fill would copy the scores
-        scores.add_(torch.zeros(attn_mask.shape, dtype=scores.dtype, device=q.device)
-                    .masked_fill_(~attn_mask, float("-inf")))
+    mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
+    if mask is not None:  # added in place (the product is not saved for backward)
+        scores.add_(mask.to(scores.dtype))
     return dropout(scores.softmax(-1), p, True) @ v
+
+
+def additive_mask(attn_mask, is_causal: bool, Lq: int, Lk: int, device) -> torch.Tensor | None:
+    """A boolean mask (True = may attend; or causal) as one to add to the scores (0 or -inf)."""
+    if is_causal:
+        attn_mask = torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril(Lk - Lq)
+    if attn_mask is None:
+        return None
+    return torch.zeros(attn_mask.shape, device=device).masked_fill_(~attn_mask, float("-inf"))
+
+
+class _CpuAttention(torch.autograd.Function):
+    """softmax(Q K^T / sqrt(d) + mask) with _CpuDropout's dropout, times V, for q [B, Lq, h, d] and
+    k, v [B, Lk, h, d] that are views of the projections' outputs: each head's products are one
+    batched matmul over B on those strided views, so no head is copied to a contiguous layout
+    (torch's matmul copies q, k, v and the output forward, and their gradients backward). Scores
+    and probabilities are kept head-major, [h, B, Lq, Lk]. mask: added to the scores, shape
+    [B or 1, h or 1, Lq or 1, Lk], or [Lq, Lk]. Returns [B, Lq, h * d]."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, threshold: int):
+        B, Lq, h, d = q.shape
+        scale = 1.0 / math.sqrt(d)
+        scores = q.new_empty(h, B, Lq, k.shape[1])
+        for i in range(h):
+            head_mask = mask if mask is None or mask.dim() < 4 else mask[:, min(i, mask.shape[1] - 1)]
+            if head_mask is None:
+                torch.baddbmm(scores[i], q[:, :, i], k[:, :, i].transpose(1, 2), beta=0, alpha=scale, out=scores[i])
+            else:
+                torch.baddbmm(head_mask, q[:, :, i], k[:, :, i].transpose(1, 2), alpha=scale, out=scores[i])
+        probs = scores.softmax(-1)
+        del scores
+        keep = keep_mask(probs.shape, threshold)
+        ctx.keep_scale, ctx.scale = _RANDOM_LEVELS / (_RANDOM_LEVELS - threshold), scale
+        dropped = _masked_scale(probs, keep, ctx.keep_scale)
+        out = q.new_empty(h, B, Lq, d)
+        for i in range(h):
+            torch.bmm(dropped[i], v[:, :, i], out=out[i])
+        ctx.save_for_backward(q, k, v, probs, keep, dropped)
+        return out.permute(1, 2, 0, 3).reshape(B, Lq, h * d)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, probs, keep, dropped = ctx.saved_tensors
+        B, Lq, h, d = q.shape
+        grad = grad.view(B, Lq, h, d)
+        grad_dropped, grad_v = torch.empty_like(probs), v.new_empty(h, *v.shape[:2], d)
+        for i in range(h):
+            torch.bmm(grad[:, :, i], v[:, :, i].transpose(1, 2), out=grad_dropped[i])
+            torch.bmm(dropped[i].transpose(1, 2), grad[:, :, i], out=grad_v[i])
+        grad_scores = torch._softmax_backward_data(_masked_scale(grad_dropped, keep, ctx.keep_scale), probs, -1,
+                                                   probs.dtype)
+        del grad_dropped
+        grad_q, grad_k = q.new_empty(h, B, Lq, d), k.new_empty(h, *k.shape[:2], d)
+        for i in range(h):
+            torch.baddbmm(grad_q[i], grad_scores[i], k[:, :, i], beta=0, alpha=ctx.scale, out=grad_q[i])
+            torch.baddbmm(grad_k[i], grad_scores[i].transpose(1, 2), q[:, :, i], beta=0, alpha=ctx.scale,
+                          out=grad_k[i])
+        return grad_q.permute(1, 2, 0, 3), grad_k.permute(1, 2, 0, 3), grad_v.permute(1, 2, 0, 3), None, None
 
 
 def reference_attention(q, k, v, attn_mask=None, is_causal=False):
