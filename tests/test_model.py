@@ -11,6 +11,7 @@ from uer.config import ModelConfig
 from uer.model import build_model, count_parameters
 from uer.model.layers import (LayerNorm, MultiHeadedAttention, _CpuAttention, additive_mask, attention_with_dropout,
                               dropout, keep_mask, reference_attention)
+from uer.model.targets import output_terms, token_terms, top1
 
 
 def recipe(name, **kw):
@@ -224,3 +225,46 @@ def test_read_plan_on_the_host_is_what_forward_uses():
     a, b = model(prepared), model(batch)
     for k in a:
         torch.testing.assert_close(a[k][0], b[k][0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_top1_is_argmax(dtype):
+    """top1 (the label's score against the row's maximum in fp32) counts what argmax counts,
+    -100 labels aside; in bf16 ties for the maximum are common and go to argmax's lowest index."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 1000, generator=g).to(dtype)
+    labels = torch.randint(0, 1000, (300,), generator=g)
+    labels[:100] = logits[:100].float().argmax(-1)  # a third right
+    labels[100:110] = -100
+    if dtype == torch.bfloat16:  # rows whose maximum is tied, the label on the later index
+        logits[110:120, 3] = logits[110:120, 7] = logits[110:120].amax(-1) + 1
+        labels[110:120] = 7
+    got = top1(logits, labels)
+    assert torch.equal(got, logits.argmax(-1) == labels)
+    assert int(got.sum()) == 100
+    _, correct, count = token_terms(logits, labels)
+    assert (int(correct), int(count)) == (100, 290)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_output_terms_equal_the_layer_then_token_terms(bias):
+    """The fused output layer + cross-entropy (fp32 CPU) gives token_terms(layer(x), labels): the
+    same loss, correct count and count, and the same gradients for x, weight and bias, -100 rows
+    included."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 500, bias=bias)
+    x0 = torch.randn(64, 32) * 3
+    labels = torch.randint(0, 500, (64,))
+    labels[::5] = -100
+    with torch.no_grad():
+        labels[1::5] = layer(x0)[1::5].argmax(-1)  # some right
+    grads = []
+    for fused in (False, True):
+        layer.zero_grad()
+        x = x0.clone().requires_grad_()
+        loss, correct, count = (output_terms if fused else lambda l, a, b: token_terms(l(a), b))(layer, x, labels)
+        (loss * 0.37).backward()
+        grads.append((loss, correct, count, x.grad, *(p.grad.clone() for p in layer.parameters())))
+    assert int(grads[0][1]) >= 12 and int(grads[0][2]) == 51
+    for want, got in zip(*grads):
+        torch.testing.assert_close(got, want)
