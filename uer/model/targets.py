@@ -81,7 +81,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, _):
         x, weight, e, inv_total = ctx.saved_tensors
         r = (inv_total * grad_loss)[:, None]
-        return (e @ weight).mul_(r), e.t() @ (x * r), r.t().mm(e).squeeze(0) if ctx.has_bias else None, None
+        need = ctx.needs_input_grad
+        return ((e @ weight).mul_(r) if need[0] else None, e.t() @ (x * r) if need[1] else None,
+                r.t().mm(e).squeeze(0) if ctx.has_bias and need[2] else None, None)
 
 
 def at_positions(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
