@@ -246,13 +246,14 @@ def test_top1_is_argmax(dtype):
     assert (int(correct), int(count)) == (100, 290)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_output_terms_equal_the_layer_then_token_terms(bias):
+@pytest.mark.parametrize("bias,frozen", [(True, False), (False, False), (True, True)])
+def test_output_terms_equal_the_layer_then_token_terms(bias, frozen):
     """The fused output layer + cross-entropy (fp32 CPU) gives token_terms(layer(x), labels): the
     same loss, correct count and count, and the same gradients for x, weight and bias, -100 rows
     included."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(32, 500, bias=bias)
+    layer.weight.requires_grad_(not frozen)  # frozen: autograd asks for no weight gradient
     x0 = torch.randn(64, 32) * 3
     labels = torch.randint(0, 500, (64,))
     labels[::5] = -100
@@ -264,7 +265,7 @@ def test_output_terms_equal_the_layer_then_token_terms(bias):
         x = x0.clone().requires_grad_()
         loss, correct, count = (output_terms if fused else lambda l, a, b: token_terms(l(a), b))(layer, x, labels)
         (loss * 0.37).backward()
-        grads.append((loss, correct, count, x.grad, *(p.grad.clone() for p in layer.parameters())))
+        grads.append((loss, correct, count, x.grad, *(p.grad.clone() for p in layer.parameters() if p.requires_grad)))
     assert int(grads[0][1]) >= 12 and int(grads[0][2]) == 51
     for want, got in zip(*grads):
         torch.testing.assert_close(got, want)
