@@ -129,11 +129,13 @@ def test_attention_with_dropout_is_sdpa_math():
 
 
 @pytest.mark.parametrize("mask_kind", ["padding", "causal", "per_head", "none"])
-def test_cpu_attention_equals_the_math_with_its_dropout_mask(mask_kind):
+@pytest.mark.parametrize("fused", [False, True])
+def test_cpu_attention_equals_the_math_with_its_dropout_mask(mask_kind, fused):
     """The clone-free CPU attention (training, dropout on, fp32): outputs and gradients equal
     softmax(QK^T/sqrt(d) + mask), dropped with the very mask it draws, times V; q, k, v are strided
-    views of one projection output, as in the model."""
-    B, Lq, Lk, h, d, p = 3, 5, 7, 2, 4, 0.3
+    views of one projection output, as in the model, passed apart or (fused) as that output."""
+    B, Lk, h, d, p = 3, 7, 2, 4, 0.3
+    Lq = Lk if fused else 5
     torch.manual_seed(0)
     x = torch.randn(B, Lk, 3, h, d, requires_grad=True)
     q, k, v = x[:, :Lq, 0], x[:, :, 1], x[:, :, 2]
@@ -144,7 +146,7 @@ def test_cpu_attention_equals_the_math_with_its_dropout_mask(mask_kind):
     add = additive_mask(bool_mask, mask_kind == "causal", Lq, Lk, x.device)
     threshold = round(p * 2 ** 15)
     torch.manual_seed(5)
-    out = _CpuAttention.apply(q, k, v, add, threshold)
+    out = _CpuAttention.apply(x, None, None, add, threshold) if fused else _CpuAttention.apply(q, k, v, add, threshold)
     torch.manual_seed(5)
     keep = keep_mask((h, B, Lq, Lk), threshold).float() / (1 - threshold / 2 ** 15)
     scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / math.sqrt(d)
@@ -268,4 +270,25 @@ def test_output_terms_equal_the_layer_then_token_terms(bias, frozen):
         grads.append((loss, correct, count, x.grad, *(p.grad.clone() for p in layer.parameters() if p.requires_grad)))
     assert int(grads[0][1]) >= 12 and int(grads[0][2]) == 51
     for want, got in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_self_attention_with_one_qkv_gemm_equals_three():
+    """In CPU training with dropout, self-attention projects Q, K and V with one GEMM: the same
+    output and the same gradients (input and each of the three Linear layers) as the three
+    projections it takes when the keys come from another tensor (here an equal copy)."""
+    torch.manual_seed(0)
+    attn = MultiHeadedAttention(16, 2, 0.3).train()
+    x0 = torch.randn(3, 6, 16)
+    mask = torch.ones(3, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    results = []
+    for fused in (True, False):
+        attn.zero_grad()
+        x = x0.clone().requires_grad_()
+        torch.manual_seed(7)
+        out = attn(x, x if fused else x * 1.0, mask)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        results.append([out, x.grad] + [p.grad.clone() for p in attn.parameters()])
+    for got, want in zip(*results):
         torch.testing.assert_close(got, want)

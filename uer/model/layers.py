@@ -123,6 +123,17 @@ class MultiHeadedAttention(nn.Module):
         these rows of the flattened [B * Lq] output are projected and returned ([len(keep), H])."""
         B, Lq, H = query.shape
         Lk = key_value.shape[1]
+        threshold = round(self.dropout * _RANDOM_LEVELS)  # the CPU dropout's drop threshold
+        cpu_math = (self.training and self.dropout != 0 and query.device.type == "cpu" and threshold < _RANDOM_LEVELS
+                    and query.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
+        if cpu_math and query is key_value and cache is None and keep is None:
+            # self-attention: Q, K and V from one GEMM over the three weights side by side (the
+            # checkpoint keeps them apart); the attention reads its heads from that output in place
+            layers = self.linear_layers
+            qkv = F.linear(query, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
+            out = _CpuAttention.apply(qkv.view(B, Lq, 3, self.heads_num, self.per_head), None, None,
+                                      additive_mask(attn_mask, is_causal, Lq, Lk, query.device), threshold)
+            return self.final_linear(out)
 
         def heads(x, L):
             return x.view(B, L, self.heads_num, self.per_head).transpose(1, 2)
@@ -138,11 +149,10 @@ class MultiHeadedAttention(nn.Module):
                     attn_mask = torch.ones(Lq, past + Lq, dtype=torch.bool, device=q.device).tril(past)
                     is_causal = False
             cache["k"], cache["v"] = k, v
-        threshold = round(self.dropout * _RANDOM_LEVELS)  # the CPU dropout's drop threshold
         if not self.training or self.dropout == 0 or q.device.type != "cpu":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                  dropout_p=self.dropout if self.training else 0.0)
-        elif q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and threshold < _RANDOM_LEVELS:
+        elif cpu_math:
             # SDPA runs its math path on CPU whenever dropout is on: the same, with cheaper dropout
             # and no copies of the heads (q, k, v stay the [B, L, heads, d] views of the projections)
             out = _CpuAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -180,10 +190,14 @@ class _CpuAttention(torch.autograd.Function):
     batched matmul over B on those strided views, so no head is copied to a contiguous layout
     (torch's matmul copies q, k, v and the output forward, and their gradients backward). Scores
     and probabilities are kept head-major, [h, B, Lq, Lk]. mask: added to the scores, shape
-    [B or 1, h or 1, Lq or 1, Lk], or [Lq, Lk]. Returns [B, Lq, h * d]."""
+    [B or 1, h or 1, Lq or 1, Lk], or [Lq, Lk]. Returns [B, Lq, h * d]. With k and v None, q is
+    [B, L, 3, h, d] (the output of one GEMM for Q, K and V), and its gradient comes back whole."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, threshold: int):
+        ctx.fused = k is None
+        if ctx.fused:
+            q, k, v = q.unbind(2)
         B, Lq, h, d = q.shape
         scale = 1.0 / math.sqrt(d)
         scores = q.new_empty(h, B, Lq, k.shape[1])
@@ -221,7 +235,13 @@ class _CpuAttention(torch.autograd.Function):
             torch.baddbmm(grad_q[i], grad_scores[i], k[:, :, i], beta=0, alpha=ctx.scale, out=grad_q[i])
             torch.baddbmm(grad_k[i], grad_scores[i].transpose(1, 2), q[:, :, i], beta=0, alpha=ctx.scale,
                           out=grad_k[i])
-        return grad_q.permute(1, 2, 0, 3), grad_k.permute(1, 2, 0, 3), grad_v.permute(1, 2, 0, 3), None, None
+        grads = [g.permute(1, 2, 0, 3) for g in (grad_q, grad_k, grad_v)]
+        if ctx.fused:
+            whole = q.new_empty(B, Lq, 3, h, d)
+            for i, g in enumerate(grads):
+                whole[:, :, i] = g
+            return whole, None, None, None, None
+        return *grads, None, None
 
 
 def reference_attention(q, k, v, attn_mask=None, is_causal=False):
