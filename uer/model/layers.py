@@ -60,6 +60,11 @@ def keep_mask(shape, threshold: int) -> torch.Tensor:
     return (bits >= 2 * threshold - _RANDOM_LEVELS).view(shape).view(torch.uint8)
 
 
+def fp32_cpu(x: torch.Tensor) -> bool:
+    """Whether x takes the fp32 CPU kernels of this package (fp32 on CPU, no autocast)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
 def _masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
     """x * keep * scale for a uint8 keep mask of 0s and 1s, in one pass: 3-4x faster on CPU than
     torch.where(keep, x, 0).mul_(scale) with a bool mask (or x * bool mask, which first converts
@@ -123,40 +128,39 @@ class MultiHeadedAttention(nn.Module):
         these rows of the flattened [B * Lq] output are projected and returned ([len(keep), H])."""
         B, Lq, H = query.shape
         Lk = key_value.shape[1]
-        threshold = round(self.dropout * _RANDOM_LEVELS)  # the CPU dropout's drop threshold
-        cpu_math = (self.training and self.dropout != 0 and query.device.type == "cpu" and threshold < _RANDOM_LEVELS
-                    and query.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
-        if cpu_math and query is key_value and cache is None and keep is None:
-            # self-attention: Q, K and V from one GEMM over the three weights side by side (the
-            # checkpoint keeps them apart); the attention reads its heads from that output in place
-            layers = self.linear_layers
-            qkv = F.linear(query, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
-            out = _CpuAttention.apply(qkv.view(B, Lq, 3, self.heads_num, self.per_head), None, None,
-                                      additive_mask(attn_mask, is_causal, Lq, Lk, query.device), threshold)
-            return self.final_linear(out)
 
         def heads(x, L):
             return x.view(B, L, self.heads_num, self.per_head).transpose(1, 2)
 
-        q = heads(self.linear_layers[0](query), Lq)
-        k = heads(self.linear_layers[1](key_value), Lk)
-        v = heads(self.linear_layers[2](key_value), Lk)
-        if cache is not None:
-            if "k" in cache:
-                past = cache["k"].shape[2]
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-                if is_causal:  # new position i sees the past and new positions <= i
-                    attn_mask = torch.ones(Lq, past + Lq, dtype=torch.bool, device=q.device).tril(past)
-                    is_causal = False
-            cache["k"], cache["v"] = k, v
-        if not self.training or self.dropout == 0 or q.device.type != "cpu":
+        threshold = round(self.dropout * _RANDOM_LEVELS)  # the CPU dropout's drop threshold
+        # SDPA runs its math path on CPU whenever dropout is on: _CpuAttention is the same, with
+        # cheaper dropout and no copies of the heads (it reads them from the projections in place)
+        cpu_math = self.training and self.dropout != 0 and threshold < _RANDOM_LEVELS and fp32_cpu(query)
+        if cpu_math and query is key_value and cache is None:
+            # self-attention: Q, K and V from one GEMM over the three weights side by side (the
+            # checkpoint keeps them apart), handed to the attention whole
+            layers = self.linear_layers
+            qkv = F.linear(query, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
+            projected = (qkv.view(B, Lq, 3, self.heads_num, self.per_head), None, None)
+        else:
+            q = heads(self.linear_layers[0](query), Lq)
+            k = heads(self.linear_layers[1](key_value), Lk)
+            v = heads(self.linear_layers[2](key_value), Lk)
+            if cache is not None:
+                if "k" in cache:
+                    past = cache["k"].shape[2]
+                    k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+                    if is_causal:  # new position i sees the past and new positions <= i
+                        attn_mask = torch.ones(Lq, past + Lq, dtype=torch.bool, device=q.device).tril(past)
+                        is_causal = False
+                cache["k"], cache["v"] = k, v
+                Lk = k.shape[2]
+            projected = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, L, heads, d] views
+        if cpu_math:
+            out = _CpuAttention.apply(*projected, additive_mask(attn_mask, is_causal, Lq, Lk, query.device), threshold)
+        elif not self.training or self.dropout == 0 or query.device.type != "cpu":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                  dropout_p=self.dropout if self.training else 0.0)
-        elif cpu_math:
-            # SDPA runs its math path on CPU whenever dropout is on: the same, with cheaper dropout
-            # and no copies of the heads (q, k, v stay the [B, L, heads, d] views of the projections)
-            out = _CpuAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                      additive_mask(attn_mask, is_causal, Lq, Lk, q.device), threshold)
         else:  # reduced precision, or p = 1
             out = attention_with_dropout(q, k, v, attn_mask, is_causal, self.dropout)
         if out.dim() == 4:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from uer.config import ModelConfig
-from uer.model.layers import LayerNorm, activation
+from uer.model.layers import LayerNorm, activation, fp32_cpu
 from uer.model.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS, register
 from uer.options import POOLINGS
 
@@ -44,8 +44,7 @@ def output_terms(layer: nn.Linear, x: torch.Tensor, labels: torch.Tensor):
     """token_terms(layer(x), labels) for rows x [M, in]; in fp32 on CPU through
     _LinearCrossEntropy, which allocates one [M, V] tensor instead of four (scores, log-probabilities
     and both their gradients)."""
-    if (x.device.type == "cpu" and x.dtype == layer.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")):
+    if fp32_cpu(x) and layer.weight.dtype == torch.float32:
         loss, correct = _LinearCrossEntropy.apply(x, layer.weight, layer.bias, labels)
         return loss, correct, (labels != -100).sum()
     return token_terms(layer(x), labels)
