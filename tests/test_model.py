@@ -114,6 +114,28 @@ def test_cpu_dropout_rate_scale_and_gradient(p):
     assert dropout(x, 1.0, True).abs().sum() == 0
 
 
+@pytest.mark.parametrize("p", [0.0, 0.1, 1.0])
+@pytest.mark.parametrize("training", [True, False])
+def test_dropout_with_a_residual_is_the_residual_plus_dropout(p, training):
+    """dropout(x, p, training, residual) (one pass on CPU) equals residual + dropout(x, p, training)
+    with the same mask; the residual's gradient passes through, x's is masked and scaled."""
+    x, r = torch.rand(64, 48) + 1.0, torch.randn(64, 48)
+    g = torch.randn(64, 48)
+    torch.manual_seed(3)
+    x1, r1 = x.clone().requires_grad_(), r.clone().requires_grad_()
+    got = dropout(x1, p, training, r1)
+    got.backward(g)
+    torch.manual_seed(3)
+    x2, r2 = x.clone().requires_grad_(), r.clone().requires_grad_()
+    want = r2 + dropout(x2, p, training)
+    want.backward(g)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(r1.grad, g)
+    if training and p == 0.1:
+        assert 0 < (x1.grad == 0).float().mean() < 0.3  # the mask drops
+
+
 def test_attention_with_dropout_is_sdpa_math():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
