@@ -81,13 +81,12 @@ _RANDOM_LEVELS = 1 << 15
 def dropout(x: torch.Tensor, p: float, training: bool, residual: torch.Tensor | None = None) -> torch.Tensor:
     """F.dropout, with the cheaper keep mask of _CpuDropout on CPU; with a residual, residual +
     dropout(x) (on CPU in one pass)."""
-    if not training or p == 0.0:
-        return x if residual is None else residual + x
     threshold = round(p * _RANDOM_LEVELS)
-    if x.device.type != "cpu" or threshold >= _RANDOM_LEVELS:
+    if training and p != 0.0:
+        if x.device.type == "cpu" and threshold < _RANDOM_LEVELS:
+            return _CpuDropout.apply(x, threshold, residual)
         x = F.dropout(x, p, True)
-        return x if residual is None else residual + x
-    return _CpuDropout.apply(x, threshold, residual)
+    return x if residual is None else residual + x
 
 
 class Dropout(nn.Module):
