@@ -113,6 +113,23 @@ def test_optimizer_is_torch_fused_adamw_without_the_dynamo_import():
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_that_emulates_it_warns(tmp_path, zh_vocab, monkeypatch, native):
+    """--bf16 on a CPU without native bf16 (emulated: many times slower than fp32) says so, once."""
+    import uer.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    ds = make_dataset(tmp_path, zh_vocab)
+    lines = []
+    run_kw = dict(total_steps=1, report_steps=1, batch_size=4, bf16=True)
+    mcfg = ModelConfig(vocab_size=len(zh_vocab), target="bert", **TINY)
+    tcfg = TrainConfig(dataset_path=ds.path, output_model_path=str(tmp_path / "m.bin"), **run_kw)
+    train(tcfg, mcfg, ds, zh_vocab.special_ids(), log=lines.append)
+    warned = [line for line in lines if "without native bf16" in line]
+    assert len(warned) == (0 if native else 1), lines
+    assert any(line.startswith("|") for line in lines)  # and it trains
+
+
 def test_manual_first_example_end_to_end(tmp_path, bert_dataset):
     """The manual's first pretrain command as written (data paths pointing at real files)."""
     os.makedirs(tmp_path / "models")

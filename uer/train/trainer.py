@@ -29,7 +29,7 @@ from uer.train.checkpoint import latest_checkpoint, load_model, load_training_st
     save_training_state, state_path
 from uer.train.distributed import Rank, finish, init
 from uer.train.optim import build_optimizer, build_scheduler
-from uer.utils import retain_freed_memory, set_seed
+from uer.utils import cpu_has_native_bf16, retain_freed_memory, set_seed
 from uer.vocab import SpecialIds
 
 
@@ -150,6 +150,10 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         if log is print:
             log = tqdm.write  # report lines above the bar
     log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
+    if tcfg.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        log("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): autocast emulates it, "
+            "which is many times slower than fp32 here (BERT-tiny: 24x on a 2-core AVX2 machine); "
+            "leave --bf16 out on this CPU.")
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
                          seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets,
                          accumulation_steps=tcfg.accumulation_steps)
