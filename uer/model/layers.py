@@ -42,7 +42,7 @@ class _CpuDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, threshold: int, residual: torch.Tensor | None = None) -> torch.Tensor:
         keep = keep_mask(x.shape, threshold)
-        ctx.scale = _RANDOM_LEVELS / (_RANDOM_LEVELS - threshold)
+        ctx.scale = keep_scale(threshold)
         ctx.save_for_backward(keep)
         return _masked_scale(x, keep, ctx.scale, residual)
 
@@ -78,13 +78,26 @@ def _masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float,
 _RANDOM_LEVELS = 1 << 15
 
 
+def cpu_threshold(p: float, training: bool) -> int | None:
+    """The CPU dropout's drop threshold (a unit drops with probability threshold / 2**15) for
+    dropout p, or None where it does not run: not training, p = 0, or p so close to 1 that every
+    unit drops."""
+    threshold = round(p * _RANDOM_LEVELS)
+    return threshold if training and p != 0.0 and threshold < _RANDOM_LEVELS else None
+
+
+def keep_scale(threshold: int) -> float:
+    """The factor of the kept units, 1 / (1 - p'), so that the expectation is exact."""
+    return _RANDOM_LEVELS / (_RANDOM_LEVELS - threshold)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool, residual: torch.Tensor | None = None) -> torch.Tensor:
     """F.dropout, with the cheaper keep mask of _CpuDropout on CPU; with a residual, residual +
     dropout(x) (on CPU in one pass)."""
-    threshold = round(p * _RANDOM_LEVELS)
+    threshold = cpu_threshold(p, training)
+    if threshold is not None and x.device.type == "cpu":
+        return _CpuDropout.apply(x, threshold, residual)
     if training and p != 0.0:
-        if x.device.type == "cpu" and threshold < _RANDOM_LEVELS:
-            return _CpuDropout.apply(x, threshold, residual)
         x = F.dropout(x, p, True)
     return x if residual is None else residual + x
 
@@ -137,10 +150,10 @@ class MultiHeadedAttention(nn.Module):
         def heads(x, L):
             return x.view(B, L, self.heads_num, self.per_head).transpose(1, 2)
 
-        threshold = round(self.dropout * _RANDOM_LEVELS)  # the CPU dropout's drop threshold
+        threshold = cpu_threshold(self.dropout, self.training)
         # SDPA runs its math path on CPU whenever dropout is on: _CpuAttention is the same, with
         # cheaper dropout and no copies of the heads (it reads them from the projections in place)
-        cpu_math = self.training and self.dropout != 0 and threshold < _RANDOM_LEVELS and fp32_cpu(query)
+        cpu_math = threshold is not None and fp32_cpu(query)
         if cpu_math and query is key_value and cache is None:
             # self-attention: Q, K and V from one GEMM over the three weights side by side (the
             # checkpoint keeps them apart), handed to the attention whole
@@ -220,7 +233,7 @@ class _CpuAttention(torch.autograd.Function):
         del scores
         keep = keep_mask(probs.shape, threshold)
         ctx.scale = scale
-        dropped = _masked_scale(probs, keep, _RANDOM_LEVELS / (_RANDOM_LEVELS - threshold))
+        dropped = _masked_scale(probs, keep, keep_scale(threshold))
         del keep
         out = q.new_empty(h, B, Lq, d)
         for i in range(h):
