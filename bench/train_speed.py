@@ -15,10 +15,13 @@ Reported: real (non-pad) tokens/s, padded tokens/s, step time, model-FLOPs utili
 tokens only; 6 x parameters-in-matmuls per token plus attention and the heads at the predicted
 positions; for uer's bert and mlm, whose last layer runs only at the positions the loss reads, the
 FLOPs it performs there) twice: against the best matmul peak of the whole command (measured at the
-start, after each group of systems, and in every run), and against the peak its own process
-measured right before and right after its timed steps ("in its spell": a shared machine's speed
-drifts by 15 % or more between minutes, and the first figure charges a run in a slow minute with
-the peak of a fast one); then the peak RSS growth of the run, and the ratio to the reference.
+start, after each group of systems, and in every run), and "paired": every run measures the peak
+again after each --probe_every timed steps (the probe's time counts in no step), each window of
+steps gets its MFU against the better of the two peaks measured right before and after it, and
+the figure is the median over the windows of all the system's runs. A shared machine's speed
+drifts by 15-25 % between minutes, so the first figure charges a run in a slow minute with the
+peak of a fast one; the paired figure compares a step with a peak measured seconds from it. Then
+the peak RSS growth of the run, and the ratio to the reference.
 
     python3 bench/train_speed.py --recipes tiny small --targets bert mlm lm --steps 20
 """
@@ -58,6 +61,35 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
         a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
+
+
+class StepClock:
+    """Times each step of a run (mark() after every step, warm-up ones included) and measures the
+    matmul peak before the first timed step and after every `every` timed steps, so that each
+    window of steps has a peak measured on both sides of it, seconds apart. A probe's own time
+    counts in no step."""
+
+    def __init__(self, warmup: int, steps: int, every: int, dtype: torch.dtype):
+        self.warmup, self.steps, self.every, self.dtype = warmup, steps, every, dtype
+        self.marked, self.last = 0, time.perf_counter()
+        self.step_s: list[float] = []  # each timed step
+        self.probes: list[tuple[int, float]] = []  # (timed steps before it, FLOP/s)
+
+    def mark(self) -> None:
+        now = time.perf_counter()
+        self.marked += 1
+        timed = self.marked - self.warmup
+        if timed > 0:
+            self.step_s.append(now - self.last)
+        if timed >= 0 and (timed % self.every == 0 or timed == self.steps):
+            self.probes.append((timed, matmul_peak(self.dtype, reps=5)))
+        self.last = time.perf_counter()
+
+
+def paired_mfu(step_flops: list[float], step_s: list[float], probes: list[tuple[int, float]]) -> list[float]:
+    """The MFU of each window of steps between two probes, against the better of the two."""
+    return [sum(step_flops[a:b]) / sum(step_s[a:b]) / max(pa, pb)
+            for (a, pa), (b, pb) in zip(probes, probes[1:]) if b > a]
 
 
 def model_flops(cfg, lengths: list[int], predicted: int, rows: int, last_rows: list[int] | None = None) -> float:
@@ -119,22 +151,20 @@ def batch_stats(cfg, batch: dict, uer: bool) -> tuple[int, int, float]:
     return sum(lengths), src.numel(), model_flops(cfg, lengths, len(batch[key]), src.shape[0], last_rows)
 
 
-def run_uer(mcfg, dataset_path: str, special, args, work: str, length_buckets: bool) -> float:
-    """Seconds per step over the timed steps of uer's own training loop."""
+def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock, length_buckets: bool) -> None:
+    """uer's own training loop, reporting every step to the clock."""
     from uer.config import TrainConfig
     from uer.data.dataset import Dataset
     from uer.train.trainer import train
 
     total = args.warmup + args.steps
     tcfg = TrainConfig(dataset_path=dataset_path, output_model_path=os.path.join(work, "m.bin"), total_steps=total,
-                       report_steps=args.warmup, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
+                       report_steps=1, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
                        learning_rate=1e-4, warmup=0.0, bf16=args.bf16, seed=args.seed,
                        length_buckets=length_buckets)
-    marks = []
-    result = train(tcfg, mcfg, Dataset(dataset_path), special, log=lambda line: marks.append(time.perf_counter())
-                   if " steps|" in line else None)
+    result = train(tcfg, mcfg, Dataset(dataset_path), special,
+                   log=lambda line: clock.mark() if " steps|" in line else None)
     del result
-    return (marks[-1] - marks[0]) / args.steps
 
 
 def hf_model(mcfg, target: str):
@@ -173,7 +203,7 @@ def hf_loss(model, target: str, b: dict, sparse: bool) -> torch.Tensor:
     return loss
 
 
-def run_hf(mcfg, target: str, data: list[dict], args, sparse: bool, retain: bool = False) -> float:
+def run_hf(mcfg, target: str, data: list[dict], args, clock: StepClock, sparse: bool, retain: bool = False) -> None:
     if retain:
         from uer.utils import retain_freed_memory
 
@@ -183,10 +213,7 @@ def run_hf(mcfg, target: str, data: list[dict], args, sparse: bool, retain: bool
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else None
-    marks = []
-    for i, b in enumerate(data):
-        if i == args.warmup:
-            marks.append(time.perf_counter())
+    for b in data:
         if ctx:
             with ctx():
                 loss = hf_loss(model, target, b, sparse)
@@ -197,8 +224,7 @@ def run_hf(mcfg, target: str, data: list[dict], args, sparse: bool, retain: bool
         opt.step()
         opt.zero_grad(set_to_none=True)
         float(loss.detach())  # what a loop that logs its loss does
-    marks.append(time.perf_counter())
-    return (marks[-1] - marks[0]) / args.steps
+        clock.mark()
 
 
 def rss_mib() -> float:
@@ -225,7 +251,8 @@ def model_config(recipe: str, target: str, vocab_size: int):
 
 
 def run_one(job: dict, args) -> dict:
-    """In a fresh process: one system's timed run -> {"step_s", "peak_rss_growth_mib"}."""
+    """In a fresh process: one system's timed run -> {"step_s", "step_s_each", "probes",
+    "peak_rss_growth_mib", "peak_flops"}."""
     from uer.data.dataset import Dataset
     from uer.vocab import load_vocab
 
@@ -234,16 +261,19 @@ def run_one(job: dict, args) -> dict:
     mcfg = model_config(job["recipe"], job["target"], len(vocab))
     kind, *options = SYSTEMS[job["system"]]
     peaks = [spell_peak(args)]
+    clock = StepClock(args.warmup, args.steps, args.probe_every, torch.bfloat16 if args.bf16 else torch.float32)
     if kind == "uer":
         before = rss_mib()
-        t = run_uer(mcfg, job["dataset"], special, args, job["work"], *options)
+        run_uer(mcfg, job["dataset"], special, args, job["work"], clock, *options)
     else:
         data = batches(Dataset(job["dataset"]), special, args.batch_size, args.warmup + args.steps, args.seed)
         before = rss_mib()
-        t = run_hf(mcfg, job["target"], data, args, *options)
+        run_hf(mcfg, job["target"], data, args, clock, *options)
     growth = rss_mib() - before
     peaks.append(spell_peak(args))
-    return {"step_s": t, "peak_rss_growth_mib": growth, "peak_flops": max(peaks)}
+    assert len(clock.step_s) == args.steps, (len(clock.step_s), args.steps)
+    return {"step_s": sum(clock.step_s) / args.steps, "step_s_each": clock.step_s, "probes": clock.probes,
+            "peak_rss_growth_mib": growth, "peak_flops": max(peaks + [p for _, p in clock.probes])}
 
 
 def spell_peak(args) -> float:
@@ -278,6 +308,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="Timed runs of every system, interleaved (all systems, then all again); a system's "
                         "step time is the median of its runs.")
+    p.add_argument("--probe_every", type=int, default=8,
+                   help="Measure the matmul peak after every this many timed steps in each run (for the "
+                        "paired MFU; the probe's time counts in no step).")
     p.add_argument("--seed", type=int, default=7, help="Random seed.")
     p.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: one system's run, as JSON
@@ -310,11 +343,12 @@ def main(argv=None) -> int:
                     names.append(ref_name + " + uer's malloc setting")
                 if target != "lm" and not args.no_dense:
                     names.append("HF plain (dense head)")
-                stats = {}
+                stats, step_flops = {}, {}
                 for name in names:
                     data = bucketed if name == "uer" else plain
                     counted = [batch_stats(mcfg, b, name.startswith("uer")) for b in data[args.warmup:]]
                     stats[name] = [sum(s[i] for s in counted) / args.steps for i in range(3)]
+                    step_flops[name] = [s[2] for s in counted]
                 runs = {name: [] for name in names}
                 for _ in range(args.rounds):  # A B C, A B C: a drift in the machine's speed hits all alike
                     for name in names:
@@ -326,8 +360,10 @@ def main(argv=None) -> int:
                     rec = {"recipe": recipe, "target": target, "system": name, "step_s": t,
                            "step_s_runs": [r["step_s"] for r in runs[name]],
                            "peak_flops_runs": [r["peak_flops"] for r in runs[name]],
-                           "mfu_in_spell": statistics.median(flops / r["step_s"] / r["peak_flops"]
-                                                             for r in runs[name]),
+                           "mfu_paired": statistics.median(
+                               m for r in runs[name] for m in paired_mfu(step_flops[name], r["step_s_each"],
+                                                                         r["probes"])),
+                           "probe_flops_runs": [[p for _, p in r["probes"]] for r in runs[name]],
                            "real_tokens_per_s": real / t, "padded_tokens_per_s": padded / t,
                            "flops_per_s": flops / t,
                            "peak_rss_growth_mib": max(r["peak_rss_growth_mib"] for r in runs[name])}
@@ -343,15 +379,15 @@ def main(argv=None) -> int:
         rec["mfu"] = rec["flops_per_s"] / peak
         rows.append([rec["recipe"], rec["target"], rec["system"], f"{rec['real_tokens_per_s']:,.0f}",
                      f"{rec['padded_tokens_per_s']:,.0f}", f"{rec['step_s'] * 1000:.0f}", f"{100 * rec['mfu']:.0f} %",
-                     f"{100 * rec['mfu_in_spell']:.0f} %", f"{rec['real_tokens_per_s'] / rec['reference_real_tokens_per_s']:.2f}x"])
+                     f"{100 * rec['mfu_paired']:.0f} %", f"{rec['real_tokens_per_s'] / rec['reference_real_tokens_per_s']:.2f}x"])
     print()
     print(f"batch {args.batch_size} x seq {args.seq_length}, {'bf16' if args.bf16 else 'fp32'}, "
           f"{torch.get_num_threads()} threads, {args.steps} timed steps; MFU against {peak / 1e9:.0f} GFLOP/s "
-          f"(the best peak of the command); in its spell: against the peak its own process measured "
-          f"before and after its timed steps ({min(r for rec in records for r in rec['peak_flops_runs']) / 1e9:.0f}-"
-          f"{max(r for rec in records for r in rec['peak_flops_runs']) / 1e9:.0f} GFLOP/s)")
+          f"(the best peak of the command); paired: the median over windows of {args.probe_every} steps of "
+          f"the window's MFU against the better of the peaks measured right before and after it, in the "
+          f"same process ({min([p for rec in records for ps in rec['probe_flops_runs'] for p in ps]) / 1e9:.0f}-{max([p for rec in records for ps in rec['probe_flops_runs'] for p in ps]) / 1e9:.0f} GFLOP/s)")
     print(table(["recipe", "target", "system", "real tokens/s", "padded tokens/s", "step ms", "MFU",
-                 "MFU in its spell", "real tokens/s vs reference"], rows))
+                 "MFU paired", "real tokens/s vs reference"], rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

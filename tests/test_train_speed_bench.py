@@ -1,0 +1,37 @@
+"""bench/train_speed.py end to end on a few steps: each system runs in its own process, every run
+times each step and probes the matmul peak between windows of steps, and the table pairs each
+window with the peaks measured around it. (The figures themselves are the benchmark's business;
+this checks that the command works and its bookkeeping adds up.)"""
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT, run_script
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from train_speed import paired_mfu  # noqa: E402
+
+
+def test_paired_mfu_pairs_each_window_with_the_better_peak_around_it():
+    flops, secs = [10.0, 10.0, 30.0, 10.0, 10.0], [1.0, 1.0, 1.0, 2.0, 2.0]
+    # probes before step 0, after 2 and after 5 steps
+    assert paired_mfu(flops, secs, [(0, 10.0), (2, 20.0), (5, 5.0)]) == pytest.approx(
+        [20 / 2 / 20, 50 / 5 / 20])
+    assert paired_mfu(flops, secs, [(0, 10.0)]) == []
+
+
+def test_the_training_benchmark_runs_and_reports_paired_mfu(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = run_script(os.path.join(ROOT, "bench", "train_speed.py"), "--recipes", "tiny", "--targets", "mlm",
+                      "--steps", "2", "--warmup", "1", "--probe_every", "1", "--no_dense", "--no_retain_row",
+                      "--json", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())
+    assert [r["system"] for r in rows] == ["uer", "uer --length_buckets false", "HF sparse MLM head"]
+    for r in rows:
+        assert len(r["probe_flops_runs"]) == 1 and len(r["probe_flops_runs"][0]) == 3  # before, after 1, after 2
+        assert 0.01 < r["mfu_paired"] < 1.5 and 0.01 < r["mfu"] < 1.5, r
+        assert r["step_s"] == pytest.approx(r["step_s_runs"][0]) and r["real_tokens_per_s"] > 0
+    assert "| tiny | mlm | uer |" in proc.stdout and "MFU paired" in proc.stdout
