@@ -64,8 +64,9 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
 
 
 class StepClock:
-    """Times each step of a run (mark() after every step, warm-up ones included) and measures the
-    matmul peak before the first timed step and after every `every` timed steps, so that each
+    """Times each step of a run (mark() after every step, at least one warm-up step first, each
+    step timed from the end of the one before it) and measures the matmul peak before the first
+    timed step and after every `every` timed steps, so that each
     window of steps has a peak measured on both sides of it, seconds apart. A probe's own time
     counts in no step."""
 
@@ -81,8 +82,12 @@ class StepClock:
         timed = self.marked - self.warmup
         if timed > 0:
             self.step_s.append(now - self.last)
+        self.last = now
         if timed >= 0 and (timed % self.every == 0 or timed == self.steps):
-            self.probes.append((timed, matmul_peak(self.dtype, reps=5)))
+            self._probe(timed)
+
+    def _probe(self, timed: int) -> None:
+        self.probes.append((timed, matmul_peak(self.dtype, reps=5)))
         self.last = time.perf_counter()
 
 
@@ -315,6 +320,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: one system's run, as JSON
     args = p.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1 or args.probe_every < 1:
+        p.error("--warmup, --steps and --probe_every must be at least 1 (a timed step is timed from "
+                "the end of the step before it)")
     if args.job:
         print("RESULT " + json.dumps(run_one(json.loads(args.job), args)), flush=True)
         return 0

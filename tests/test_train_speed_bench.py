@@ -5,8 +5,10 @@ this checks that the command works and its bookkeeping adds up.)"""
 import json
 import os
 import sys
+import time
 
 import pytest
+import torch
 
 from conftest import ROOT, run_script
 
@@ -35,3 +37,17 @@ def test_the_training_benchmark_runs_and_reports_paired_mfu(tmp_path):
         assert 0.01 < r["mfu_paired"] < 1.5 and 0.01 < r["mfu"] < 1.5, r
         assert r["step_s"] == pytest.approx(r["step_s_runs"][0]) and r["real_tokens_per_s"] > 0
     assert "| tiny | mlm | uer |" in proc.stdout and "MFU paired" in proc.stdout
+
+
+def test_the_step_clock_times_each_step_without_its_probes():
+    from train_speed import StepClock
+
+    clock = StepClock(warmup=1, steps=5, every=2, dtype=torch.float32)
+    clock.mark()  # the warm-up step's end: a probe (before the first timed step)
+    for _ in range(5):
+        time.sleep(0.05)
+        clock.mark()
+    assert [timed for timed, _ in clock.probes] == [0, 2, 4, 5]
+    assert all(peak > 1e9 for _, peak in clock.probes)
+    # each probe takes longer than a step here, and none of it is in a step's time
+    assert len(clock.step_s) == 5 and all(0.05 <= s < 0.09 for s in clock.step_s), clock.step_s
