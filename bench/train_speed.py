@@ -257,7 +257,7 @@ def model_config(recipe: str, target: str, vocab_size: int):
 
 def run_one(job: dict, args) -> dict:
     """In a fresh process: one system's timed run -> {"step_s", "step_s_each", "probes",
-    "peak_rss_growth_mib", "peak_flops"}."""
+    "peak_rss_growth_mib"}; the clock's probes are its peaks."""
     from uer.data.dataset import Dataset
     from uer.vocab import load_vocab
 
@@ -265,7 +265,6 @@ def run_one(job: dict, args) -> dict:
     special = vocab.special_ids()
     mcfg = model_config(job["recipe"], job["target"], len(vocab))
     kind, *options = SYSTEMS[job["system"]]
-    peaks = [spell_peak(args)]
     clock = StepClock(args.warmup, args.steps, args.probe_every, torch.bfloat16 if args.bf16 else torch.float32)
     if kind == "uer":
         before = rss_mib()
@@ -275,10 +274,9 @@ def run_one(job: dict, args) -> dict:
         before = rss_mib()
         run_hf(mcfg, job["target"], data, args, clock, *options)
     growth = rss_mib() - before
-    peaks.append(spell_peak(args))
     assert len(clock.step_s) == args.steps, (len(clock.step_s), args.steps)
     return {"step_s": sum(clock.step_s) / args.steps, "step_s_each": clock.step_s, "probes": clock.probes,
-            "peak_rss_growth_mib": growth, "peak_flops": max(peaks + [p for _, p in clock.probes])}
+            "peak_rss_growth_mib": growth}
 
 
 def spell_peak(args) -> float:
@@ -367,7 +365,6 @@ def main(argv=None) -> int:
                     t = statistics.median(r["step_s"] for r in runs[name])
                     rec = {"recipe": recipe, "target": target, "system": name, "step_s": t,
                            "step_s_runs": [r["step_s"] for r in runs[name]],
-                           "peak_flops_runs": [r["peak_flops"] for r in runs[name]],
                            "mfu_paired": statistics.median(
                                m for r in runs[name] for m in paired_mfu(step_flops[name], r["step_s_each"],
                                                                          r["probes"])),
@@ -382,18 +379,19 @@ def main(argv=None) -> int:
                     rec["reference_real_tokens_per_s"] = group[names.index(ref_name)]["real_tokens_per_s"]
                 # a busy moment at the start would understate the peak (and overstate MFU): the
                 # command's peak is the best of every measurement, the runs' own included
-                peak = max(peak, spell_peak(args), *(r["peak_flops"] for rs in runs.values() for r in rs))
+                peak = max(peak, spell_peak(args), *(p for rs in runs.values() for r in rs for _, p in r["probes"]))
     for rec in records:
         rec["mfu"] = rec["flops_per_s"] / peak
         rows.append([rec["recipe"], rec["target"], rec["system"], f"{rec['real_tokens_per_s']:,.0f}",
                      f"{rec['padded_tokens_per_s']:,.0f}", f"{rec['step_s'] * 1000:.0f}", f"{100 * rec['mfu']:.0f} %",
                      f"{100 * rec['mfu_paired']:.0f} %", f"{rec['real_tokens_per_s'] / rec['reference_real_tokens_per_s']:.2f}x"])
+    probed = [p for rec in records for ps in rec["probe_flops_runs"] for p in ps]
     print()
     print(f"batch {args.batch_size} x seq {args.seq_length}, {'bf16' if args.bf16 else 'fp32'}, "
           f"{torch.get_num_threads()} threads, {args.steps} timed steps; MFU against {peak / 1e9:.0f} GFLOP/s "
           f"(the best peak of the command); paired: the median over windows of {args.probe_every} steps of "
           f"the window's MFU against the better of the peaks measured right before and after it, in the "
-          f"same process ({min([p for rec in records for ps in rec['probe_flops_runs'] for p in ps]) / 1e9:.0f}-{max([p for rec in records for ps in rec['probe_flops_runs'] for p in ps]) / 1e9:.0f} GFLOP/s)")
+          f"same process ({min(probed) / 1e9:.0f}-{max(probed) / 1e9:.0f} GFLOP/s)")
     print(table(["recipe", "target", "system", "real tokens/s", "padded tokens/s", "step ms", "MFU",
                  "MFU paired", "real tokens/s vs reference"], rows))
     if args.json:

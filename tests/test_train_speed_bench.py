@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, run_script
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from train_speed import paired_mfu  # noqa: E402
+from train_speed import StepClock, paired_mfu  # noqa: E402
 
 
 def test_paired_mfu_pairs_each_window_with_the_better_peak_around_it():
@@ -40,8 +40,6 @@ def test_the_training_benchmark_runs_and_reports_paired_mfu(tmp_path):
 
 
 def test_the_step_clock_times_each_step_without_its_probes():
-    from train_speed import StepClock
-
     clock = StepClock(warmup=1, steps=5, every=2, dtype=torch.float32)
     clock.mark()  # the warm-up step's end: a probe (before the first timed step)
     for _ in range(5):
