@@ -23,7 +23,12 @@ drifts by 15-25 % between minutes, so the first figure charges a run in a slow m
 peak of a fast one; the paired figure compares a step with a peak measured seconds from it. Then
 the peak RSS growth of the run, and the ratio to the reference.
 
+With --device cuda the models and batches live on the GPU, every step mark waits for the device,
+the peak is an 8192^2 product timed by CUDA events, the reference's AdamW is the fused one (HF
+Trainer's default there), and the memory column is the most device memory allocated.
+
     python3 bench/train_speed.py --recipes tiny small --targets bert mlm lm --steps 20
+    python3 bench/train_speed.py --device cuda --bf16 --recipes base --targets bert mlm --no_retain_row
 """
 from __future__ import annotations
 
@@ -50,17 +55,32 @@ CORPORA = {"bert": "CLUECorpusSmall_bert_sampled.txt", "mlm": "CLUECorpusSmall_s
 RECIPES = {"tiny": "bert_tiny_config.json", "small": "bert_small_config.json", "base": "bert_base_config.json"}
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """Best FLOP/s of an n x n matmul with the current thread count."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, reps: int = 10, device: str = "cpu") -> float:
+    """Best FLOP/s of an n x n matmul (random data): n = 2048 with the current thread count on the
+    CPU; n = 8192 on a GPU, each product timed by CUDA events."""
+    n = 8192 if device.startswith("cuda") else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
     best = math.inf
     for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            best = min(best, start.elapsed_time(end) / 1000)
+        else:
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 class StepClock:
@@ -68,15 +88,16 @@ class StepClock:
     step timed from the end of the one before it) and measures the matmul peak before the first
     timed step and after every `every` timed steps, so that each
     window of steps has a peak measured on both sides of it, seconds apart. A probe's own time
-    counts in no step."""
+    counts in no step. On a GPU each mark waits for the device's queued work first."""
 
-    def __init__(self, warmup: int, steps: int, every: int, dtype: torch.dtype):
-        self.warmup, self.steps, self.every, self.dtype = warmup, steps, every, dtype
+    def __init__(self, warmup: int, steps: int, every: int, dtype: torch.dtype, device: str = "cpu"):
+        self.warmup, self.steps, self.every, self.dtype, self.device = warmup, steps, every, dtype, device
         self.marked, self.last = 0, time.perf_counter()
         self.step_s: list[float] = []  # each timed step
         self.probes: list[tuple[int, float]] = []  # (timed steps before it, FLOP/s)
 
     def mark(self) -> None:
+        synchronize(self.device)
         now = time.perf_counter()
         self.marked += 1
         timed = self.marked - self.warmup
@@ -87,7 +108,7 @@ class StepClock:
             self._probe(timed)
 
     def _probe(self, timed: int) -> None:
-        self.probes.append((timed, matmul_peak(self.dtype, reps=5)))
+        self.probes.append((timed, matmul_peak(self.dtype, reps=5, device=self.device)))
         self.last = time.perf_counter()
 
 
@@ -160,6 +181,7 @@ def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock,
     """uer's own training loop, reporting every step to the clock."""
     from uer.config import TrainConfig
     from uer.data.dataset import Dataset
+    from uer.train.distributed import Rank
     from uer.train.trainer import train
 
     total = args.warmup + args.steps
@@ -168,7 +190,7 @@ def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock,
                        learning_rate=1e-4, warmup=0.0, bf16=args.bf16, seed=args.seed,
                        length_buckets=length_buckets)
     result = train(tcfg, mcfg, Dataset(dataset_path), special,
-                   log=lambda line: clock.mark() if " steps|" in line else None)
+                   log=lambda line: clock.mark() if " steps|" in line else None, rank=Rank(device=args.device))
     del result
 
 
@@ -214,11 +236,14 @@ def run_hf(mcfg, target: str, data: list[dict], args, clock: StepClock, sparse: 
 
         assert retain_freed_memory()
     torch.manual_seed(args.seed)
-    model = hf_model(mcfg, target)
+    model = hf_model(mcfg, target).to(args.device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else None
+    cuda = args.device.startswith("cuda")  # there the fused AdamW, as HF's Trainer takes by default
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, **({"fused": True} if cuda else
+                                                                                 {"foreach": True}))
+    ctx = (lambda: torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)) if args.bf16 else None
     for b in data:
+        b = {k: v.to(args.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
         if ctx:
             with ctx():
                 loss = hf_loss(model, target, b, sparse)
@@ -265,7 +290,7 @@ def run_one(job: dict, args) -> dict:
     special = vocab.special_ids()
     mcfg = model_config(job["recipe"], job["target"], len(vocab))
     kind, *options = SYSTEMS[job["system"]]
-    clock = StepClock(args.warmup, args.steps, args.probe_every, torch.bfloat16 if args.bf16 else torch.float32)
+    clock = StepClock(args.warmup, args.steps, args.probe_every, peak_dtype(args), args.device)
     if kind == "uer":
         before = rss_mib()
         run_uer(mcfg, job["dataset"], special, args, job["work"], clock, *options)
@@ -276,12 +301,18 @@ def run_one(job: dict, args) -> dict:
     growth = rss_mib() - before
     assert len(clock.step_s) == args.steps, (len(clock.step_s), args.steps)
     return {"step_s": sum(clock.step_s) / args.steps, "step_s_each": clock.step_s, "probes": clock.probes,
-            "peak_rss_growth_mib": growth}
+            "peak_rss_growth_mib": growth,
+            "peak_device_mib": torch.cuda.max_memory_allocated(args.device) / 2 ** 20
+            if args.device.startswith("cuda") else None}
+
+
+def peak_dtype(args) -> torch.dtype:
+    return torch.bfloat16 if args.bf16 else torch.float32
 
 
 def spell_peak(args) -> float:
     """The matmul peak now: the best of three measurements."""
-    return max(matmul_peak(torch.bfloat16 if args.bf16 else torch.float32) for _ in range(3))
+    return max(matmul_peak(peak_dtype(args), device=args.device) for _ in range(3))
 
 
 def run_job(job: dict, argv: list[str]) -> dict:
@@ -305,6 +336,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=32, help="Instances per step.")
     p.add_argument("--seq_length", type=int, default=128, help="--seq_length of the datasets.")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in both (default fp32).")
+    p.add_argument("--device", default="cpu", help="cpu, or a GPU (cuda, cuda:N): the model, the batches and "
+                                                   "the matmul peak (8192^2, timed by CUDA events) there.")
     p.add_argument("--no_dense", action="store_true", help="Skip the plain (dense-head) HF loop.")
     p.add_argument("--no_retain_row", action="store_true",
                    help="Skip the HF reference run with uer's malloc setting.")
@@ -321,6 +354,12 @@ def main(argv=None) -> int:
     if args.warmup < 1 or args.steps < 1 or args.probe_every < 1:
         p.error("--warmup, --steps and --probe_every must be at least 1 (a timed step is timed from "
                 "the end of the step before it)")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            p.error(f"--device {args.device}: CUDA is not available here")
+        args.device = f"cuda:{torch.device(args.device).index or 0}"
+    elif args.device != "cpu":
+        p.error(f"--device {args.device}: expected cpu, cuda or cuda:N")
     if args.job:
         print("RESULT " + json.dumps(run_one(json.loads(args.job), args)), flush=True)
         return 0
@@ -331,8 +370,11 @@ def main(argv=None) -> int:
     vocab = load_vocab(VOCAB, None)
     special = vocab.special_ids()
     peak = spell_peak(args)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, matmul peak "
-          f"({'bf16' if args.bf16 else 'fp32'}, 2048^2): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    cuda = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name(args.device) if cuda else f"{torch.get_num_threads()} threads"
+    unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
+    print(f"torch {torch.__version__}, {where}, matmul peak ({'bf16' if args.bf16 else 'fp32'}, "
+          f"{8192 if cuda else 2048}^2): {peak / scale:.1f} {unit}", flush=True)
     rows, records = [], []
     shared = list(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as work:
@@ -371,7 +413,8 @@ def main(argv=None) -> int:
                            "probe_flops_runs": [[p for _, p in r["probes"]] for r in runs[name]],
                            "real_tokens_per_s": real / t, "padded_tokens_per_s": padded / t,
                            "flops_per_s": flops / t,
-                           "peak_rss_growth_mib": max(r["peak_rss_growth_mib"] for r in runs[name])}
+                           "peak_rss_growth_mib": max(r["peak_rss_growth_mib"] for r in runs[name]),
+                           "peak_device_mib": max(r["peak_device_mib"] or 0 for r in runs[name]) if cuda else None}
                     records.append(rec)
                     print(json.dumps(rec), flush=True)
                 group = records[-len(names):]
@@ -384,16 +427,19 @@ def main(argv=None) -> int:
         rec["mfu"] = rec["flops_per_s"] / peak
         rows.append([rec["recipe"], rec["target"], rec["system"], f"{rec['real_tokens_per_s']:,.0f}",
                      f"{rec['padded_tokens_per_s']:,.0f}", f"{rec['step_s'] * 1000:.0f}", f"{100 * rec['mfu']:.0f} %",
-                     f"{100 * rec['mfu_paired']:.0f} %", f"{rec['real_tokens_per_s'] / rec['reference_real_tokens_per_s']:.2f}x"])
+                     f"{100 * rec['mfu_paired']:.0f} %",
+                     f"{rec['peak_device_mib'] if cuda else rec['peak_rss_growth_mib']:,.0f}",
+                     f"{rec['real_tokens_per_s'] / rec['reference_real_tokens_per_s']:.2f}x"])
     probed = [p for rec in records for ps in rec["probe_flops_runs"] for p in ps]
     print()
     print(f"batch {args.batch_size} x seq {args.seq_length}, {'bf16' if args.bf16 else 'fp32'}, "
-          f"{torch.get_num_threads()} threads, {args.steps} timed steps; MFU against {peak / 1e9:.0f} GFLOP/s "
+          f"{where}, {args.steps} timed steps; MFU against {peak / scale:.0f} {unit} "
           f"(the best peak of the command); paired: the median over windows of {args.probe_every} steps of "
           f"the window's MFU against the better of the peaks measured right before and after it, in the "
-          f"same process ({min(probed) / 1e9:.0f}-{max(probed) / 1e9:.0f} GFLOP/s)")
+          f"same process ({min(probed) / scale:.0f}-{max(probed) / scale:.0f} {unit}); peak MiB: "
+          + ("the most device memory allocated" if cuda else "the growth of the process's peak RSS over the run"))
     print(table(["recipe", "target", "system", "real tokens/s", "padded tokens/s", "step ms", "MFU",
-                 "MFU paired", "real tokens/s vs reference"], rows))
+                 "MFU paired", "peak MiB", "real tokens/s vs reference"], rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

@@ -4,6 +4,11 @@ import sys
 
 import pytest
 
+from uer.data.builders import BuilderConfig
+from uer.data.dataset import Dataset
+from uer.data.preprocess import PreprocessJob, build_dataset
+from uer.vocab import Vocab
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 ZH_VOCAB = os.path.join(SHARED, "models", "google_zh_vocab.txt")
@@ -45,8 +50,6 @@ def layer_keys(prefix, H, F_):
 
 @pytest.fixture(scope="session")
 def zh_vocab():
-    from uer.vocab import Vocab
-
     return Vocab.load(ZH_VOCAB)
 
 
@@ -58,3 +61,26 @@ def bert_dataset(tmp_path_factory):
                       "--dataset_path", str(out), "--processes_num", "2", "--target", "bert")
     assert proc.returncode == 0, proc.stderr
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def eight(tmp_path_factory):
+    """A dataset of exactly 8 instances with static masks: every global batch of 8 is all of it."""
+    d = tmp_path_factory.mktemp("eight")
+    with open(DOC_CORPUS, encoding="utf-8") as f:
+        lines = [next(f)[:40] + "\n" for _ in range(8)]
+    (d / "c.txt").write_text("".join(lines), encoding="utf-8")
+    vocab = Vocab.load(ZH_VOCAB)
+    build_dataset(PreprocessJob(corpus_path=str(d / "c.txt"), dataset_path=str(d / "d.pt"), target="mlm",
+                                tokenizer="bert", vocab=vocab, spm_model_path=None,
+                                builder=BuilderConfig(seq_length=64, dup_factor=1)))
+    assert len(Dataset(str(d / "d.pt"))) == 8
+    return str(d / "d.pt")
+
+
+def pretrain_args(dataset, out, *extra):
+    """pretrain.py on `dataset`: BERT-tiny, mlm, 4 steps of batch 4, a report and a checkpoint every 2."""
+    return [os.path.join(ROOT, "pretrain.py"), "--dataset_path", dataset, "--vocab_path", ZH_VOCAB,
+            "--config_path", os.path.join(ROOT, "models", "bert_tiny_config.json"), "--target", "mlm",
+            "--output_model_path", str(out), "--total_steps", "4", "--report_steps", "2", "--batch_size", "4",
+            "--save_checkpoint_steps", "2", *extra]

@@ -9,11 +9,9 @@ import sys
 import pytest
 import torch
 
-from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, assert_clean_error, run_script
+from conftest import ROOT, ZH_VOCAB, assert_clean_error, pretrain_args, run_script
 from uer.config import ModelConfig, TrainConfig
-from uer.data.builders import BuilderConfig
 from uer.data.dataset import Dataset
-from uer.data.preprocess import PreprocessJob, build_dataset
 from uer.train.distributed import Rank, finish, init, run_ranks
 from uer.train.trainer import train
 from uer.vocab import Vocab
@@ -25,21 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def eight(tmp_path_factory):
-    """A dataset of exactly 8 instances with static masks: every global batch of 8 is all of it."""
-    d = tmp_path_factory.mktemp("eight")
-    with open(DOC_CORPUS, encoding="utf-8") as f:
-        lines = [next(f)[:40] + "\n" for _ in range(8)]
-    (d / "c.txt").write_text("".join(lines), encoding="utf-8")
-    vocab = Vocab.load(ZH_VOCAB)
-    build_dataset(PreprocessJob(corpus_path=str(d / "c.txt"), dataset_path=str(d / "d.pt"), target="mlm",
-                                tokenizer="bert", vocab=vocab, spm_model_path=None,
-                                builder=BuilderConfig(seq_length=64, dup_factor=1)))
-    assert len(Dataset(str(d / "d.pt"))) == 8
-    return str(d / "d.pt")
 
 
 def _worker(rank: Rank, tcfg, mcfg, path, out_dir):
@@ -78,17 +61,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, eight, bat
     assert (tmp_path / "two" / "m.bin").exists()
 
 
-def _pretrain_args(tmp_path, dataset, out, *extra):
-    return [os.path.join(ROOT, "pretrain.py"), "--dataset_path", dataset, "--vocab_path", ZH_VOCAB,
-            "--config_path", os.path.join(ROOT, "models", "bert_tiny_config.json"), "--target", "mlm",
-            "--output_model_path", str(out), "--total_steps", "4", "--report_steps", "2", "--batch_size", "4",
-            "--save_checkpoint_steps", "2", *extra]
-
-
 def test_two_nodes_on_one_machine(tmp_path, eight):
     master = f"tcp://127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen([sys.executable, *_pretrain_args(
-        tmp_path, eight, tmp_path / f"node{r}.bin", "--world_size", "2", "--gpu_ranks", str(r),
+    procs = [subprocess.Popen([sys.executable, *pretrain_args(
+        eight, tmp_path / f"node{r}.bin", "--world_size", "2", "--gpu_ranks", str(r),
         "--backend", "gloo", "--master_ip", master, "--dist_timeout", "120")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -102,7 +78,7 @@ def test_two_nodes_on_one_machine(tmp_path, eight):
 def test_torchrun(tmp_path, eight):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(free_port()),
-                           *_pretrain_args(tmp_path, eight, tmp_path / "m.bin", "--backend", "gloo")],
+                           *pretrain_args(eight, tmp_path / "m.bin", "--backend", "gloo")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "2 processes (gloo)" in proc.stdout and (tmp_path / "m.bin").exists()
@@ -110,7 +86,7 @@ def test_torchrun(tmp_path, eight):
 
 def test_misconfigurations_are_clear_errors(tmp_path, eight):
     def run(*extra):
-        return run_script(*_pretrain_args(tmp_path, eight, tmp_path / "m.bin", *extra), timeout=120)
+        return run_script(*pretrain_args(eight, tmp_path / "m.bin", *extra), timeout=120)
 
     assert_clean_error(run("--world_size", "2", "--gpu_ranks", "0", "2", "--backend", "gloo"),
                        "--gpu_ranks [2] lie outside [0, world_size=2)")
@@ -127,7 +103,7 @@ def test_misconfigurations_are_clear_errors(tmp_path, eight):
 
 
 def test_a_peer_that_never_comes_is_a_timeout(tmp_path, eight):
-    proc = run_script(*_pretrain_args(tmp_path, eight, tmp_path / "m.bin", "--world_size", "2", "--gpu_ranks",
+    proc = run_script(*pretrain_args(eight, tmp_path / "m.bin", "--world_size", "2", "--gpu_ranks",
                                       "0", "--backend", "gloo", "--master_ip", f"tcp://127.0.0.1:{free_port()}",
                                       "--dist_timeout", "3"), timeout=120)
     assert_clean_error(proc, "did not all meet", "within --dist_timeout 3s")

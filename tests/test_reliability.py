@@ -153,8 +153,11 @@ def nan_setup(tmp_path_factory):
     return d, common
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tmp_path, nan_setup, world):
+@pytest.mark.parametrize("world,report,save", [(1, 1, 1), (2, 1, 1), (1, 7, 2)])
+def test_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tmp_path, nan_setup, world, report,
+                                                                              save):
+    """Every step reported and saved, on one rank and two; and reports and checkpoints further
+    apart, where the bad step is found on the device and named at the next checkpoint."""
     from test_resume import free_port
 
     d, common = nan_setup
@@ -162,23 +165,51 @@ def test_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tm
     dist = [] if world == 1 else ["--world_size", "2", "--gpu_ranks", "0", "1", "--backend", "gloo",
                                   "--master_ip", f"tcp://127.0.0.1:{free_port()}"]
     proc = run_script("pretrain.py", *common, "--pretrained_model_path", str(d / "poisoned.bin"), "--output_model_path", str(out),
-                      "--total_steps", "60", "--save_checkpoint_steps", "1", "--report_steps", "1", *dist,
-                      timeout=300)
+                      "--total_steps", "60", "--save_checkpoint_steps", str(save), "--report_steps", str(report),
+                      *dist, timeout=300)
     assert_clean_error(proc, "the gradient norm is nan; training stopped before the weights changed")
     import re
 
     step = int(re.search(r"step (\d+): the gradient norm", proc.stderr).group(1))
-    assert step > 1, "the poisoned row is only in the last document, not in the first batch"
+    assert step > 2, "the poisoned row is only in the last document, not in the first batches"
     if world == 2:  # both ranks saw the non-finite norm, though only one of them read the poisoned row
         assert proc.stderr.count(f"step {step}: the gradient norm is nan") == 2, proc.stderr
     found = latest_checkpoint(str(out))
-    assert found is not None and found[0] == step - 1 and str(found[1]) in proc.stderr
+    assert found is not None and found[0] == (step - 1) // save * save and str(found[1]) in proc.stderr
+    assert not list(tmp_path.glob(f"m.bin-{found[0] + save}*")), "nothing is saved after the bad step"
     assert not out.exists(), "no final model is written after a failed step"
     state = read_state_dict(found[1])
     # the checkpoint's weights are finite everywhere but in the poisoned row it was given
     for k, v in state.items():
         if k != "embedding.word_embedding.weight":
             assert torch.isfinite(v).all(), k
+
+
+def test_a_non_finite_step_is_caught_on_the_device_and_no_later_step_moves_the_weights(tmp_path):
+    from uer.config import TrainConfig
+    from uer.errors import UerError
+    from uer.train.optim import build_optimizer
+    from uer.train.trainer import NonFiniteWatch
+
+    model = torch.nn.Linear(4, 4)
+    opt = build_optimizer(model, 0.1, 0.01)
+    watch = NonFiniteWatch(torch.device("cpu"))
+    tcfg = TrainConfig(dataset_path="d.pt", output_model_path=str(tmp_path / "m.bin"))
+    init, before = model.weight.detach().clone(), None
+    for step, norm in enumerate([1.0, float("nan"), 2.0, 3.0], start=1):
+        if step == 2:
+            before = {k: v.clone() for k, v in model.state_dict().items()}
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.found_inf = watch.update(step, torch.tensor(norm))
+        opt.step()
+        if step == 1:
+            watch.check(tcfg)  # a finite step passes
+            assert not torch.equal(model.weight, init)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the bad step and every later one left the weights alone
+    with pytest.raises(UerError, match=r"^step 2: the gradient norm is nan; training stopped before the weights"):
+        watch.check(tcfg)
 
 
 def test_damaged_datasets_are_refused_before_or_at_the_first_batch(tmp_path, nan_setup):

@@ -192,6 +192,9 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     dev_steps = tcfg.dev_steps or tcfg.save_checkpoint_steps
     best = None
     skipped = 0  # fp16 steps skipped in a row
+    # without a loss scaler, a non-finite gradient norm is caught on the device (no host sync per step)
+    # where the optimizer can skip a step there; else it is read at every step
+    watch = NonFiniteWatch(device) if not scaler.is_enabled() and optimizer.defaults.get("fused") else None
     with loader.prefetch(tcfg.instances_buffer_size) as batches:
         window = Window()
         t_start = time.perf_counter()
@@ -229,6 +232,9 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                     log(f"step {step}: non-finite gradients at loss scale {scale:g}; the step is skipped.")
                 if skipped >= MAX_SKIPPED_STEPS:
                     raise non_finite(step, f"{skipped} steps in a row had non-finite gradients", tcfg)
+            elif watch is not None:
+                optimizer.found_inf = watch.update(step, norm)  # from the first bad step on, no update
+                optimizer.step()
             elif not torch.isfinite(norm):  # one scalar read per step, before the weights change
                 raise non_finite(step, f"the gradient norm is {norm.item()}", tcfg)
             else:
@@ -238,6 +244,9 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             if bar is not None:
                 bar.update(step - bar.n)
 
+            if watch is not None and (step % tcfg.report_steps == 0 or step == tcfg.total_steps or
+                                      step % dev_steps == 0 or step % tcfg.save_checkpoint_steps == 0):
+                watch.check(tcfg)  # where the host reads anyway, and before anything is saved
             if step % tcfg.report_steps == 0 or step == tcfg.total_steps:
                 metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
                 now = time.perf_counter()
@@ -281,6 +290,28 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
 
 
 MAX_SKIPPED_STEPS = 50  # fp16: a scale divided by 2**50 is no longer an overflow
+
+
+class NonFiniteWatch:
+    """The first optimizer step whose gradient norm was not finite, and that norm, kept on the
+    device. update() gives the fused AdamW its found_inf: 1 from that step on, so that step and
+    every later one leave the weights as they were before it, and nothing waits for the host until
+    check() reads the flag (at reports and checkpoints, which read the device anyway)."""
+
+    def __init__(self, device: torch.device):
+        self.step = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
+        self.norm = torch.zeros((), device=device)
+
+    def update(self, step: int, norm: torch.Tensor) -> torch.Tensor:
+        new = (self.step == 0) & ~torch.isfinite(norm)
+        self.step = torch.where(new, step, self.step)
+        self.norm = torch.where(new, norm.float(), self.norm)
+        return (self.step > 0).float()
+
+    def check(self, tcfg: TrainConfig) -> None:
+        step = int(self.step)
+        if step:
+            raise non_finite(step, f"the gradient norm is {float(self.norm)}", tcfg)
 
 
 def non_finite(step: int, what: str, tcfg: TrainConfig) -> UerError:
