@@ -177,7 +177,8 @@ def batch_stats(cfg, batch: dict, uer: bool) -> tuple[int, int, float]:
     return sum(lengths), src.numel(), model_flops(cfg, lengths, len(batch[key]), src.shape[0], last_rows)
 
 
-def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock, length_buckets: bool) -> None:
+def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock, length_buckets: bool,
+            compile: bool = False) -> None:
     """uer's own training loop, reporting every step to the clock."""
     from uer.config import TrainConfig
     from uer.data.dataset import Dataset
@@ -188,7 +189,7 @@ def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock,
     tcfg = TrainConfig(dataset_path=dataset_path, output_model_path=os.path.join(work, "m.bin"), total_steps=total,
                        report_steps=1, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
                        learning_rate=1e-4, warmup=0.0, bf16=args.bf16, seed=args.seed,
-                       length_buckets=length_buckets)
+                       length_buckets=length_buckets, compile=compile)
     result = train(tcfg, mcfg, Dataset(dataset_path), special,
                    log=lambda line: clock.mark() if " steps|" in line else None, rank=Rank(device=args.device))
     del result
@@ -261,8 +262,8 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-SYSTEMS = {  # name -> ("uer", length_buckets) or ("hf", sparse head, uer's malloc setting)
-    "uer": ("uer", True), "uer --length_buckets false": ("uer", False),
+SYSTEMS = {  # name -> ("uer", length_buckets[, --compile]) or ("hf", sparse head, uer's malloc setting)
+    "uer": ("uer", True), "uer --length_buckets false": ("uer", False), "uer --compile": ("uer", True, True),
     "HF sparse MLM head": ("hf", True, False), "HF sparse MLM head + uer's malloc setting": ("hf", True, True),
     "HF plain (dense head)": ("hf", False, False),
     "HF GPT2LMHeadModel": ("hf", True, False), "HF GPT2LMHeadModel + uer's malloc setting": ("hf", True, True),
@@ -339,6 +340,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, or a GPU (cuda, cuda:N): the model, the batches and "
                                                    "the matmul peak (8192^2, timed by CUDA events) there.")
     p.add_argument("--no_dense", action="store_true", help="Skip the plain (dense-head) HF loop.")
+    p.add_argument("--compile", action="store_true",
+                   help="Also run uer with --compile (torch.compile; its compile time is in the warm-up steps).")
     p.add_argument("--no_retain_row", action="store_true",
                    help="Skip the HF reference run with uer's malloc setting.")
     p.add_argument("--rounds", type=int, default=1,
@@ -386,14 +389,14 @@ def main(argv=None) -> int:
                 plain = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed)
                 bucketed = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed, True)
                 ref_name = "HF GPT2LMHeadModel" if target == "lm" else "HF sparse MLM head"
-                names = ["uer", "uer --length_buckets false", ref_name]
+                names = ["uer", "uer --length_buckets false"] + ["uer --compile"] * args.compile + [ref_name]
                 if not args.no_retain_row:
                     names.append(ref_name + " + uer's malloc setting")
                 if target != "lm" and not args.no_dense:
                     names.append("HF plain (dense head)")
                 stats, step_flops = {}, {}
                 for name in names:
-                    data = bucketed if name == "uer" else plain
+                    data = bucketed if name in ("uer", "uer --compile") else plain
                     counted = [batch_stats(mcfg, b, name.startswith("uer")) for b in data[args.warmup:]]
                     stats[name] = [sum(s[i] for s in counted) / args.steps for i in range(3)]
                     step_flops[name] = [s[2] for s in counted]

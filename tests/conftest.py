@@ -20,6 +20,11 @@ MINI_BERT = os.path.join(SHARED, "corpora", "literature_mini_bert.txt")
 MINI_DOC = os.path.join(SHARED, "corpora", "literature_mini.txt")
 
 
+def reported_losses(stdout: str) -> list[float]:
+    """The total loss of every report line a training run printed."""
+    return [float(line.split(" loss ")[1].split("|")[0]) for line in stdout.splitlines() if " steps|" in line]
+
+
 def run_script(*args, cwd=ROOT, timeout=600):
     """Run a repo script as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, ZH_VOCAB, pretrain_args, run_script
+from conftest import ROOT, ZH_VOCAB, pretrain_args, reported_losses, run_script
 from uer.config import ModelConfig, TrainConfig, build_model_config, load_recipe
 from uer.data.dataset import Dataset
 from uer.model import build_model
@@ -29,7 +29,7 @@ def test_pretrain_on_one_gpu_learns_and_saves_a_cpu_checkpoint(tmp_path, eight, 
     proc = run_script(*args, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "device cuda:0" in proc.stdout
-    losses = [float(line.split(" loss ")[1].split("|")[0]) for line in proc.stdout.splitlines() if " steps|" in line]
+    losses = reported_losses(proc.stdout)
     assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], proc.stdout  # 8 instances: it memorises them
     assert (tmp_path / "m.bin-20").exists()
     # the final model loads, strictly, on the CPU, with finite weights

@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, run_script
+from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, pretrain_args, \
+    reported_losses, run_script
 from uer.config import ModelConfig, TrainConfig
 from uer.data.builders import BuilderConfig
 from uer.data.dataset import Dataset
@@ -201,3 +202,22 @@ def test_pretrain_errors_are_clear(tmp_path, zh_vocab, bert_dataset):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     proc = run_script("pretrain.py", "--dataset_path", str(tmp_path / "cut.pt"), *common)
     assert_clean_error(proc, "truncated")
+
+
+def test_compile_trains_as_eager_does(tmp_path, eight):
+    """--compile: the same losses and the same saved weights as the eager run (no dropout), and a
+    checkpoint with the model's own key names."""
+    from uer.train.checkpoint import read_state_dict
+
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        proc = run_script(*pretrain_args(eight, tmp_path / f"{name}.bin", "--dropout", "0", "--learning_rate", "1e-3",
+                                         "--report_steps", "1", *extra), timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = (reported_losses(proc.stdout), read_state_dict(str(tmp_path / f"{name}.bin")))
+    (eager_losses, eager_state), (losses, state) = runs["eager"], runs["compiled"]
+    assert len(losses) == 4 and losses == pytest.approx(eager_losses, rel=1e-4)
+    assert state.keys() == eager_state.keys()
+    for k, v in eager_state.items():
+        torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+

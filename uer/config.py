@@ -88,6 +88,7 @@ class TrainConfig:
     fp16: bool = False
     fp16_opt_level: str = "O1"
     bf16: bool = False
+    compile: bool = False
     world_size: int = 1
     gpu_ranks: tuple[int, ...] = ()
     master_ip: str = "tcp://localhost:12345"

@@ -177,6 +177,10 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
     x.add_argument("--fp16_opt_level", choices=["O0", "O1", "O2", "O3"], default="O1",
                    help="O0 disables --fp16; O1/O2 autocast; O3 also keeps weights in fp16.")
     x.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPUs with bf16).")
+    x.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for training: a minute or more of compiling at the start "
+                        "(and once more when the batch shape first changes), then fused kernels; pays on "
+                        "GPUs and in long runs.")
     x.add_argument("--world_size", type=int, default=1, help="Total number of processes.")
     x.add_argument("--gpu_ranks", type=int, nargs="+", default=[],
                    help="Global ranks of the processes on this node (one GPU each).")

@@ -82,10 +82,12 @@ _RANDOM_LEVELS = 1 << 15
 
 def cpu_threshold(p: float, training: bool) -> int | None:
     """The CPU dropout's drop threshold (a unit drops with probability threshold / 2**15) for
-    dropout p, or None where it does not run: not training, p = 0, or p so close to 1 that every
-    unit drops."""
+    dropout p, or None where it does not run: not training, p = 0, p so close to 1 that every
+    unit drops, or under torch.compile (which fuses F.dropout into the kernels around it, where the
+    host-side draw would split the graph)."""
     threshold = round(p * _RANDOM_LEVELS)
-    return threshold if training and p != 0.0 and threshold < _RANDOM_LEVELS else None
+    usable = training and p != 0.0 and threshold < _RANDOM_LEVELS and not torch.compiler.is_compiling()
+    return threshold if usable else None
 
 
 def keep_scale(threshold: int) -> float:

@@ -79,6 +79,14 @@ def autocast_context(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A host batch on the device; to a GPU through pinned memory, so that the copy is queued
+    behind the work already there instead of waiting for it."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def evaluate(model, loader: BatchLoader, tcfg: TrainConfig, device: torch.device, rank: Rank = Rank()) -> dict:
     """Loss, accuracy (and perplexity for token-level terms) of each term over one ordered pass of
@@ -89,7 +97,7 @@ def evaluate(model, loader: BatchLoader, tcfg: TrainConfig, device: torch.device
         batch.pop("tokens")
         batch = getattr(model, "module", model).prepare(batch)  # on the host: no device sync
         with autocast_context(tcfg, device):
-            window.add(model({k: v.to(device, non_blocking=True) for k, v in batch.items()}))
+            window.add(model(to_device(batch, device)))
     metrics, _ = window.read(lambda t: _all_reduce(t, rank))
     sentence_level = {term for term, key in model.target.terms.items() if key == "label"}
     for term, m in metrics.items():
@@ -141,6 +149,9 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     target, prepare = model.target, model.prepare
     if rank.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # the training steps' forward: compiled with --compile (the model itself is what is saved,
+    # evaluated and synchronised)
+    forward = torch.compile(model) if tcfg.compile else model
     torch.manual_seed(tcfg.seed + rank.rank)  # dropout differs between ranks
     bar = None
     if rank.is_main and sys.stderr.isatty():  # a progress bar only for a person watching a terminal
@@ -183,7 +194,8 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         f"{count_parameters(model) / 1e6:.2f} M parameters; dataset {dataset.path}: "
         f"{len(dataset)} instances; device {device}"
         + (f"; {rank.world_size} processes ({tcfg.backend})." if rank.distributed else ".")
-        + (f" Resumed from {found[1]} at step {start}." if found else ""))
+        + (f" Resumed from {found[1]} at step {start}." if found else "")
+        + (" --compile: the first steps compile the model (a minute or more)." if tcfg.compile else ""))
     terms = list(target.terms)
     dev = None
     if tcfg.dev_dataset_path:
@@ -210,10 +222,10 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             totals = dict(zip(terms, local))
             for m, b in enumerate(micro):
                 window.tokens += b.pop("tokens")
-                b = {k: v.to(device, non_blocking=True) for k, v in prepare(b).items()}
+                b = to_device(prepare(b), device)
                 sync = not rank.distributed or m == len(micro) - 1
                 with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(tcfg, device):
-                    out = model(b)
+                    out = forward(b)
                     # DDP averages gradients over ranks; the sums are normalised by global counts
                     loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
                     scaler.scale(loss).backward()
