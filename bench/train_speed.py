@@ -23,8 +23,9 @@ drifts by 15-25 % between minutes, so the first figure charges a run in a slow m
 peak of a fast one; the paired figure compares a step with a peak measured seconds from it. Then
 the peak RSS growth of the run, and the ratio to the reference.
 
-With --device cuda the models and batches live on the GPU, every step mark waits for the device,
-the peak is an 8192^2 product timed by CUDA events, the reference's AdamW is the fused one (HF
+With --device cuda the models and batches live on the GPU, the host waits for the device only
+before each probe (both loops queue their steps ahead, and read their loss once at the end), the
+peak is an 8192^2 product timed by CUDA events, the reference's AdamW is the fused one (HF
 Trainer's default there), and the memory column is the most device memory allocated.
 
     python3 bench/train_speed.py --recipes tiny small --targets bert mlm lm --steps 20
@@ -44,6 +45,7 @@ import tempfile
 import time
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,11 +86,12 @@ def synchronize(device: str) -> None:
 
 
 class StepClock:
-    """Times each step of a run (mark() after every step, at least one warm-up step first, each
-    step timed from the end of the one before it) and measures the matmul peak before the first
-    timed step and after every `every` timed steps, so that each
-    window of steps has a peak measured on both sides of it, seconds apart. A probe's own time
-    counts in no step. On a GPU each mark waits for the device's queued work first."""
+    """Times each step of a run (mark() after every optimizer step, at least one warm-up step
+    first, each step timed from the end of the one before it) and measures the matmul peak before
+    the first timed step and after every `every` timed steps, so that each window of steps has a
+    peak measured on both sides of it, seconds apart. A probe's own time counts in no step. On a
+    GPU only the marks before a probe wait for the device (so the host queues steps ahead as in
+    training): there a single step's time is its host time, and a window's total is exact."""
 
     def __init__(self, warmup: int, steps: int, every: int, dtype: torch.dtype, device: str = "cpu"):
         self.warmup, self.steps, self.every, self.dtype, self.device = warmup, steps, every, dtype, device
@@ -97,14 +100,16 @@ class StepClock:
         self.probes: list[tuple[int, float]] = []  # (timed steps before it, FLOP/s)
 
     def mark(self) -> None:
-        synchronize(self.device)
-        now = time.perf_counter()
         self.marked += 1
         timed = self.marked - self.warmup
+        probe = timed >= 0 and (timed % self.every == 0 or timed == self.steps)
+        if probe:
+            synchronize(self.device)
+        now = time.perf_counter()
         if timed > 0:
             self.step_s.append(now - self.last)
         self.last = now
-        if timed >= 0 and (timed % self.every == 0 or timed == self.steps):
+        if probe:
             self._probe(timed)
 
     def _probe(self, timed: int) -> None:
@@ -179,7 +184,7 @@ def batch_stats(cfg, batch: dict, uer: bool) -> tuple[int, int, float]:
 
 def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock, length_buckets: bool,
             compile: bool = False) -> None:
-    """uer's own training loop, reporting every step to the clock."""
+    """uer's own training loop (one report, at the end); the clock marks each optimizer step."""
     from uer.config import TrainConfig
     from uer.data.dataset import Dataset
     from uer.train.distributed import Rank
@@ -187,11 +192,11 @@ def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock,
 
     total = args.warmup + args.steps
     tcfg = TrainConfig(dataset_path=dataset_path, output_model_path=os.path.join(work, "m.bin"), total_steps=total,
-                       report_steps=1, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
+                       report_steps=total, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
                        learning_rate=1e-4, warmup=0.0, bf16=args.bf16, seed=args.seed,
                        length_buckets=length_buckets, compile=compile)
     result = train(tcfg, mcfg, Dataset(dataset_path), special,
-                   log=lambda line: clock.mark() if " steps|" in line else None, rank=Rank(device=args.device))
+                   log=lambda line: None, rank=Rank(device=args.device))
     del result
 
 
@@ -243,6 +248,7 @@ def run_hf(mcfg, target: str, data: list[dict], args, clock: StepClock, sparse: 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, **({"fused": True} if cuda else
                                                                                  {"foreach": True}))
     ctx = (lambda: torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)) if args.bf16 else None
+    total = 0.0
     for b in data:
         b = {k: v.to(args.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
         if ctx:
@@ -254,8 +260,8 @@ def run_hf(mcfg, target: str, data: list[dict], args, clock: StepClock, sparse: 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        float(loss.detach())  # what a loop that logs its loss does
-        clock.mark()
+        total = total + loss.detach()  # summed on the device, as HF's Trainer does, read once
+    float(total)
 
 
 def rss_mib() -> float:
@@ -292,6 +298,8 @@ def run_one(job: dict, args) -> dict:
     mcfg = model_config(job["recipe"], job["target"], len(vocab))
     kind, *options = SYSTEMS[job["system"]]
     clock = StepClock(args.warmup, args.steps, args.probe_every, peak_dtype(args), args.device)
+    # every optimizer step, uer's and the reference's alike, marks the clock
+    register_optimizer_step_post_hook(lambda *_: clock.mark())
     if kind == "uer":
         before = rss_mib()
         run_uer(mcfg, job["dataset"], special, args, job["work"], clock, *options)
