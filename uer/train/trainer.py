@@ -2,9 +2,9 @@
 
 Per optimizer step: take `accumulation_steps` micro-batches, count each loss term's predictions
 on the host (global-batch normalisation: every term's summed loss is divided by its count over
-the whole step), run forward/backward on each, clip, step. Metrics stay on the device and are read
-only at report steps. Checkpoints go to <output_model_path>-<step>, and the final model to
-<output_model_path>.
+the whole step), run forward/backward on each, clip, step. Metrics, and whether a gradient norm
+was not finite, stay on the device and are read only at report steps (and checkpoints).
+Checkpoints go to <output_model_path>-<step>, and the final model to <output_model_path>.
 """
 from __future__ import annotations
 
