@@ -185,15 +185,18 @@ def test_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tm
             assert torch.isfinite(v).all(), k
 
 
-def test_a_non_finite_step_is_caught_on_the_device_and_no_later_step_moves_the_weights(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_a_non_finite_step_is_caught_on_the_device_and_no_later_step_moves_the_weights(tmp_path, device):
     from uer.config import TrainConfig
     from uer.errors import UerError
     from uer.train.optim import build_optimizer
     from uer.train.trainer import NonFiniteWatch
 
-    model = torch.nn.Linear(4, 4)
+    model = torch.nn.Linear(4, 4).to(device)
     opt = build_optimizer(model, 0.1, 0.01)
-    watch = NonFiniteWatch(torch.device("cpu"))
+    assert opt.defaults["fused"]
+    watch = NonFiniteWatch(torch.device(device))
     tcfg = TrainConfig(dataset_path="d.pt", output_model_path=str(tmp_path / "m.bin"))
     init, before = model.weight.detach().clone(), None
     for step, norm in enumerate([1.0, float("nan"), 2.0, 3.0], start=1):
@@ -201,7 +204,7 @@ def test_a_non_finite_step_is_caught_on_the_device_and_no_later_step_moves_the_w
             before = {k: v.clone() for k, v in model.state_dict().items()}
         for p in model.parameters():
             p.grad = torch.ones_like(p)
-        opt.found_inf = watch.update(step, torch.tensor(norm))
+        opt.found_inf = watch.update(step, torch.tensor(norm, device=device))
         opt.step()
         if step == 1:
             watch.check(tcfg)  # a finite step passes
