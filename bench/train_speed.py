@@ -60,13 +60,14 @@ RECIPES = {"tiny": "bert_tiny_config.json", "small": "bert_small_config.json", "
 def matmul_peak(dtype: torch.dtype, reps: int = 10, device: str = "cpu") -> float:
     """Best FLOP/s of an n x n matmul (random data): n = 2048 with the current thread count on the
     CPU; n = 8192 on a GPU, each product timed by CUDA events."""
-    n = 8192 if device.startswith("cuda") else 2048
+    cuda = device.startswith("cuda")
+    n = 8192 if cuda else 2048
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
     best = math.inf
     for _ in range(reps):
-        if device.startswith("cuda"):
+        if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             a @ b
@@ -195,9 +196,7 @@ def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock,
                        report_steps=total, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
                        learning_rate=1e-4, warmup=0.0, bf16=args.bf16, seed=args.seed,
                        length_buckets=length_buckets, compile=compile)
-    result = train(tcfg, mcfg, Dataset(dataset_path), special,
-                   log=lambda line: None, rank=Rank(device=args.device))
-    del result
+    train(tcfg, mcfg, Dataset(dataset_path), special, log=lambda line: None, rank=Rank(device=args.device))
 
 
 def hf_model(mcfg, target: str):
@@ -404,8 +403,9 @@ def main(argv=None) -> int:
                     names.append("HF plain (dense head)")
                 stats, step_flops = {}, {}
                 for name in names:
-                    data = bucketed if name in ("uer", "uer --compile") else plain
-                    counted = [batch_stats(mcfg, b, name.startswith("uer")) for b in data[args.warmup:]]
+                    kind, buckets, *_ = SYSTEMS[name]
+                    data = bucketed if kind == "uer" and buckets else plain  # the batches the system trains on
+                    counted = [batch_stats(mcfg, b, kind == "uer") for b in data[args.warmup:]]
                     stats[name] = [sum(s[i] for s in counted) / args.steps for i in range(3)]
                     step_flops[name] = [s[2] for s in counted]
                 runs = {name: [] for name in names}

@@ -18,6 +18,8 @@ BERT_CORPUS = os.path.join(SHARED, "corpora", "CLUECorpusSmall_bert_sampled.txt"
 DOC_CORPUS = os.path.join(SHARED, "corpora", "CLUECorpusSmall_sampled.txt")
 MINI_BERT = os.path.join(SHARED, "corpora", "literature_mini_bert.txt")
 MINI_DOC = os.path.join(SHARED, "corpora", "literature_mini.txt")
+# a 2-layer, 32-wide transformer without dropout: the smallest model the tests train
+TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "layers_num": 2, "dropout": 0.0}
 
 
 def reported_losses(stdout: str) -> list[float]:

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, ZH_VOCAB, pretrain_args, reported_losses, run_script
+from conftest import ROOT, TINY, ZH_VOCAB, pretrain_args, reported_losses, run_script
 from uer.config import ModelConfig, TrainConfig, build_model_config, load_recipe
 from uer.data.dataset import Dataset
 from uer.model import build_model
@@ -16,8 +16,6 @@ from uer.train.trainer import train
 from uer.vocab import Vocab
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-TINY = dict(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=2, dropout=0.0)
 
 
 @pytest.mark.parametrize("precision", [[], ["--bf16"], ["--fp16"]], ids=["fp32", "bf16", "fp16"])

@@ -9,14 +9,12 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, ZH_VOCAB, assert_clean_error, pretrain_args, run_script
+from conftest import ROOT, TINY, ZH_VOCAB, assert_clean_error, pretrain_args, run_script
 from uer.config import ModelConfig, TrainConfig
 from uer.data.dataset import Dataset
 from uer.train.distributed import Rank, finish, init, run_ranks
 from uer.train.trainer import train
 from uer.vocab import Vocab
-
-TINY = dict(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=2, dropout=0.0)
 
 
 def free_port() -> int:

@@ -7,15 +7,12 @@ import os
 import pytest
 import torch
 
-from conftest import BERT_CORPUS, ROOT, ZH_VOCAB, assert_clean_error, run_script
+from conftest import BERT_CORPUS, ROOT, TINY, ZH_VOCAB, assert_clean_error, run_script
 from uer.api import Pretrained
 from uer.config import ModelConfig
 from uer.generate import Generator, filter_logits
 from uer.model import build_model
 from uer.train.checkpoint import read_state_dict, save_model
-
-TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "layers_num": 2,
-        "dropout": 0.0}
 
 
 @pytest.fixture

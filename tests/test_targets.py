@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (BERT_CORPUS, DOC_CORPUS, EN_VOCAB, ROOT, SHARED, ZH_VOCAB, assert_clean_error,
+from conftest import (BERT_CORPUS, DOC_CORPUS, EN_VOCAB, ROOT, SHARED, TINY, ZH_VOCAB, assert_clean_error,
                       run_script)
 from uer.config import ModelConfig, model_problems
 from uer.data.builders import BuilderConfig
@@ -175,7 +175,6 @@ def test_degenerate_corpora_do_not_hang(tmp_path, target):
 
 # -- losses ---------------------------------------------------------------------------------------
 
-TINY = dict(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=2, dropout=0.0)
 LOSS_CASES = {
     "lm": ("lm", dict(mask="causal")),
     "lm gatedcnn": ("lm", dict(encoder="gatedcnn", embedding="word")),

@@ -220,4 +220,3 @@ def test_compile_trains_as_eager_does(tmp_path, eight):
     assert state.keys() == eager_state.keys()
     for k, v in eager_state.items():
         torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-5, msg=k)
-

@@ -256,10 +256,12 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             if bar is not None:
                 bar.update(step - bar.n)
 
-            if watch is not None and (step % tcfg.report_steps == 0 or step == tcfg.total_steps or
-                                      step % dev_steps == 0 or step % tcfg.save_checkpoint_steps == 0):
+            report = step % tcfg.report_steps == 0 or step == tcfg.total_steps
+            evaluate_now = dev is not None and (step % dev_steps == 0 or step == tcfg.total_steps)
+            checkpoint = step % tcfg.save_checkpoint_steps == 0
+            if watch is not None and (report or evaluate_now or checkpoint):
                 watch.check(tcfg)  # where the host reads anyway, and before anything is saved
-            if step % tcfg.report_steps == 0 or step == tcfg.total_steps:
+            if report:
                 metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
                 now = time.perf_counter()
                 total_loss = sum(m["loss"] for m in metrics.values())
@@ -270,7 +272,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                 log.metrics(step, "train", metrics, speed, lr)
                 history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
                 window = Window()
-            if dev is not None and (step % dev_steps == 0 or step == tcfg.total_steps):
+            if evaluate_now:
                 scores = evaluate(getattr(model, "module", model), dev, tcfg, device, rank)
                 log(format_dev(step, scores))
                 log.metrics(step, "dev", scores)
@@ -283,7 +285,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                     save_model(model, tcfg.best_model_path)
                     log(f"Saved the best model so far (dev) to {tcfg.best_model_path}.")
                 model.train()
-            if step % tcfg.save_checkpoint_steps == 0:
+            if checkpoint:
                 rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
                 if rank.is_main:
                     path = f"{tcfg.output_model_path}-{step}"
