@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 
@@ -25,6 +26,13 @@ TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 
 def reported_losses(stdout: str) -> list[float]:
     """The total loss of every report line a training run printed."""
     return [float(line.split(" loss ")[1].split("|")[0]) for line in stdout.splitlines() if " steps|" in line]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for --master_ip)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_script(*args, cwd=ROOT, timeout=600):

@@ -2,25 +2,18 @@
 identical ranks, metrics summed over ranks, two "nodes" on one machine, torchrun, and clear errors
 for every misconfiguration, a missing peer included."""
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, ZH_VOCAB, assert_clean_error, pretrain_args, run_script
+from conftest import ROOT, TINY, ZH_VOCAB, assert_clean_error, free_port, pretrain_args, run_script
 from uer.config import ModelConfig, TrainConfig
 from uer.data.dataset import Dataset
 from uer.train.distributed import Rank, finish, init, run_ranks
 from uer.train.trainer import train
 from uer.vocab import Vocab
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: Rank, tcfg, mcfg, path, out_dir):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, BERT_CORPUS, assert_clean_error, run_script
+from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, BERT_CORPUS, assert_clean_error, free_port, run_script
 from uer.cli import preprocess_main
 from uer.data.dataset import Dataset
 from uer.train.checkpoint import latest_checkpoint, read_state_dict
@@ -158,7 +158,6 @@ def test_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tm
                                                                               save):
     """Every step reported and saved, on one rank and two; and reports and checkpoints further
     apart, where the bad step is found on the device and named at the next checkpoint."""
-    from test_resume import free_port
 
     d, common = nan_setup
     out = tmp_path / "m.bin"

@@ -4,7 +4,6 @@ the later (SPEC 4.5) key names."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, assert_clean_error, run_script
+from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, assert_clean_error, free_port, run_script
 from uer.config import ModelConfig
 from uer.model import build_model
 from uer.train.checkpoint import latest_checkpoint, load_model, read_state_dict, save_model
@@ -36,12 +35,6 @@ def args(d, out, steps=8, *extra):
             "--config_path", str(d / "tiny.json"), "--target", "mlm", "--output_model_path", str(out),
             "--total_steps", str(steps), "--save_checkpoint_steps", "2", "--report_steps", "1",
             "--batch_size", "8", "--learning_rate", "1e-3", "--accumulation_steps", "2", *extra]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_same_model(a, b):

@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, pretrain_args, \
-    reported_losses, run_script
+from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, free_port, \
+    pretrain_args, reported_losses, run_script
 from uer.config import ModelConfig, TrainConfig
 from uer.data.builders import BuilderConfig
 from uer.data.dataset import Dataset
@@ -205,12 +205,15 @@ def test_pretrain_errors_are_clear(tmp_path, zh_vocab, bert_dataset):
 
 
 def test_compile_trains_as_eager_does(tmp_path, eight):
-    """--compile: the same losses and the same saved weights as the eager run (no dropout), and a
-    checkpoint with the model's own key names."""
+    """--compile, in two processes (DDP, gloo) with two micro-batches each: the same losses and the
+    same saved weights as the eager run of one process with the same global batch (all 8 instances;
+    no dropout), and a checkpoint with the model's own key names."""
     from uer.train.checkpoint import read_state_dict
 
     runs = {}
-    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+    compiled = ["--compile", "--world_size", "2", "--gpu_ranks", "0", "1", "--backend", "gloo",
+                "--master_ip", f"tcp://127.0.0.1:{free_port()}", "--batch_size", "2", "--accumulation_steps", "2"]
+    for name, extra in (("eager", ["--batch_size", "8"]), ("compiled", compiled)):
         proc = run_script(*pretrain_args(eight, tmp_path / f"{name}.bin", "--dropout", "0", "--learning_rate", "1e-3",
                                          "--report_steps", "1", *extra), timeout=600)
         assert proc.returncode == 0, proc.stderr
