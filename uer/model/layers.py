@@ -142,6 +142,13 @@ class MultiHeadedAttention(nn.Module):
         self.linear_layers = nn.ModuleList([nn.Linear(hidden_size, hidden_size) for _ in range(3)])
         self.final_linear = nn.Linear(hidden_size, hidden_size)
 
+    def _project(self, x: torch.Tensor, first: int, n: int) -> torch.Tensor:
+        """linear_layers[first : first + n] applied to x as one GEMM: [B, L, n, heads, d]."""
+        layers = self.linear_layers[first:first + n]
+        y = F.linear(x, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers])) if n > 1 \
+            else layers[0](x)
+        return y.view(*x.shape[:2], n, self.heads_num, self.per_head)
+
     def forward(self, query: torch.Tensor, key_value: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, is_causal: bool = False,
                 cache: dict | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,42 +158,39 @@ class MultiHeadedAttention(nn.Module):
         B, Lq, H = query.shape
         Lk = key_value.shape[1]
 
-        def heads(x, L):
-            return x.view(B, L, self.heads_num, self.per_head).transpose(1, 2)
-
         threshold = cpu_threshold(self.dropout, self.training)
         # SDPA runs its math path on CPU whenever dropout is on: _CpuAttention is the same, with
         # cheaper dropout and no copies of the heads (it reads them from the projections in place)
         cpu_math = threshold is not None and fp32_cpu(query)
-        if cpu_math and query is key_value and cache is None:
-            # self-attention: Q, K and V from one GEMM over the three weights side by side (the
-            # checkpoint keeps them apart), handed to the attention whole
-            layers = self.linear_layers
-            qkv = F.linear(query, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
-            projected = (qkv.view(B, Lq, 3, self.heads_num, self.per_head), None, None)
+        # the projections that read the same input are one GEMM over their weights side by side
+        # (the checkpoint keeps them apart): Q, K and V in self-attention, K and V otherwise. One
+        # wider product, and fewer ops for the host to launch (on a GPU, the host bounds the step)
+        if query is key_value:
+            qkv = self._project(query, 0, 3)  # [B, L, 3, heads, d]
+            q, k, v = qkv.unbind(2)
         else:
-            q = heads(self.linear_layers[0](query), Lq)
-            k = heads(self.linear_layers[1](key_value), Lk)
-            v = heads(self.linear_layers[2](key_value), Lk)
-            if cache is not None:
-                if "k" in cache:
-                    past = cache["k"].shape[2]
-                    k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-                    if is_causal:  # new position i sees the past and new positions <= i
-                        attn_mask = torch.ones(Lq, past + Lq, dtype=torch.bool, device=q.device).tril(past)
-                        is_causal = False
-                cache["k"], cache["v"] = k, v
-                Lk = k.shape[2]
-            projected = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, L, heads, d] views
-        if cpu_math:
+            q = self._project(query, 0, 1).squeeze(2)
+            k, v = self._project(key_value, 1, 2).unbind(2)
+        if cache is not None:
+            if "k" in cache:
+                past = cache["k"].shape[1]
+                k, v = torch.cat([cache["k"], k], 1), torch.cat([cache["v"], v], 1)
+                if is_causal:  # new position i sees the past and new positions <= i
+                    attn_mask = torch.ones(Lq, past + Lq, dtype=torch.bool, device=q.device).tril(past)
+                    is_causal = False
+            cache["k"], cache["v"] = k, v
+            Lk = k.shape[1]
+        if cpu_math:  # [B, L, heads, d] views; self-attention's projection is handed over whole
+            projected = (qkv, None, None) if query is key_value and cache is None else (q, k, v)
             out = _CpuAttention.apply(*projected, additive_mask(attn_mask, is_causal, Lq, Lk, query.device), threshold)
-        elif not self.training or self.dropout == 0 or query.device.type != "cpu":
-            with sdpa_backends(query):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                                     dropout_p=self.dropout if self.training else 0.0)
-        else:  # reduced precision, or p = 1
-            out = attention_with_dropout(q, k, v, attn_mask, is_causal, self.dropout)
-        if out.dim() == 4:
+        else:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, L, d]
+            if not self.training or self.dropout == 0 or query.device.type != "cpu":
+                with sdpa_backends(query):
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                                         dropout_p=self.dropout if self.training else 0.0)
+            else:  # reduced precision, or p = 1
+                out = attention_with_dropout(q, k, v, attn_mask, is_causal, self.dropout)
             out = out.transpose(1, 2).reshape(B, Lq, H)
         if keep is not None:
             out = out.reshape(B * Lq, H).index_select(0, keep)
