@@ -1,14 +1,17 @@
 import filecmp
+import os
+import random
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ZH_VOCAB, assert_clean_error, run_script
-import random
-
+from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, run_script
 from uer.data.builders import BuilderConfig, trim_pair
 from uer.data.dataset import Dataset
-from uer.data.loader import BatchLoader, builder_for
+from uer.data.loader import BatchLoader, Prefetcher, ProcessPrefetcher, builder_for
 from uer.data.preprocess import PreprocessJob, build_dataset
 from uer.vocab import Vocab
 
@@ -147,18 +150,68 @@ def test_loader_batches(tmp_path, zh_vocab):
     assert sorted(seen) == list(range(len(ds)))
 
 
-def test_prefetch_yields_the_same_batches(tmp_path, zh_vocab):
+@pytest.mark.parametrize("kind", [Prefetcher, ProcessPrefetcher], ids=["thread", "process"])
+def test_prefetch_yields_the_same_batches(tmp_path, zh_vocab, kind):
     out = tmp_path / "d.pt"
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1, dynamic_masking=True))
     ds = Dataset(str(out))
     plain = iter(BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5))
-    with BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5).prefetch(12) as ahead:
+    with kind(BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5), 4) as ahead:
         for _ in range(40):  # several epochs
             a, b = next(plain), next(ahead)
             assert a.keys() == b.keys() and all(
                 (a[k] == b[k]).all() if hasattr(a[k], "shape") else a[k] == b[k] for k in a)
-    assert not ahead._thread.is_alive()  # leaving the block stops and joins the thread
+    assert not ahead._worker.is_alive()  # leaving the block stops the worker
     ahead.close()
+
+
+def test_the_prefetch_worker_is_a_process_where_the_platform_forks(tmp_path, zh_vocab):
+    out = tmp_path / "d.pt"
+    build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))
+    with BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3).prefetch(12) as ahead:
+        assert isinstance(ahead, ProcessPrefetcher) == (sys.platform == "linux")
+
+
+def test_the_prefetch_process_reports_errors_and_deaths_and_ends_with_its_consumer(tmp_path, zh_vocab):
+    out = tmp_path / "d.pt"
+    build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))
+    loader = BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3)
+    # an error in the worker is raised in the consumer, as it was raised there (every time: the
+    # worker exits right after sending it, and must not take it along)
+    loader.builder = None  # the worker's copy has no builder: its first batch fails
+    for _ in range(10):
+        with ProcessPrefetcher(loader, 2) as ahead, pytest.raises(AttributeError, match="collate"):
+            next(ahead)
+    # a worker that dies is an error that says so (not a wait for ever)
+    loader = BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3)
+    loader.next_arrays = lambda: os._exit(3)
+    with ProcessPrefetcher(loader, 2) as ahead, pytest.raises(RuntimeError, match=r"died \(exit code 3\)"):
+        next(ahead)
+    # a consumer killed outright (no close) leaves no worker behind
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1])\n"
+            "from uer.data.dataset import Dataset\nfrom uer.data.loader import BatchLoader, ProcessPrefetcher\n"
+            "from uer.vocab import Vocab\n"
+            "ahead = ProcessPrefetcher(BatchLoader(Dataset(sys.argv[2]), Vocab.load(sys.argv[3]).special_ids(), 3), 2)\n"
+            "next(ahead); print(ahead._worker.pid, flush=True); os.kill(os.getpid(), 9)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(out), ZH_VOCAB], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _running(worker)
+    if left:
+        os.kill(worker, 9)
+    assert not left
+
+
+def _running(pid: int) -> bool:
+    """Whether process pid runs (a zombie, finished but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_length_buckets_cut_padding_and_keep_every_instance(tmp_path, zh_vocab):

@@ -134,6 +134,19 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     over all ranks, and only rank 0 logs and saves. The process keeps the memory a step frees for
     the next one (see retain_freed_memory)."""
     retain_freed_memory()
+    found = latest_checkpoint(tcfg.output_model_path) if tcfg.resume else None
+    loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
+                         seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets,
+                         accumulation_steps=tcfg.accumulation_steps)
+    loader.seek((found[0] if found else 0) * tcfg.accumulation_steps)
+    # the batch worker starts before the model exists: a forked one shares none of its memory, and
+    # builds the first batches while the model is built
+    with loader.prefetch(tcfg.instances_buffer_size) as batches:
+        return _train(tcfg, mcfg, dataset, special, masking, log, rank, found, batches)
+
+
+def _train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: SpecialIds,
+           masking: MaskingConfig | None, log, rank: Rank, found: tuple[int, str] | None, batches) -> dict:
     device = torch.device(rank.device)
     set_seed(tcfg.seed)  # the same initial weights on every rank
     model = build_model(mcfg)
@@ -165,14 +178,10 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         log("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): autocast emulates it, "
             "which is many times slower than fp32 here (BERT-tiny: 24x on a 2-core AVX2 machine); "
             "leave --bf16 out on this CPU.")
-    loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
-                         seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets,
-                         accumulation_steps=tcfg.accumulation_steps)
     optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
     scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.fp16 and tcfg.fp16_opt_level != "O0")
     start = 0
-    found = latest_checkpoint(tcfg.output_model_path) if tcfg.resume else None
     if found:
         start, path = found
         state = load_training_state(state_path(path))
@@ -186,7 +195,6 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][rank.rank], device)
-        loader.seek(start * tcfg.accumulation_steps)
     elif tcfg.resume:
         log(f"--resume: no checkpoint {tcfg.output_model_path}-<step> with its .state file yet; starting "
             "from the beginning.")
@@ -207,93 +215,92 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     # without a loss scaler, a non-finite gradient norm is caught on the device (no host sync per step)
     # where the optimizer can skip a step there; else it is read at every step
     watch = NonFiniteWatch(device) if not scaler.is_enabled() and optimizer.defaults.get("fused") else None
-    with loader.prefetch(tcfg.instances_buffer_size) as batches:
-        window = Window()
-        t_start = time.perf_counter()
-        history = []
-        model.train()
-        for step in range(start + 1, tcfg.total_steps + 1):
-            micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
-            # global-batch normalisation: each term's count over all micro-batches and all ranks
-            counts = [target.counts(b) for b in micro]
-            local = [sum(c[k] for c in counts) for k in terms]
-            if rank.distributed:
-                local = _all_reduce(torch.tensor(local, dtype=torch.int64, device=device), rank).tolist()
-            totals = dict(zip(terms, local))
-            for m, b in enumerate(micro):
-                window.tokens += b.pop("tokens")
-                b = to_device(prepare(b), device)
-                sync = not rank.distributed or m == len(micro) - 1
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(tcfg, device):
-                    out = forward(b)
-                    # DDP averages gradients over ranks; the sums are normalised by global counts
-                    loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
-                    scaler.scale(loss).backward()
-                window.add(out)
-            scaler.unscale_(optimizer)
-            # the global norm (DDP has summed the gradients, so every rank computes the same one)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm or math.inf)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step ran with
-            if scaler.is_enabled():
-                # fp16: the scaler skips a step whose gradients overflowed and lowers the scale
-                scale = scaler.get_scale()
-                scaler.step(optimizer)
-                scaler.update()
-                skipped = skipped + 1 if scaler.get_scale() < scale else 0
-                if skipped:
-                    log(f"step {step}: non-finite gradients at loss scale {scale:g}; the step is skipped.")
-                if skipped >= MAX_SKIPPED_STEPS:
-                    raise non_finite(step, f"{skipped} steps in a row had non-finite gradients", tcfg)
-            elif watch is not None:
-                optimizer.found_inf = watch.update(step, norm)  # from the first bad step on, no update
-                optimizer.step()
-            elif not torch.isfinite(norm):  # one scalar read per step, before the weights change
-                raise non_finite(step, f"the gradient norm is {norm.item()}", tcfg)
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if bar is not None:
-                bar.update(step - bar.n)
+    window = Window()
+    t_start = time.perf_counter()
+    history = []
+    model.train()
+    for step in range(start + 1, tcfg.total_steps + 1):
+        micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
+        # global-batch normalisation: each term's count over all micro-batches and all ranks
+        counts = [target.counts(b) for b in micro]
+        local = [sum(c[k] for c in counts) for k in terms]
+        if rank.distributed:
+            local = _all_reduce(torch.tensor(local, dtype=torch.int64, device=device), rank).tolist()
+        totals = dict(zip(terms, local))
+        for m, b in enumerate(micro):
+            window.tokens += b.pop("tokens")
+            b = to_device(prepare(b), device)
+            sync = not rank.distributed or m == len(micro) - 1
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(tcfg, device):
+                out = forward(b)
+                # DDP averages gradients over ranks; the sums are normalised by global counts
+                loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
+                scaler.scale(loss).backward()
+            window.add(out)
+        scaler.unscale_(optimizer)
+        # the global norm (DDP has summed the gradients, so every rank computes the same one)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm or math.inf)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step ran with
+        if scaler.is_enabled():
+            # fp16: the scaler skips a step whose gradients overflowed and lowers the scale
+            scale = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            skipped = skipped + 1 if scaler.get_scale() < scale else 0
+            if skipped:
+                log(f"step {step}: non-finite gradients at loss scale {scale:g}; the step is skipped.")
+            if skipped >= MAX_SKIPPED_STEPS:
+                raise non_finite(step, f"{skipped} steps in a row had non-finite gradients", tcfg)
+        elif watch is not None:
+            optimizer.found_inf = watch.update(step, norm)  # from the first bad step on, no update
+            optimizer.step()
+        elif not torch.isfinite(norm):  # one scalar read per step, before the weights change
+            raise non_finite(step, f"the gradient norm is {norm.item()}", tcfg)
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if bar is not None:
+            bar.update(step - bar.n)
 
-            report = step % tcfg.report_steps == 0 or step == tcfg.total_steps
-            evaluate_now = dev is not None and (step % dev_steps == 0 or step == tcfg.total_steps)
-            checkpoint = step % tcfg.save_checkpoint_steps == 0
-            if watch is not None and (report or evaluate_now or checkpoint):
-                watch.check(tcfg)  # where the host reads anyway, and before anything is saved
-            if report:
-                metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
-                now = time.perf_counter()
-                total_loss = sum(m["loss"] for m in metrics.values())
-                if not math.isfinite(total_loss):
-                    raise non_finite(step, f"the loss is {total_loss}", tcfg)
-                speed = tokens / max(now - window.start, 1e-9)
-                log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
-                log.metrics(step, "train", metrics, speed, lr)
-                history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
-                window = Window()
-            if evaluate_now:
-                scores = evaluate(getattr(model, "module", model), dev, tcfg, device, rank)
-                log(format_dev(step, scores))
-                log.metrics(step, "dev", scores)
-                if history and history[-1]["step"] == step:
-                    history[-1]["dev"] = scores
-                else:
-                    history.append({"step": step, "dev": scores})
-                if tcfg.best_model_path and rank.is_main and (best is None or better(scores, best, target)):
-                    best = scores
-                    save_model(model, tcfg.best_model_path)
-                    log(f"Saved the best model so far (dev) to {tcfg.best_model_path}.")
-                model.train()
-            if checkpoint:
-                rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
-                if rank.is_main:
-                    path = f"{tcfg.output_model_path}-{step}"
-                    save_model(model, path)
-                    save_training_state(state_path(path), {
-                        "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": rngs, "run": run_shape(tcfg, rank),
-                        "batches_consumed_per_rank": step * tcfg.accumulation_steps})
+        report = step % tcfg.report_steps == 0 or step == tcfg.total_steps
+        evaluate_now = dev is not None and (step % dev_steps == 0 or step == tcfg.total_steps)
+        checkpoint = step % tcfg.save_checkpoint_steps == 0
+        if watch is not None and (report or evaluate_now or checkpoint):
+            watch.check(tcfg)  # where the host reads anyway, and before anything is saved
+        if report:
+            metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
+            now = time.perf_counter()
+            total_loss = sum(m["loss"] for m in metrics.values())
+            if not math.isfinite(total_loss):
+                raise non_finite(step, f"the loss is {total_loss}", tcfg)
+            speed = tokens / max(now - window.start, 1e-9)
+            log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
+            log.metrics(step, "train", metrics, speed, lr)
+            history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
+            window = Window()
+        if evaluate_now:
+            scores = evaluate(getattr(model, "module", model), dev, tcfg, device, rank)
+            log(format_dev(step, scores))
+            log.metrics(step, "dev", scores)
+            if history and history[-1]["step"] == step:
+                history[-1]["dev"] = scores
+            else:
+                history.append({"step": step, "dev": scores})
+            if tcfg.best_model_path and rank.is_main and (best is None or better(scores, best, target)):
+                best = scores
+                save_model(model, tcfg.best_model_path)
+                log(f"Saved the best model so far (dev) to {tcfg.best_model_path}.")
+            model.train()
+        if checkpoint:
+            rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
+            if rank.is_main:
+                path = f"{tcfg.output_model_path}-{step}"
+                save_model(model, path)
+                save_training_state(state_path(path), {
+                    "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rngs, "run": run_shape(tcfg, rank),
+                    "batches_consumed_per_rank": step * tcfg.accumulation_steps})
     if bar is not None:
         bar.close()
     if rank.is_main:
