@@ -223,7 +223,7 @@ def test_length_buckets_cut_padding_and_keep_every_instance(tmp_path, zh_vocab):
     for buckets in (False, True):
         loader = BatchLoader(ds, sp, 16, seed=3, length_buckets=buckets)
         epoch = loader.batches_per_epoch
-        seen, real, total = [], 0, 0
+        real, total = 0, 0
         for _ in range(epoch):
             src = loader.next_arrays()["src"]
             real, total = real + int((src != sp.pad).sum()), total + src.size

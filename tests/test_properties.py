@@ -4,7 +4,6 @@ Every generated corpus uses each token at most once (distinct CJK characters of 
 each its own token), so the position of any token in the corpus is known and "no token lost or
 duplicated within a document" can be checked exactly."""
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

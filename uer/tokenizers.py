@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import itertools
 import unicodedata
+from typing import TYPE_CHECKING
 
 from uer.errors import UerError
 from uer.registry import register
 from uer.vocab import UNK, Vocab
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TOKENIZERS: dict[str, type["Tokenizer"]] = {}
 
@@ -46,7 +50,7 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def encode_flat(self, texts: list[str]) -> tuple["np.ndarray", "np.ndarray"]:
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids per text, int64 [n]; all the ids in order, int64): encode_batch, flattened."""
         import numpy as np
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uer.errors import UerError
 
 BLANK = -1  # line length marker for a blank (whitespace-only) line
 RANGE_BYTES = 1 << 22  # tokenization work unit; any value gives the same result

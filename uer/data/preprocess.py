@@ -9,7 +9,6 @@ So the same corpus, options and seed give the same dataset whatever --processes_
 """
 from __future__ import annotations
 
-import functools
 import multiprocessing as mp
 import os
 import shutil
