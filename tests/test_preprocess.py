@@ -168,8 +168,23 @@ def test_prefetch_yields_the_same_batches(tmp_path, zh_vocab, kind):
 def test_the_prefetch_worker_is_a_process_where_the_platform_forks(tmp_path, zh_vocab):
     out = tmp_path / "d.pt"
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))
-    with BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3).prefetch(12) as ahead:
+    loader = BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3)
+    with loader.prefetch(12) as ahead:
         assert isinstance(ahead, ProcessPrefetcher) == (sys.platform == "linux")
+    # a daemonic process may not have children: there the worker is a thread
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    kinds = ctx.Queue()
+
+    def kind():
+        with loader.prefetch(12) as ahead:
+            kinds.put((type(ahead).__name__, next(ahead)["src"].shape[0]))
+
+    child = ctx.Process(target=kind, daemon=True)
+    child.start()
+    assert kinds.get(timeout=60) == ("Prefetcher", 3)
+    child.join(timeout=60)
 
 
 def test_the_prefetch_process_reports_errors_and_deaths_and_ends_with_its_consumer(tmp_path, zh_vocab):
