@@ -105,14 +105,10 @@ class BatchLoader:
         indices = order[b * self.batch_size:(b + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.rank, self.epoch, b, 1])
         arrays = self._collate(indices, rng)
-        self._advance()
-        return arrays
-
-    def _advance(self) -> None:
-        """Move the position on by one batch."""
         self.index += 1
         if self.index >= self.batches_per_epoch:
             self.epoch, self.index, self._order = self.epoch + 1, 0, None
+        return arrays
 
     def ordered(self):
         """One pass over this rank's share in file order (evaluation); draws such as dynamic masks
@@ -168,17 +164,8 @@ class BatchLoader:
         import multiprocessing
 
         depth = max(2, min(PREFETCH_BATCHES, instances_buffer_size // self.batch_size))
-        forks = _FORK is not None and not multiprocessing.current_process().daemon
+        forks = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
         return (ProcessPrefetcher if forks else Prefetcher)(self, depth)
-
-
-def _fork_context():
-    import multiprocessing
-
-    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-
-
-_FORK = _fork_context()
 
 
 class Prefetcher:
@@ -243,19 +230,20 @@ class Prefetcher:
 
 class ProcessPrefetcher(Prefetcher):
     """Batches built ahead by a forked process (numpy only: it never runs torch), sent back as
-    numpy arrays and made tensors here. The loader's position in this process moves with the
-    batches taken, as with plain iteration. An error in the worker is raised here; a worker that
-    dies is an error that says so."""
+    numpy arrays and made tensors here. An error in the worker is raised here; a worker that dies
+    is an error that says so."""
 
     def __init__(self, loader: BatchLoader, depth: int):
+        import multiprocessing
         import os
         import sys
 
+        fork = multiprocessing.get_context("fork")
         self._loader = loader
-        self._queue = _FORK.Queue(maxsize=depth)
-        self._stop = _FORK.Event()
+        self._queue = fork.Queue(maxsize=depth)
+        self._stop = fork.Event()
         self._consumer = os.getpid()
-        self._worker = _FORK.Process(target=self._produce, name="uer-batch-prefetch", daemon=True)
+        self._worker = fork.Process(target=self._produce, name="uer-batch-prefetch", daemon=True)
         for stream in (sys.stdout, sys.stderr):  # the worker would print what is buffered again
             stream.flush()
         self._worker.start()
@@ -301,7 +289,6 @@ class ProcessPrefetcher(Prefetcher):
         if isinstance(item, BaseException):
             self.close()
             raise item
-        self._loader._advance()  # keep this process's copy of the loader where the stream is
         return self._loader._tensors(item)
 
     def close(self) -> None:
