@@ -114,6 +114,44 @@ def test_optimizer_is_torch_fused_adamw_without_the_dynamo_import():
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
 
+def test_clipping_in_the_fused_step_equals_clip_grad_norm():
+    """clip_in_step + the step gives what clip_grad_norm_ + the step give: over steps whose
+    gradients are over the limit, under it, and not clipped (max_norm 0), so that Adam's moments
+    carry each step's clipping into the next."""
+    import copy
+    import math
+
+    from uer.train.optim import clip_in_step
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    b = copy.deepcopy(a)
+    opt_a, opt_b = build_optimizer(a, 1e-2, 0.01), build_optimizer(b, 1e-2, 0.01)
+    for scale, max_norm in [(100.0, 1.0), (0.01, 1.0), (100.0, 0.5), (50.0, 0.0), (3.0, 1.0)]:
+        x = torch.randn(5, 8)
+        for m in (a, b):
+            (m(x).square().sum() * scale).backward()
+        norm_a = torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm or math.inf)
+        opt_a.step()
+        norm_b = clip_in_step(opt_b, b.parameters(), max_norm)
+        opt_b.step()
+        torch.testing.assert_close(norm_b, norm_a)
+        for (k, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, msg=k)
+        opt_a.zero_grad(), opt_b.zero_grad()
+    with pytest.raises(ValueError, match="fused"):
+        clip_in_step(torch.optim.AdamW(a.parameters(), foreach=True), a.parameters(), 1.0)
+
+
+def test_training_clips_the_gradients(tmp_path, zh_vocab):
+    """The training loop clips: a tiny --max_grad_norm moves the weights otherwise than none."""
+    ds = make_dataset(tmp_path, zh_vocab, MINI_BERT, dup_factor=1)
+    models = [run(tmp_path, ds, zh_vocab, {"dropout": 0.0}, total_steps=3, batch_size=8, max_grad_norm=c)["model"]
+              for c in (0.0, 1e-3)]
+    moved = [(x - y).abs().max().item() for x, y in zip(*(m.state_dict().values() for m in models))]
+    assert max(moved) > 1e-4
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_that_emulates_it_warns(tmp_path, zh_vocab, monkeypatch, native):
     """--bf16 on a CPU without native bf16 (emulated: many times slower than fp32) says so, once."""

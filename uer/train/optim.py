@@ -60,6 +60,20 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9
     return AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if fused else {"foreach": True}))
 
 
+def clip_in_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float) -> torch.Tensor:
+    """Clip the gradients to a global L2 norm of max_norm (0: no clipping) in the fused AdamW's
+    step, which must follow, and return their norm. The gradients are not touched here: the step
+    divides each one by the optimizer's `grad_scale` as it reads it, so clipping costs no pass over
+    them of its own (torch.nn.utils.clip_grad_norm_ multiplies every gradient in place). The
+    result equals clip_grad_norm_ followed by the step, up to rounding."""
+    if not optimizer.defaults.get("fused"):
+        raise ValueError("clip_in_step needs the fused AdamW (a grad_scale of its own)")
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    # clip_grad_norm_ multiplies by min(max_norm / (norm + 1e-6), 1); the step divides by its inverse
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0) if max_norm else None
+    return norm
+
+
 def lr_multiplier(step: int, total_steps: int, warmup: float) -> float:
     """Multiplier of the peak LR for optimizer step `step` (1-based): linear warm-up over
     warmup * total_steps steps, then linear decay that reaches 0 after the last step.

@@ -28,7 +28,7 @@ from uer.model import build_model, count_parameters
 from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_model, \
     save_training_state, state_path
 from uer.train.distributed import Rank, finish, init
-from uer.train.optim import build_optimizer, build_scheduler
+from uer.train.optim import build_optimizer, build_scheduler, clip_in_step
 from uer.utils import cpu_has_native_bf16, retain_freed_memory, set_seed
 from uer.vocab import SpecialIds
 
@@ -239,7 +239,10 @@ def _train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Spec
             window.add(out)
         scaler.unscale_(optimizer)
         # the global norm (DDP has summed the gradients, so every rank computes the same one)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm or math.inf)
+        if watch is not None:  # the fused AdamW, no loss scaler: clipping happens in its step
+            norm = clip_in_step(optimizer, model.parameters(), tcfg.max_grad_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm or math.inf)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step ran with
         if scaler.is_enabled():
             # fp16: the scaler skips a step whose gradients overflowed and lowers the scale
