@@ -10,6 +10,8 @@ Sentence-level terms read `label` [B].
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,9 @@ def output_terms(layer: nn.Linear, x: torch.Tensor, labels: torch.Tensor):
     return token_terms(layer(x), labels)
 
 
+_LOG2E, _LN2 = 1 / math.log(2), math.log(2)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """(summed cross-entropy, correct predictions) of the scores x @ weight.T + bias against labels
     (rows labelled -100 count for nothing). The scores become exp(score - row max) in place, and
@@ -62,14 +67,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, labels):
-        scores = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+        # the scores in base 2 (times log2(e), folded into the GEMM's small operand and the bias'
+        # scale), so that E is exp2(score - row max): on CPU exp2 takes 0.5-0.6x the time of exp
+        # (AVX2: [4096, 21128] in 25-37 ms against 49-54), about 2e-6 relative error
+        x2 = x * _LOG2E
+        scores = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t(), beta=_LOG2E)
         valid = labels != -100
         rows, labels = torch.arange(len(labels), device=x.device), labels.clamp(min=0)
         picked, top = scores[rows, labels], scores.amax(-1)
         correct = ((picked >= top) & valid).sum()  # top1's test, on the scores before they go
-        e = scores.sub_(top[:, None]).exp_()
+        e = scores.sub_(top[:, None]).exp2_()
         total = e.sum(-1)
-        loss = torch.where(valid, total.log() + top - picked, 0).sum()
+        loss = torch.where(valid, total.log() + (top - picked) * _LN2, 0).sum()
         e[rows, labels] -= total
         ctx.save_for_backward(x, weight, e, valid / total)
         ctx.has_bias = bias is not None
