@@ -114,7 +114,9 @@ def test_optimizer_is_torch_fused_adamw_without_the_dynamo_import():
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
 
-def test_clipping_in_the_fused_step_equals_clip_grad_norm():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_clipping_in_the_fused_step_equals_clip_grad_norm(device):
     """clip_in_step + the step gives what clip_grad_norm_ + the step give: over steps whose
     gradients are over the limit, under it, and not clipped (max_norm 0), so that Adam's moments
     carry each step's clipping into the next."""
@@ -124,11 +126,11 @@ def test_clipping_in_the_fused_step_equals_clip_grad_norm():
     from uer.train.optim import clip_in_step
 
     torch.manual_seed(0)
-    a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).to(device)
     b = copy.deepcopy(a)
     opt_a, opt_b = build_optimizer(a, 1e-2, 0.01), build_optimizer(b, 1e-2, 0.01)
     for scale, max_norm in [(100.0, 1.0), (0.01, 1.0), (100.0, 0.5), (50.0, 0.0), (3.0, 1.0)]:
-        x = torch.randn(5, 8)
+        x = torch.randn(5, 8, device=device)
         for m in (a, b):
             (m(x).square().sum() * scale).backward()
         norm_a = torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm or math.inf)
