@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a machine with CUDA and ../shared beside the repo: the CUDA
-# tests (and the device-side non-finite check and clipping in the fused step, on CUDA), then the training bench at BERT-base with
-# --bf16 at batch 128 and 32 (uer against HF), then uer --compile at batch 128 (mlm). Each part
-# has a time limit; results go to $OUT (or ./gpu-results). About 5 minutes on an H200.
+# tests (and, on CUDA, the device-side non-finite check and clipping in the fused step), then the
+# training bench at BERT-base with --bf16 at batch 128 and 32 (uer against HF), then uer --compile
+# at batch 128 (mlm). Each part has a time limit; results go to $OUT (or ./gpu-results). About 5
+# minutes on an H200.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD

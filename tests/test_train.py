@@ -140,7 +140,8 @@ def test_clipping_in_the_fused_step_equals_clip_grad_norm(device):
         torch.testing.assert_close(norm_b, norm_a)
         for (k, p), q in zip(a.named_parameters(), b.parameters()):
             torch.testing.assert_close(q, p, msg=k)
-        opt_a.zero_grad(), opt_b.zero_grad()
+        opt_a.zero_grad()
+        opt_b.zero_grad()
     with pytest.raises(ValueError, match="fused"):
         clip_in_step(torch.optim.AdamW(a.parameters(), foreach=True), a.parameters(), 1.0)
 

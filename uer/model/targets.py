@@ -68,8 +68,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, labels):
         # the scores in base 2 (times log2(e), folded into the GEMM's small operand and the bias'
-        # scale), so that E is exp2(score - row max): on CPU exp2 takes 0.5-0.6x the time of exp
-        # (AVX2: [4096, 21128] in 25-37 ms against 49-54), about 2e-6 relative error
+        # scale), so that E is exp2(score - row max): on CPU (AVX2) the max, exp and sum passes
+        # take 0.75-0.77x the time they take with exp; about 2e-6 relative error
         x2 = x * _LOG2E
         scores = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t(), beta=_LOG2E)
         valid = labels != -100
