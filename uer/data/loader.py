@@ -172,14 +172,17 @@ class Prefetcher:
     """Batches built ahead by a thread of this process."""
 
     def __init__(self, loader: BatchLoader, depth: int):
+        self._loader = loader
+        self._queue, self._stop, self._worker = self._channel(depth)
+        self._worker.start()
+
+    def _channel(self, depth: int):
+        """The queue of at most depth batches, the stop flag, and the worker (not started yet)."""
         import queue
         import threading
 
-        self._loader = loader
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._produce, name="uer-batch-prefetch", daemon=True)
-        self._worker.start()
+        return (queue.Queue(maxsize=depth), threading.Event(),
+                threading.Thread(target=self._produce, name="uer-batch-prefetch", daemon=True))
 
     def _put(self, item) -> None:
         import queue
@@ -233,20 +236,17 @@ class ProcessPrefetcher(Prefetcher):
     numpy arrays and made tensors here. An error in the worker is raised here; a worker that dies
     is an error that says so."""
 
-    def __init__(self, loader: BatchLoader, depth: int):
+    def _channel(self, depth: int):
         import multiprocessing
         import os
         import sys
 
         fork = multiprocessing.get_context("fork")
-        self._loader = loader
-        self._queue = fork.Queue(maxsize=depth)
-        self._stop = fork.Event()
         self._consumer = os.getpid()
-        self._worker = fork.Process(target=self._produce, name="uer-batch-prefetch", daemon=True)
         for stream in (sys.stdout, sys.stderr):  # the worker would print what is buffered again
             stream.flush()
-        self._worker.start()
+        return (fork.Queue(maxsize=depth), fork.Event(),
+                fork.Process(target=self._produce, name="uer-batch-prefetch", daemon=True))
 
     def _consumer_alive(self) -> bool:  # in the worker: a consumer killed outright stops it too
         import os

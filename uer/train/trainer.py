@@ -237,30 +237,29 @@ def _train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Spec
                 loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
                 scaler.scale(loss).backward()
             window.add(out)
-        scaler.unscale_(optimizer)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step runs with
         # the global norm (DDP has summed the gradients, so every rank computes the same one)
         if watch is not None:  # the fused AdamW, no loss scaler: clipping happens in its step
             norm = clip_in_step(optimizer, model.parameters(), tcfg.max_grad_norm)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm or math.inf)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step ran with
-        if scaler.is_enabled():
-            # fp16: the scaler skips a step whose gradients overflowed and lowers the scale
-            scale = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            skipped = skipped + 1 if scaler.get_scale() < scale else 0
-            if skipped:
-                log(f"step {step}: non-finite gradients at loss scale {scale:g}; the step is skipped.")
-            if skipped >= MAX_SKIPPED_STEPS:
-                raise non_finite(step, f"{skipped} steps in a row had non-finite gradients", tcfg)
-        elif watch is not None:
             optimizer.found_inf = watch.update(step, norm)  # from the first bad step on, no update
             optimizer.step()
-        elif not torch.isfinite(norm):  # one scalar read per step, before the weights change
-            raise non_finite(step, f"the gradient norm is {norm.item()}", tcfg)
         else:
-            optimizer.step()
+            scaler.unscale_(optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm or math.inf)
+            if scaler.is_enabled():
+                # fp16: the scaler skips a step whose gradients overflowed and lowers the scale
+                scale = scaler.get_scale()
+                scaler.step(optimizer)
+                scaler.update()
+                skipped = skipped + 1 if scaler.get_scale() < scale else 0
+                if skipped:
+                    log(f"step {step}: non-finite gradients at loss scale {scale:g}; the step is skipped.")
+                if skipped >= MAX_SKIPPED_STEPS:
+                    raise non_finite(step, f"{skipped} steps in a row had non-finite gradients", tcfg)
+            elif not torch.isfinite(norm):  # one scalar read per step, before the weights change
+                raise non_finite(step, f"the gradient norm is {norm.item()}", tcfg)
+            else:
+                optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if bar is not None:
