@@ -167,3 +167,46 @@ def test_strict_load_option(tmp_path, setup):
     proc = run_script(*base, "--strict_load", "false", timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Partial load" in proc.stdout and "4 unexpected" in proc.stdout
+
+
+class _Payload:
+    """Unpickling this runs a shell command (what a crafted .state file would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_training_state_cannot_run_code(tmp_path, setup):
+    """An empty <out>-99999 and a .state that unpickles to a command, newer than the real
+    checkpoints: --resume refuses the file by name and runs nothing."""
+    out = tmp_path / "m.bin"
+    assert run_script(*args(setup, out, 2), timeout=300).returncode == 0
+    marker = tmp_path / "ran"
+    (tmp_path / "m.bin-99999").write_bytes(b"")
+    torch.save({"step": 99999, "optimizer": _Payload(marker)}, tmp_path / "m.bin-99999.state")
+    proc = run_script(*args(setup, out, 4, "--resume"), timeout=300)
+    assert_clean_error(proc, "cannot read training state", "m.bin-99999.state")
+    assert not marker.exists()
+
+
+def test_a_training_state_of_another_model_is_refused(tmp_path, setup):
+    """The model file of this run beside the .state of a run with a wider (or narrower) feed-forward:
+    a clear error naming the mis-shaped moments, never taken silently and never a crash."""
+    import json
+
+    recipes = {64: setup / "tiny.json", 128: tmp_path / "wide.json"}
+    recipes[128].write_text(json.dumps({**json.loads(TINY_RECIPE), "feedforward_size": 128}))
+    for ff, recipe in recipes.items():
+        run = args(setup, tmp_path / str(ff) / "m.bin", 2)
+        run[run.index("--config_path") + 1] = str(recipe)
+        assert run_script(*run, timeout=300).returncode == 0
+        shutil.copy(tmp_path / str(ff) / "m.bin-2.state", tmp_path / f"{ff}.state")
+    for ff, other in ((64, 128), (128, 64)):
+        shutil.copy(tmp_path / f"{other}.state", tmp_path / str(ff) / "m.bin-2.state")
+        run = args(setup, tmp_path / str(ff) / "m.bin", 2, "--resume")
+        run[run.index("--config_path") + 1] = str(recipes[ff])
+        proc = run_script(*run, timeout=300)
+        assert_clean_error(proc, "m.bin-2.state does not fit", f"({other}, 32), the model's parameter ({ff}, 32)")

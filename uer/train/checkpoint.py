@@ -132,8 +132,61 @@ def latest_checkpoint(output_model_path: str) -> tuple[int, str] | None:
     return best
 
 
+#: what every training state holds (see the trainer's save)
+STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "rng", "run")
+
+
 def load_training_state(path: str) -> dict:
+    """A training state as save_training_state wrote it. Read with weights_only=True: tensors and
+    plain values only, so a crafted file cannot run code (it is an error like a damaged one)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UerError(f"cannot read training state {path}: {type(e).__name__}: {e}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the unpickler's refusal of a foreign object, or a damaged file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UerError(f"cannot read training state {path}: {type(e).__name__}: {first} "
+                       "(it holds something other than tensors and plain values, or it is damaged)") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UerError(f"{path} is not a uer training state: it has no {', '.join(missing)}")
+    return state
+
+
+def state_problems(state: dict, optimizer: torch.optim.Optimizer, rng_shape: torch.Size, step: int) -> list[str]:
+    """Every way `state` does not fit this run's optimizer, schedule and RNG (empty if it fits):
+    each optimizer tensor must have its parameter's shape (or be a scalar), so that moments of
+    another model are never taken or crash the kernel."""
+    problems = []
+    if state["step"] != step:
+        problems.append(f"step {state['step']!r}, but the checkpoint's name says {step}")
+    saved = state["optimizer"]
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict):
+        return problems + ["the optimizer state has no param_groups and state"]
+    if [len(g.get("params", ())) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        return problems + [f"optimizer groups of {[len(g.get('params', ())) for g in groups]} parameters, "
+                           f"the model's of {[len(g['params']) for g in optimizer.param_groups]}"]
+    params = {}  # the saved ids, in order, are the model's parameters in order
+    for saved_group, group in zip(groups, optimizer.param_groups):
+        params.update(zip(saved_group["params"], group["params"]))
+    for pid, entry in saved["state"].items():
+        if pid not in params or not isinstance(entry, dict):
+            problems.append(f"optimizer state for an unknown parameter {pid!r}")
+            continue
+        p = params[pid]
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                problems.append(f"optimizer {name} of parameter {pid}: {tuple(value.shape)}, "
+                                f"the model's parameter {tuple(p.shape)}")
+    sched = state["scheduler"]
+    base_lrs = sched.get("base_lrs") if isinstance(sched, dict) else None
+    if not isinstance(base_lrs, list) or len(base_lrs) != len(optimizer.param_groups) \
+            or sched.get("last_epoch") != step:
+        problems.append(f"the schedule is not one of {len(optimizer.param_groups)} groups at step {step}")
+    rngs = state["rng"]
+    if not isinstance(rngs, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor) and r["torch"].shape == rng_shape
+            and r["torch"].dtype == torch.uint8 for r in rngs):
+        problems.append("the RNG states are not torch generator states")
+    if not isinstance(state["run"], dict) or not isinstance(state["scaler"], dict):
+        problems.append("the run shape and the loss scaler's state must be dicts")
+    return problems

@@ -26,7 +26,7 @@ from uer.data.masking import MaskingConfig
 from uer.errors import UerError
 from uer.model import build_model, count_parameters
 from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_model, \
-    save_training_state, state_path
+    save_training_state, state_path, state_problems
 from uer.train.distributed import Rank, finish, init
 from uer.train.optim import build_optimizer, build_scheduler, clip_in_step
 from uer.utils import cpu_has_native_bf16, retain_freed_memory, set_seed
@@ -185,6 +185,10 @@ def _train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Spec
     if found:
         start, path = found
         state = load_training_state(state_path(path))
+        problems = state_problems(state, optimizer, torch.get_rng_state().shape, start)
+        if problems:
+            raise UerError(f"--resume: {state_path(path)} does not fit this run's model and optimizer:\n  "
+                           + "\n  ".join(problems[:20]))
         changed = [f"{k}: {state['run'].get(k)} in the checkpoint, {v} now"
                    for k, v in run_shape(tcfg, rank).items() if state["run"].get(k) != v]
         if changed:
