@@ -184,19 +184,25 @@ def batch_stats(cfg, batch: dict, uer: bool) -> tuple[int, int, float]:
 
 
 def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock, length_buckets: bool,
-            compile: bool = False) -> None:
-    """uer's own training loop (one report, at the end); the clock marks each optimizer step."""
+            compile: bool = False, kernels: str = "auto") -> None:
+    """uer's own training loop (one report, at the end) with the process settings pretrain.py
+    takes by default (glibc keeps freed memory, a batch worker process); the clock marks each
+    optimizer step."""
     from uer.config import TrainConfig
     from uer.data.dataset import Dataset
     from uer.train.distributed import Rank
     from uer.train.trainer import train
+    from uer.utils import retain_freed_memory
+
+    retain_freed_memory()
 
     total = args.warmup + args.steps
     tcfg = TrainConfig(dataset_path=dataset_path, output_model_path=os.path.join(work, "m.bin"), total_steps=total,
                        report_steps=total, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
                        learning_rate=1e-4, warmup=0.0, bf16=args.bf16, seed=args.seed,
-                       length_buckets=length_buckets, compile=compile)
-    train(tcfg, mcfg, Dataset(dataset_path), special, log=lambda line: None, rank=Rank(device=args.device))
+                       length_buckets=length_buckets, compile=compile, kernels=kernels)
+    train(tcfg, mcfg, Dataset(dataset_path), special, log=lambda line: None, rank=Rank(device=args.device),
+          worker="process")
 
 
 def hf_model(mcfg, target: str):
@@ -267,8 +273,9 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-SYSTEMS = {  # name -> ("uer", length_buckets[, --compile]) or ("hf", sparse head, uer's malloc setting)
+SYSTEMS = {  # name -> ("uer", length_buckets[, --compile, --kernels]) or ("hf", sparse head, uer's malloc setting)
     "uer": ("uer", True), "uer --length_buckets false": ("uer", False), "uer --compile": ("uer", True, True),
+    "uer --kernels stock": ("uer", True, False, "stock"),
     "HF sparse MLM head": ("hf", True, False), "HF sparse MLM head + uer's malloc setting": ("hf", True, True),
     "HF plain (dense head)": ("hf", False, False),
     "HF GPT2LMHeadModel": ("hf", True, False), "HF GPT2LMHeadModel + uer's malloc setting": ("hf", True, True),
@@ -347,6 +354,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, or a GPU (cuda, cuda:N): the model, the batches and "
                                                    "the matmul peak (8192^2, timed by CUDA events) there.")
     p.add_argument("--no_dense", action="store_true", help="Skip the plain (dense-head) HF loop.")
+    p.add_argument("--stock_row", action="store_true",
+                   help="Also run uer with --kernels stock (PyTorch's ops only): the A/B of uer.kernels.")
+    p.add_argument("--no_unbucketed", action="store_true", help="Skip the 'uer --length_buckets false' row.")
     p.add_argument("--compile", action="store_true",
                    help="Also run uer with --compile (torch.compile; its compile time is in the warm-up steps).")
     p.add_argument("--no_retain_row", action="store_true",
@@ -396,7 +406,9 @@ def main(argv=None) -> int:
                 plain = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed)
                 bucketed = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed, True)
                 ref_name = "HF GPT2LMHeadModel" if target == "lm" else "HF sparse MLM head"
-                names = ["uer", "uer --length_buckets false"] + ["uer --compile"] * args.compile + [ref_name]
+                names = (["uer"] + ["uer --kernels stock"] * args.stock_row
+                         + ["uer --length_buckets false"] * (not args.no_unbucketed)
+                         + ["uer --compile"] * args.compile + [ref_name])
                 if not args.no_retain_row:
                     names.append(ref_name + " + uer's malloc setting")
                 if target != "lm" and not args.no_dense:

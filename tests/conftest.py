@@ -1,9 +1,11 @@
+import math
 import os
 import socket
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from uer.data.builders import BuilderConfig
 from uer.data.dataset import Dataset
@@ -99,3 +101,14 @@ def pretrain_args(dataset, out, *extra):
             "--config_path", os.path.join(ROOT, "models", "bert_tiny_config.json"), "--target", "mlm",
             "--output_model_path", str(out), "--total_steps", "4", "--report_steps", "2", "--batch_size", "4",
             "--save_checkpoint_steps", "2", *extra]
+
+
+def reference_attention(q, k, v, attn_mask=None, is_causal=False):
+    """softmax(Q K^T / sqrt(d)) V with boolean masks (True = may attend); for tests."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if is_causal:
+        L, S = q.shape[-2], k.shape[-2]
+        attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(-1) @ v

@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, ZH_VOCAB, assert_clean_error, layer_keys, run_script
+from conftest import reference_attention, ROOT, ZH_VOCAB, assert_clean_error, layer_keys, run_script
 from uer.config import ModelConfig, model_problems
 from uer.model import build_model, count_parameters
-from uer.model.layers import MultiHeadedAttention, reference_attention
+from uer.model.layers import MultiHeadedAttention
 from uer.train.checkpoint import load_model, save_model
 
 V = 21128

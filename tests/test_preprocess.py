@@ -169,7 +169,7 @@ def test_the_prefetch_worker_is_a_process_where_the_platform_forks(tmp_path, zh_
     out = tmp_path / "d.pt"
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))
     loader = BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3)
-    with loader.prefetch(12) as ahead:
+    with loader.prefetch(12, "process") as ahead:
         assert isinstance(ahead, ProcessPrefetcher) == (sys.platform == "linux")
     # a daemonic process may not have children: there the worker is a thread
     import multiprocessing
@@ -178,7 +178,7 @@ def test_the_prefetch_worker_is_a_process_where_the_platform_forks(tmp_path, zh_
     kinds = ctx.Queue()
 
     def kind():
-        with loader.prefetch(12) as ahead:
+        with loader.prefetch(12, "process") as ahead:
             kinds.put((type(ahead).__name__, next(ahead)["src"].shape[0]))
 
     child = ctx.Process(target=kind, daemon=True)

@@ -1,6 +1,7 @@
 """Reliability (issue #8): bad corpora never crash or hang, a killed preprocess leaves nothing that
 looks complete, and a non-finite gradient stops training before the weights change, on every rank."""
 import gzip
+import math
 import os
 import signal
 import subprocess
@@ -190,28 +191,28 @@ def test_a_non_finite_step_is_caught_on_the_device_and_no_later_step_moves_the_w
     from uer.config import TrainConfig
     from uer.errors import UerError
     from uer.train.optim import build_optimizer
-    from uer.train.trainer import NonFiniteWatch
+    from uer.train.precision import Precision
+    from uer.train.trainer import guard
 
     model = torch.nn.Linear(4, 4).to(device)
     opt = build_optimizer(model, 0.1, 0.01)
-    assert opt.defaults["fused"]
-    watch = NonFiniteWatch(torch.device(device))
+    precision = Precision(False, False, "O1", torch.device(device))
     tcfg = TrainConfig(dataset_path="d.pt", output_model_path=str(tmp_path / "m.bin"))
     init, before = model.weight.detach().clone(), None
-    for step, norm in enumerate([1.0, float("nan"), 2.0, 3.0], start=1):
+    for step in (1, 2, 3, 4):
         if step == 2:
             before = {k: v.clone() for k, v in model.state_dict().items()}
-        for p in model.parameters():
-            p.grad = torch.ones_like(p)
-        opt.found_inf = watch.update(step, torch.tensor(norm, device=device))
-        opt.step()
+        loss = model(torch.ones(2, 4, device=device)).sum() * (math.nan if step == 2 else 1.0)
+        precision.backward(loss)
+        precision.step(step, opt, model.parameters(), 1.0, loss)
+        opt.zero_grad()
         if step == 1:
-            watch.check(tcfg)  # a finite step passes
+            guard(precision, tcfg)  # a finite step passes
             assert not torch.equal(model.weight, init)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # the bad step and every later one left the weights alone
     with pytest.raises(UerError, match=r"^step 2: the gradient norm is nan; training stopped before the weights"):
-        watch.check(tcfg)
+        guard(precision, tcfg)
 
 
 def test_damaged_datasets_are_refused_before_or_at_the_first_batch(tmp_path, nan_setup):

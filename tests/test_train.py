@@ -106,44 +106,38 @@ def test_optimizer_is_torch_fused_adamw_without_the_dynamo_import():
     for k in ours[0]:
         assert torch.equal(ours[0][k], theirs[0][k]), k
     assert ours[1]["state"][0]["exp_avg"].equal(theirs[1]["state"][0]["exp_avg"])
-    code = ("import sys, torch\nfrom uer.train.optim import build_optimizer\n"
-            "m = torch.nn.Linear(3, 2)\nopt = build_optimizer(m, 1e-3, 0.01)\n"
-            "m(torch.ones(1, 3)).sum().backward()\nopt.step()\nopt.zero_grad()\nopt.state_dict()\n"
-            "print('torch._dynamo' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA"))])
-def test_clipping_in_the_fused_step_equals_clip_grad_norm(device):
-    """clip_in_step + the step gives what clip_grad_norm_ + the step give: over steps whose
-    gradients are over the limit, under it, and not clipped (max_norm 0), so that Adam's moments
-    carry each step's clipping into the next."""
+def test_the_precision_step_is_clip_grad_norm_then_the_step(device):
+    """Precision.step (fp32: GradScaler at a fixed scale of 1, clip_grad_norm_, the scaler's step)
+    gives what clip_grad_norm_ and the optimizer's step give: over steps whose gradients are over
+    the limit, under it, and not clipped (max_norm 0), so that Adam's moments carry each step's
+    clipping into the next."""
     import copy
     import math
 
-    from uer.train.optim import clip_in_step
+    from uer.train.precision import Precision
 
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).to(device)
     b = copy.deepcopy(a)
     opt_a, opt_b = build_optimizer(a, 1e-2, 0.01), build_optimizer(b, 1e-2, 0.01)
-    for scale, max_norm in [(100.0, 1.0), (0.01, 1.0), (100.0, 0.5), (50.0, 0.0), (3.0, 1.0)]:
+    precision = Precision(False, False, "O1", torch.device(device))
+    for step, (scale, max_norm) in enumerate([(100.0, 1.0), (0.01, 1.0), (100.0, 0.5), (50.0, 0.0), (3.0, 1.0)], 1):
         x = torch.randn(5, 8, device=device)
-        for m in (a, b):
-            (m(x).square().sum() * scale).backward()
-        norm_a = torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm or math.inf)
+        (a(x).square().sum() * scale).backward()
+        loss = b(x).square().sum() * scale
+        precision.backward(loss)
+        torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm or math.inf)
         opt_a.step()
-        norm_b = clip_in_step(opt_b, b.parameters(), max_norm)
-        opt_b.step()
-        torch.testing.assert_close(norm_b, norm_a)
+        precision.step(step, opt_b, b.parameters(), max_norm, loss)
         for (k, p), q in zip(a.named_parameters(), b.parameters()):
             torch.testing.assert_close(q, p, msg=k)
         opt_a.zero_grad()
         opt_b.zero_grad()
-    with pytest.raises(ValueError, match="fused"):
-        clip_in_step(torch.optim.AdamW(a.parameters(), foreach=True), a.parameters(), 1.0)
+    precision.check()  # every step was finite
 
 
 def test_training_clips_the_gradients(tmp_path, zh_vocab):
@@ -158,9 +152,9 @@ def test_training_clips_the_gradients(tmp_path, zh_vocab):
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_that_emulates_it_warns(tmp_path, zh_vocab, monkeypatch, native):
     """--bf16 on a CPU without native bf16 (emulated: many times slower than fp32) says so, once."""
-    import uer.train.trainer as trainer
+    import uer.train.precision as precision
 
-    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     ds = make_dataset(tmp_path, zh_vocab)
     lines = []
     run_kw = dict(total_steps=1, report_steps=1, batch_size=4, bf16=True)

@@ -125,7 +125,8 @@ def _pretrain(argv: list[str] | None) -> int:
                         "with --dynamic_masking)")
     if problems:
         raise ConfigError(problems)
-    run_ranks(tcfg, pretrain_worker, tcfg, mcfg, args.dataset_path, special, masking)
+    process = {k: getattr(args, k) for k in ("keep_freed_memory", "batch_worker", "progress_bar")}
+    run_ranks(tcfg, pretrain_worker, tcfg, mcfg, args.dataset_path, special, masking, process)
     return 0
 
 

@@ -89,6 +89,7 @@ class TrainConfig:
     fp16_opt_level: str = "O1"
     bf16: bool = False
     compile: bool = False
+    kernels: str = "auto"               # see uer.kernels
     world_size: int = 1
     gpu_ranks: tuple[int, ...] = ()
     master_ip: str = "tcp://localhost:12345"

@@ -181,6 +181,18 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
                    help="torch.compile the model for training: a minute or more of compiling at the start "
                         "(and once more when the batch shape first changes), then fused kernels; pays on "
                         "GPUs and in long runs.")
+    x.add_argument("--kernels", choices=["auto", "stock"], default="auto",
+                   help="auto: uer's CPU kernels (dropout, attention with dropout, output layer + loss) "
+                        "where they pay (fp32 training on a CPU, without --compile); stock: PyTorch's ops "
+                        "everywhere.")
+    x.add_argument("--batch_worker", choices=["process", "thread", "none"], default="process",
+                   help="What builds batches ahead: a forked process (numpy only, so the training loop's "
+                        "host never waits for the interpreter lock), a thread, or none (the loop itself).")
+    x.add_argument("--keep_freed_memory", type=_bool, default=True, metavar="{true,false}",
+                   help="Let glibc keep the memory a step frees for the next step (no fresh, zeroed pages "
+                        "every step); false: glibc's defaults.")
+    x.add_argument("--progress_bar", type=_bool, default=True, metavar="{true,false}",
+                   help="A progress bar on a terminal (never when stderr is not one).")
     x.add_argument("--world_size", type=int, default=1, help="Total number of processes.")
     x.add_argument("--gpu_ranks", type=int, nargs="+", default=[],
                    help="Global ranks of the processes on this node (one GPU each).")

@@ -108,12 +108,3 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (AVX-512 BF16 / AMX, as oneDNN reports it). Without it,
-    CPU bf16 is emulated (slower than fp32) and oneDNN has no bf16 LSTM kernel."""
-    import torch
-
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return supported is None or bool(supported())

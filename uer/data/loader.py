@@ -7,6 +7,8 @@ batch can be recomputed from its position alone.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig
@@ -149,23 +151,26 @@ class BatchLoader:
         while True:
             yield self._tensors(self.next_arrays())
 
-    def prefetch(self, instances_buffer_size: int) -> "Prefetcher":
-        """Iterate with a background worker that builds batches ahead (reading, padding, dynamic
-        masking), holding at most instances_buffer_size instances and PREFETCH_BATCHES batches.
-        The batches are the same, in the same order, as plain iteration. Use it as a context
-        manager: leaving it stops the worker.
-
-        The worker is a forked process where the platform forks (Linux), else a thread (and in a
-        daemonic process, which may not have children). A thread holds the interpreter lock while
-        it builds a batch (about 3 ms at batch 128), and a training loop whose host launches the
-        GPU's kernels one op at a time waits for it at every op: a dispatch-bound loop of 3,000
-        small ops took 5.0 ms a step with no loading, 7.8 ms building each batch inline, 12.8 ms
-        with a prefetch thread and 5.7 ms with the worker process."""
+    def prefetch(self, instances_buffer_size: int, worker: str = "thread"):
+        """Iterate with a worker that builds batches ahead (reading, padding, dynamic masking),
+        holding at most instances_buffer_size instances and PREFETCH_BATCHES batches; the batches
+        are the same, in the same order, as plain iteration. Use it as a context manager: leaving
+        it stops the worker. worker: "process" (forked, numpy only: a thread holds the interpreter
+        lock while it builds a batch, and a host launching a GPU's kernels waits for it), "thread",
+        or "none" (built in the loop). A process falls back to a thread where the platform does
+        not fork, and in a daemonic process (which may not have children)."""
         import multiprocessing
 
+        if worker not in WORKERS:
+            raise ValueError(f"worker must be one of {', '.join(WORKERS)}, got {worker!r}")
+        if worker == "none":
+            return contextlib.closing(iter(self))
         depth = max(2, min(PREFETCH_BATCHES, instances_buffer_size // self.batch_size))
         forks = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
-        return (ProcessPrefetcher if forks else Prefetcher)(self, depth)
+        return (ProcessPrefetcher if worker == "process" and forks else Prefetcher)(self, depth)
+
+
+WORKERS = ("process", "thread", "none")
 
 
 class Prefetcher:

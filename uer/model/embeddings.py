@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from uer.config import ModelConfig
-from uer.model.layers import Dropout, LayerNorm
+from uer.model.layers import LayerNorm
+from uer.model.ops import Dropout
 from uer.model.registry import EMBEDDINGS, register
 
 

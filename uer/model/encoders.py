@@ -1,16 +1,14 @@
 """Encoder slot (keys under `encoder.`)."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from uer.config import ModelConfig
-from uer.model.layers import Dropout, LayerNorm, TransformerLayer
+from uer.model.layers import LayerNorm, TransformerLayer
+from uer.model.ops import Dropout
 from uer.model.registry import ENCODERS, register
-from uer.utils import cpu_has_native_bf16
 
 
 class Encoder(nn.Module):
@@ -104,21 +102,10 @@ def real_lengths(seg: torch.Tensor) -> torch.Tensor:
     return (seg > 0).sum(1).clamp(min=1)
 
 
-def _bf16_rnn_unsupported(x: torch.Tensor) -> bool:
-    """Under CPU bf16 autocast, LSTMs run oneDNN's bf16 RNN primitive, which a CPU without
-    native bf16 cannot create ("could not create a primitive descriptor")."""
-    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_has_native_bf16()
-
-
 def run_packed(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Run `rnn` (batch_first) over the first lengths[b] steps of each row; zeros beyond them.
-    Where the CPU has no bf16 RNN kernels, the RNN runs in fp32 under --bf16."""
-    fp32 = _bf16_rnn_unsupported(x)
-    if fp32:
-        x = x.float()
+    """Run `rnn` (batch_first) over the first lengths[b] steps of each row; zeros beyond them."""
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():
-        out, _ = rnn(packed)
+    out, _ = rnn(packed)
     out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     return out
 

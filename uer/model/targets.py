@@ -4,94 +4,22 @@ the sums over the whole global batch and reads the counts only when it reports.
 
 Token-level terms read two batch keys: `<key>_pos` [M], flat positions (b * L + p) of the
 predicted tokens, and `<key>_tgt` [M], their ids. The heads run only on those M positions, and the
-loss is `cross_entropy` on them (in fp32 on CPU fused with the output layer: `output_terms`): no
+loss is `cross_entropy` on them (ops.OutputLoss, which a kernel may fuse with the output layer): no
 padding position is ever projected onto the vocabulary.
 Sentence-level terms read `label` [B].
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from uer.config import ModelConfig
-from uer.model.layers import LayerNorm, activation, fp32_cpu
+from uer.model.layers import LayerNorm, activation
+from uer.model.ops import OutputLoss, token_terms
 from uer.model.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS, register
 from uer.options import POOLINGS
 
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def token_terms(logits: torch.Tensor, labels: torch.Tensor):
-    """(summed cross-entropy, correct, count) over rows whose label is not -100."""
-    loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
-    valid = labels != -100
-    return loss, (top1(logits, labels) & valid).sum(), valid.sum()
-
-
-def top1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Whether each row of logits [M, V] scores its label (>= 0) highest. In fp32: the label's score
-    against the row's maximum, 4-8x faster than argmax on CPU (which took 2-3 % of a BERT-tiny lm
-    step); that differs from argmax only at an exact tie for the maximum, which argmax gives to
-    the lowest index. Reduced precision, where such ties are common, takes argmax."""
-    if logits.dtype != torch.float32:
-        return logits.argmax(-1) == labels
-    return logits.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1) >= logits.amax(-1)
-
-
-def output_terms(layer: nn.Linear, x: torch.Tensor, labels: torch.Tensor):
-    """token_terms(layer(x), labels) for rows x [M, in]; in fp32 on CPU through
-    _LinearCrossEntropy, which allocates one [M, V] tensor instead of four (scores, log-probabilities
-    and both their gradients)."""
-    if fp32_cpu(x) and layer.weight.dtype == torch.float32:
-        loss, correct = _LinearCrossEntropy.apply(x, layer.weight, layer.bias, labels)
-        return loss, correct, (labels != -100).sum()
-    return token_terms(layer(x), labels)
-
-
-_LOG2E, _LN2 = 1 / math.log(2), math.log(2)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """(summed cross-entropy, correct predictions) of the scores x @ weight.T + bias against labels
-    (rows labelled -100 count for nothing). The scores become exp(score - row max) in place, and
-    the label's entry drops by the row's sum S: that tensor, E, is the only [M, V] one kept, as
-    the gradient of the scores is (E / S) * grad. The 1 / S and the grad fold into the small
-    operands of the backward GEMMs ([M] and [M, in]), so after the forward's max, exp and sum no
-    pass over [M, V] is left but the GEMMs' and the bias's: no log-probabilities, no dense nll
-    gradient, no log_softmax backward. On [3300, 384] -> 21128 (a BERT-tiny lm step's output),
-    forward and backward take 6 % less time than the layer, cross_entropy and top1."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, labels):
-        # the scores in base 2 (times log2(e), folded into the GEMM's small operand and the bias'
-        # scale), so that E is exp2(score - row max): on CPU (AVX2) the max, exp and sum passes
-        # take 0.75-0.77x the time they take with exp; about 2e-6 relative error
-        x2 = x * _LOG2E
-        scores = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t(), beta=_LOG2E)
-        valid = labels != -100
-        rows, labels = torch.arange(len(labels), device=x.device), labels.clamp(min=0)
-        picked, top = scores[rows, labels], scores.amax(-1)
-        correct = ((picked >= top) & valid).sum()  # top1's test, on the scores before they go
-        e = scores.sub_(top[:, None]).exp2_()
-        total = e.sum(-1)
-        loss = torch.where(valid, total.log() + (top - picked) * _LN2, 0).sum()
-        e[rows, labels] -= total
-        ctx.save_for_backward(x, weight, e, valid / total)
-        ctx.has_bias = bias is not None
-        return loss, correct
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss, _):
-        x, weight, e, inv_total = ctx.saved_tensors
-        r = (inv_total * grad_loss)[:, None]
-        need = ctx.needs_input_grad
-        return ((e @ weight).mul_(r) if need[0] else None, e.t() @ (x * r) if need[1] else None,
-                r.t().mm(e).squeeze(0) if ctx.has_bias and need[2] else None, None)
 
 
 def at_positions(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -142,6 +70,7 @@ class MlmHead(Target):
         self.layer_norm = LayerNorm(out, cfg.layernorm_eps, cfg.layernorm)
         self.mlm_linear_2 = nn.Linear(out, vocab_size)
         self.act = activation("gelu")
+        self.output_loss = OutputLoss()
 
     @classmethod
     def head_size(cls, cfg: ModelConfig) -> int:
@@ -159,7 +88,7 @@ class MlmHead(Target):
         return self.mlm_linear_2(self.mlm_features(x))
 
     def mlm(self, hidden: torch.Tensor, batch: dict):
-        return output_terms(self.mlm_linear_2, self.mlm_features(at_positions(hidden, batch["mlm_pos"])),
+        return self.output_loss(self.mlm_linear_2, self.mlm_features(at_positions(hidden, batch["mlm_pos"])),
                             batch["mlm_tgt"])
 
     def logits(self, hidden, batch):
@@ -234,6 +163,7 @@ class LmTarget(Target):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.output_layer = nn.Linear(cfg.hidden_size, vocab_size, bias=cfg.has_lmtarget_bias)
+        self.output_loss = OutputLoss()
 
     @classmethod
     def tie_in_features(cls, cfg):
@@ -251,7 +181,7 @@ class LmTarget(Target):
         return []
 
     def forward(self, hidden, batch):
-        return {"lm": output_terms(self.output_layer, at_positions(hidden, batch["lm_pos"]), batch["lm_tgt"])}
+        return {"lm": self.output_loss(self.output_layer, at_positions(hidden, batch["lm_pos"]), batch["lm_tgt"])}
 
     def logits(self, hidden, batch):
         return {"lm": self.output_layer(hidden)}
@@ -268,6 +198,7 @@ class BilmTarget(Target):
         super().__init__()
         self.half = cfg.hidden_size // 2
         self.output_layer = nn.Linear(self.half, vocab_size)
+        self.output_loss = OutputLoss()
 
     @classmethod
     def tie_in_features(cls, cfg):
@@ -287,9 +218,9 @@ class BilmTarget(Target):
 
     def forward(self, hidden, batch):
         fwd, bwd = hidden[..., :self.half], hidden[..., self.half:]
-        return {"forward": output_terms(self.output_layer, at_positions(fwd, batch["forward_pos"]),
+        return {"forward": self.output_loss(self.output_layer, at_positions(fwd, batch["forward_pos"]),
                                         batch["forward_tgt"]),
-                "backward": output_terms(self.output_layer, at_positions(bwd, batch["backward_pos"]),
+                "backward": self.output_loss(self.output_layer, at_positions(bwd, batch["backward_pos"]),
                                          batch["backward_tgt"])}
 
 
@@ -352,6 +283,7 @@ class Seq2SeqTarget(Target):
         self.embedding = EMBEDDINGS[cfg.tgt_embedding](cfg, V)
         self.decoder = DECODERS[cfg.decoder](cfg)
         self.output_layer = nn.Linear(cfg.hidden_size, V, bias=cfg.has_lmtarget_bias)
+        self.output_loss = OutputLoss()
 
     @staticmethod
     def output_vocab_size(cfg: ModelConfig, vocab_size: int) -> int:
@@ -377,7 +309,7 @@ class Seq2SeqTarget(Target):
         return self.decoder(self.embedding(batch["tgt_in"], batch["tgt_seg"]), hidden, batch["seg"])
 
     def forward(self, hidden, batch):
-        return {self.name: output_terms(self.output_layer, at_positions(self.decode(hidden, batch), batch["dec_pos"]),
+        return {self.name: self.output_loss(self.output_layer, at_positions(self.decode(hidden, batch), batch["dec_pos"]),
                                         batch["dec_tgt"])}
 
     def logits(self, hidden, batch):

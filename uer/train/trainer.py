@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from uer.config import ModelConfig, TrainConfig
@@ -28,8 +29,10 @@ from uer.model import build_model, count_parameters
 from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_model, \
     save_training_state, state_path, state_problems
 from uer.train.distributed import Rank, finish, init
-from uer.train.optim import build_optimizer, build_scheduler, clip_in_step
-from uer.utils import cpu_has_native_bf16, retain_freed_memory, set_seed
+from uer.kernels import use_kernels
+from uer.train.optim import build_optimizer, build_scheduler
+from uer.train.precision import NonFinite, Precision
+from uer.utils import retain_freed_memory, set_seed
 from uer.vocab import SpecialIds
 
 
@@ -72,11 +75,7 @@ def format_report(step: int, total: int, tokens_per_s: float, metrics: dict, lr:
 
 
 def autocast_context(cfg: TrainConfig, device: torch.device):
-    if cfg.bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if cfg.fp16 and cfg.fp16_opt_level != "O0":
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
+    return Precision(cfg.bf16, cfg.fp16, cfg.fp16_opt_level, device).autocast()
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -128,26 +127,94 @@ def _all_reduce(t: torch.Tensor, rank: Rank) -> torch.Tensor:
 
 
 def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: SpecialIds,
-          masking: MaskingConfig | None = None, log=print, rank: Rank = Rank()) -> dict:
+          masking: MaskingConfig | None = None, log=print, rank: Rank = Rank(), progress=None,
+          worker: str = "thread") -> dict:
     """Train on this rank's share of the dataset. With several ranks the model is wrapped in DDP,
     gradients are synchronised once per optimizer step, loss counts and report metrics are summed
-    over all ranks, and only rank 0 logs and saves. The process keeps the memory a step frees for
-    the next one (see retain_freed_memory)."""
-    retain_freed_memory()
+    over all ranks, and only rank 0 logs and saves. progress: an object with update(n) (a tqdm
+    bar) told of every step; worker: how batches are built ahead (BatchLoader.prefetch). Changes
+    nothing else in the process: the command line decides the allocator and the worker."""
+    device = torch.device(rank.device)
     found = latest_checkpoint(tcfg.output_model_path) if tcfg.resume else None
+    start = found[0] if found else 0
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
                          seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets,
                          accumulation_steps=tcfg.accumulation_steps)
-    loader.seek((found[0] if found else 0) * tcfg.accumulation_steps)
-    # the batch worker starts before the model exists: a forked one shares none of its memory, and
+    loader.seek(start * tcfg.accumulation_steps)
+    log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
+    # the worker starts before the model exists: a forked one shares none of its memory, and
     # builds the first batches while the model is built
-    with loader.prefetch(tcfg.instances_buffer_size) as batches:
-        return _train(tcfg, mcfg, dataset, special, masking, log, rank, found, batches)
+    with loader.prefetch(tcfg.instances_buffer_size, worker) as batches:
+        precision = Precision(tcfg.bf16, tcfg.fp16, tcfg.fp16_opt_level, device)
+        model, forward = build_for_training(tcfg, mcfg, rank, device, precision, log)
+        optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
+        scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
+        if found:
+            restore(found[1], start, tcfg, rank, model, optimizer, scheduler, precision, device)
+        elif tcfg.resume:
+            log(f"--resume: no checkpoint {tcfg.output_model_path}-<step> with its .state file yet; starting "
+                "from the beginning.")
+        log(describe(tcfg, mcfg, model, dataset, device, rank, found))
+        target, prepare = unwrap(model).target, unwrap(model).prepare
+        dev = DevEvaluation(tcfg, special, masking, rank, device) if tcfg.dev_dataset_path else None
+        window, history, t_start = Window(), [], time.perf_counter()
+        model.train()
+        for step in range(start + 1, tcfg.total_steps + 1):
+            micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
+            totals = global_counts(target, micro, rank, device)  # each term's predictions in the step
+            step_loss = 0.0
+            for m, batch in enumerate(micro):
+                window.tokens += batch.pop("tokens")
+                batch = to_device(prepare(batch), device)
+                sync = not rank.distributed or m == len(micro) - 1  # DDP reduces once per step
+                with contextlib.nullcontext() if sync else model.no_sync():
+                    with precision.autocast():
+                        out = forward(batch)
+                    # DDP averages gradients over ranks; the sums are normalised by global counts
+                    loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
+                    precision.backward(loss)
+                step_loss = step_loss + loss.detach()
+                window.add(out)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step runs with
+            precision.step(step, optimizer, model.parameters(), tcfg.max_grad_norm, step_loss)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if (skipped := precision.skipped_message(step)) is not None:
+                log(skipped)
+            if progress is not None:
+                progress.update(1)
+
+            report = step % tcfg.report_steps == 0 or step == tcfg.total_steps
+            evaluate_now = dev is not None and (step % dev.every == 0 or step == tcfg.total_steps)
+            checkpoint = step % tcfg.save_checkpoint_steps == 0
+            if report or evaluate_now or checkpoint:
+                guard(precision, tcfg)  # where the host reads anyway, and before anything is saved
+            if report:
+                history.append(report_window(step, window, lr, t_start, tcfg, rank, log))
+                window = Window()
+            if evaluate_now:
+                dev.run(step, model, history, log)
+                model.train()
+            if checkpoint:
+                save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device)
+    guard(precision, tcfg)
+    if rank.is_main:
+        save_model(model, tcfg.output_model_path)
+        log(f"Saved the final model to {tcfg.output_model_path}.")
+    sys.stdout.flush()
+    return {"history": history, "model": unwrap(model)}
 
 
-def _train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: SpecialIds,
-           masking: MaskingConfig | None, log, rank: Rank, found: tuple[int, str] | None, batches) -> dict:
-    device = torch.device(rank.device)
+def unwrap(model):
+    return getattr(model, "module", model)
+
+
+def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device: torch.device,
+                       precision: Precision, log):
+    """(the model to save and synchronise, the forward the steps call): built with the same
+    initial weights on every rank, loaded from --pretrained_model_path, in the precision's
+    storage dtype, with the kernels the run allows (--kernels), in DDP across ranks, compiled
+    with --compile."""
     set_seed(tcfg.seed)  # the same initial weights on every rank
     model = build_model(mcfg)
     if tcfg.pretrained_model_path:
@@ -157,196 +224,139 @@ def _train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Spec
                 f"{len(v)} {k} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})" for k, v in report.items() if v)
                 + ". Missing parameters keep their N(0, 0.02) init.")
     model.to(device)
-    if tcfg.fp16 and tcfg.fp16_opt_level == "O3":
-        model.half()
-    target, prepare = model.target, model.prepare
+    for warning in precision.prepare(model):
+        log(warning)
+    use_kernels(model, tcfg.kernels, device, precision.reduced, tcfg.compile)
     if rank.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    # the training steps' forward: compiled with --compile (the model itself is what is saved,
-    # evaluated and synchronised)
     forward = torch.compile(model) if tcfg.compile else model
+    if device.type == "cuda":  # see ANY_SHAPE
+        forward = _with_sdpa_backends(forward)
     torch.manual_seed(tcfg.seed + rank.rank)  # dropout differs between ranks
-    bar = None
-    if rank.is_main and sys.stderr.isatty():  # a progress bar only for a person watching a terminal
-        from tqdm import tqdm
+    return model, forward
 
-        bar = tqdm(total=tcfg.total_steps, unit="step", dynamic_ncols=True, leave=False)
-        if log is print:
-            log = tqdm.write  # report lines above the bar
-    log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
-    if tcfg.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
-        log("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): autocast emulates it, "
-            "which is many times slower than fp32 here (BERT-tiny: 24x on a 2-core AVX2 machine); "
-            "leave --bf16 out on this CPU.")
-    optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
-    scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
-    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.fp16 and tcfg.fp16_opt_level != "O0")
-    start = 0
-    if found:
-        start, path = found
-        state = load_training_state(state_path(path))
-        problems = state_problems(state, optimizer, torch.get_rng_state().shape, start)
-        if problems:
-            raise UerError(f"--resume: {state_path(path)} does not fit this run's model and optimizer:\n  "
-                           + "\n  ".join(problems[:20]))
-        changed = [f"{k}: {state['run'].get(k)} in the checkpoint, {v} now"
-                   for k, v in run_shape(tcfg, rank).items() if state["run"].get(k) != v]
-        if changed:
-            raise UerError(f"--resume from {path}: the run is not the same, so it cannot continue exactly "
-                           f"({'; '.join(changed)})")
-        load_model(getattr(model, "module", model), path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][rank.rank], device)
-    elif tcfg.resume:
-        log(f"--resume: no checkpoint {tcfg.output_model_path}-<step> with its .state file yet; starting "
-            "from the beginning.")
-    log(f"Model: {mcfg.embedding} + {mcfg.encoder} + {mcfg.target}, "
-        f"{count_parameters(model) / 1e6:.2f} M parameters; dataset {dataset.path}: "
-        f"{len(dataset)} instances; device {device}"
-        + (f"; {rank.world_size} processes ({tcfg.backend})." if rank.distributed else ".")
-        + (f" Resumed from {found[1]} at step {start}." if found else "")
-        + (" --compile: the first steps compile the model (a minute or more)." if tcfg.compile else ""))
-    terms = list(target.terms)
-    dev = None
-    if tcfg.dev_dataset_path:
-        dev = BatchLoader(Dataset(tcfg.dev_dataset_path), special, tcfg.batch_size, rank=rank.rank,
-                          world_size=rank.world_size, seed=tcfg.seed, masking=masking)
-    dev_steps = tcfg.dev_steps or tcfg.save_checkpoint_steps
-    best = None
-    skipped = 0  # fp16 steps skipped in a row
-    # without a loss scaler, a non-finite gradient norm is caught on the device (no host sync per step)
-    # where the optimizer can skip a step there; else it is read at every step
-    watch = NonFiniteWatch(device) if not scaler.is_enabled() and optimizer.defaults.get("fused") else None
-    window = Window()
-    t_start = time.perf_counter()
-    history = []
-    model.train()
-    for step in range(start + 1, tcfg.total_steps + 1):
-        micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
-        # global-batch normalisation: each term's count over all micro-batches and all ranks
-        counts = [target.counts(b) for b in micro]
-        local = [sum(c[k] for c in counts) for k in terms]
-        if rank.distributed:
-            local = _all_reduce(torch.tensor(local, dtype=torch.int64, device=device), rank).tolist()
-        totals = dict(zip(terms, local))
-        for m, b in enumerate(micro):
-            window.tokens += b.pop("tokens")
-            b = to_device(prepare(b), device)
-            sync = not rank.distributed or m == len(micro) - 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast_context(tcfg, device):
-                out = forward(b)
-                # DDP averages gradients over ranks; the sums are normalised by global counts
-                loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
-                scaler.scale(loss).backward()
-            window.add(out)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step runs with
-        # the global norm (DDP has summed the gradients, so every rank computes the same one)
-        if watch is not None:  # the fused AdamW, no loss scaler: clipping happens in its step
-            norm = clip_in_step(optimizer, model.parameters(), tcfg.max_grad_norm)
-            optimizer.found_inf = watch.update(step, norm)  # from the first bad step on, no update
-            optimizer.step()
-        else:
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm or math.inf)
-            if scaler.is_enabled():
-                # fp16: the scaler skips a step whose gradients overflowed and lowers the scale
-                scale = scaler.get_scale()
-                scaler.step(optimizer)
-                scaler.update()
-                skipped = skipped + 1 if scaler.get_scale() < scale else 0
-                if skipped:
-                    log(f"step {step}: non-finite gradients at loss scale {scale:g}; the step is skipped.")
-                if skipped >= MAX_SKIPPED_STEPS:
-                    raise non_finite(step, f"{skipped} steps in a row had non-finite gradients", tcfg)
-            elif not torch.isfinite(norm):  # one scalar read per step, before the weights change
-                raise non_finite(step, f"the gradient norm is {norm.item()}", tcfg)
-            else:
-                optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if bar is not None:
-            bar.update(step - bar.n)
 
-        report = step % tcfg.report_steps == 0 or step == tcfg.total_steps
-        evaluate_now = dev is not None and (step % dev_steps == 0 or step == tcfg.total_steps)
-        checkpoint = step % tcfg.save_checkpoint_steps == 0
-        if watch is not None and (report or evaluate_now or checkpoint):
-            watch.check(tcfg)  # where the host reads anyway, and before anything is saved
-        if report:
-            metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
-            now = time.perf_counter()
-            total_loss = sum(m["loss"] for m in metrics.values())
-            if not math.isfinite(total_loss):
-                raise non_finite(step, f"the loss is {total_loss}", tcfg)
-            speed = tokens / max(now - window.start, 1e-9)
-            log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
-            log.metrics(step, "train", metrics, speed, lr)
-            history.append({"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed})
-            window = Window()
-        if evaluate_now:
-            scores = evaluate(getattr(model, "module", model), dev, tcfg, device, rank)
-            log(format_dev(step, scores))
-            log.metrics(step, "dev", scores)
-            if history and history[-1]["step"] == step:
-                history[-1]["dev"] = scores
-            else:
-                history.append({"step": step, "dev": scores})
-            if tcfg.best_model_path and rank.is_main and (best is None or better(scores, best, target)):
-                best = scores
-                save_model(model, tcfg.best_model_path)
-                log(f"Saved the best model so far (dev) to {tcfg.best_model_path}.")
-            model.train()
-        if checkpoint:
-            rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
-            if rank.is_main:
-                path = f"{tcfg.output_model_path}-{step}"
-                save_model(model, path)
-                save_training_state(state_path(path), {
-                    "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rngs, "run": run_shape(tcfg, rank),
-                    "batches_consumed_per_rank": step * tcfg.accumulation_steps})
-    if bar is not None:
-        bar.close()
+# On a GPU, cuDNN's attention builds an execution plan for every new shape, several milliseconds
+# each, and uer's shapes change from batch to batch (length buckets, the last layer's selected
+# rows, a growing generation cache); flash and memory-efficient attention take any shape.
+ANY_SHAPE = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _with_sdpa_backends(forward):
+    def run(batch):
+        with sdpa_kernel(ANY_SHAPE):
+            return forward(batch)
+    return run
+
+
+def restore(path: str, step: int, tcfg: TrainConfig, rank: Rank, model, optimizer, scheduler,
+            precision: Precision, device: torch.device) -> None:
+    """Continue exactly from checkpoint `path` (step `step`) and its training state."""
+    state = load_training_state(state_path(path))
+    problems = state_problems(state, optimizer, torch.get_rng_state().shape, step)
+    if problems:
+        raise UerError(f"--resume: {state_path(path)} does not fit this run's model and optimizer:\n  "
+                       + "\n  ".join(problems[:20]))
+    changed = [f"{k}: {state['run'].get(k)} in the checkpoint, {v} now"
+               for k, v in run_shape(tcfg, rank).items() if state["run"].get(k) != v]
+    if changed:
+        raise UerError(f"--resume from {path}: the run is not the same, so it cannot continue exactly "
+                       f"({'; '.join(changed)})")
+    load_model(unwrap(model), path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:  # states written before every run had a scaler hold none
+        precision.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"][rank.rank], device)
+
+
+def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision, tcfg: TrainConfig,
+                    rank: Rank, device: torch.device) -> None:
+    """<output_model_path>-<step> and its training state (rank 0; every rank sends its RNG)."""
+    rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
     if rank.is_main:
-        save_model(model, tcfg.output_model_path)
-        log(f"Saved the final model to {tcfg.output_model_path}.")
-    sys.stdout.flush()
-    return {"history": history, "model": getattr(model, "module", model)}
+        path = f"{tcfg.output_model_path}-{step}"
+        save_model(model, path)
+        save_training_state(state_path(path), {
+            "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run_shape(tcfg, rank),
+            "batches_consumed_per_rank": step * tcfg.accumulation_steps})
 
 
-MAX_SKIPPED_STEPS = 50  # fp16: a scale divided by 2**50 is no longer an overflow
+def describe(tcfg, mcfg, model, dataset, device, rank, found) -> str:
+    kernels = sorted({type(m).__name__ for m in unwrap(model).modules() if type(m).__module__ == "uer.kernels.cpu"})
+    return (f"Model: {mcfg.embedding} + {mcfg.encoder} + {mcfg.target}, "
+            f"{count_parameters(model) / 1e6:.2f} M parameters; dataset {dataset.path}: "
+            f"{len(dataset)} instances; device {device}"
+            + (f"; {rank.world_size} processes ({tcfg.backend})." if rank.distributed else ".")
+            + (f" Kernels: {', '.join(kernels)}." if kernels else "")
+            + (f" Resumed from {found[1]} at step {found[0]}." if found else "")
+            + (" --compile: the first steps compile the model (a minute or more)." if tcfg.compile else ""))
 
 
-class NonFiniteWatch:
-    """The first optimizer step whose gradient norm was not finite, and that norm, kept on the
-    device. update() gives the fused AdamW its found_inf: 1 from that step on, so that step and
-    every later one leave the weights as they were before it, and nothing waits for the host until
-    check() reads the flag (at reports and checkpoints, which read the device anyway)."""
-
-    def __init__(self, device: torch.device):
-        self.step = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
-        self.norm = torch.zeros((), device=device)
-
-    def update(self, step: int, norm: torch.Tensor) -> torch.Tensor:
-        new = (self.step == 0) & ~torch.isfinite(norm)
-        self.step = torch.where(new, step, self.step)
-        self.norm = torch.where(new, norm.float(), self.norm)
-        return (self.step > 0).float()
-
-    def check(self, tcfg: TrainConfig) -> None:
-        step = int(self.step)
-        if step:
-            raise non_finite(step, f"the gradient norm is {float(self.norm)}", tcfg)
+def global_counts(target, micro: list[dict], rank: Rank, device: torch.device) -> dict[str, int]:
+    """Global-batch normalisation: each term's predictions over all micro-batches and all ranks
+    (known on the host before the forward)."""
+    terms = list(target.terms)
+    counts = [target.counts(b) for b in micro]
+    local = [sum(c[k] for c in counts) for k in terms]
+    if rank.distributed:
+        local = _all_reduce(torch.tensor(local, dtype=torch.int64, device=device), rank).tolist()
+    return dict(zip(terms, local))
 
 
-def non_finite(step: int, what: str, tcfg: TrainConfig) -> UerError:
+def report_window(step: int, window: Window, lr: float, t_start: float, tcfg: TrainConfig, rank: Rank,
+                  log) -> dict:
+    metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
+    now = time.perf_counter()
+    total_loss = sum(m["loss"] for m in metrics.values())
+    if not math.isfinite(total_loss):
+        raise non_finite(step, f"the loss is {total_loss}", tcfg)
+    speed = tokens / max(now - window.start, 1e-9)
+    log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
+    log.metrics(step, "train", metrics, speed, lr)
+    return {"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed}
+
+
+class DevEvaluation:
+    """--dev_dataset_path: evaluated every dev_steps (default: every checkpoint) and at the end;
+    --best_model_path keeps the best model so far."""
+
+    def __init__(self, tcfg: TrainConfig, special: SpecialIds, masking, rank: Rank, device: torch.device):
+        self.tcfg, self.rank, self.device, self.best = tcfg, rank, device, None
+        self.every = tcfg.dev_steps or tcfg.save_checkpoint_steps
+        self.loader = BatchLoader(Dataset(tcfg.dev_dataset_path), special, tcfg.batch_size, rank=rank.rank,
+                                  world_size=rank.world_size, seed=tcfg.seed, masking=masking)
+
+    def run(self, step: int, model, history: list, log) -> None:
+        scores = evaluate(unwrap(model), self.loader, self.tcfg, self.device, self.rank)
+        log(format_dev(step, scores))
+        log.metrics(step, "dev", scores)
+        if history and history[-1]["step"] == step:
+            history[-1]["dev"] = scores
+        else:
+            history.append({"step": step, "dev": scores})
+        target = unwrap(model).target
+        if self.tcfg.best_model_path and self.rank.is_main and (self.best is None or better(scores, self.best, target)):
+            self.best = scores
+            save_model(model, self.tcfg.best_model_path)
+            log(f"Saved the best model so far (dev) to {self.tcfg.best_model_path}.")
+
+
+def guard(precision: Precision, tcfg: TrainConfig) -> None:
+    try:
+        precision.check()
+    except NonFinite as e:
+        raise non_finite(None, str(e), tcfg) from None
+
+
+def non_finite(step: int | None, what: str, tcfg: TrainConfig) -> UerError:
     """Training stops before the weights change: the last checkpoint written stays the last good one."""
     found = latest_checkpoint(tcfg.output_model_path)
     kept = (f"the last good checkpoint is {found[1]} (step {found[0]}); continue from it with --resume, "
             "after lowering --learning_rate or --max_grad_norm" if found else "no checkpoint was written yet")
-    return UerError(f"step {step}: {what}; training stopped before the weights changed, and {kept}.")
+    return UerError(f"{'' if step is None else f'step {step}: '}{what}; training stopped before the weights "
+                    f"changed, and {kept}.")
 
 
 def run_shape(tcfg: TrainConfig, rank: Rank) -> dict:
@@ -415,11 +425,24 @@ def _silent(*_args, **_kw) -> None:
 
 
 def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_path: str, special: SpecialIds,
-                    masking: MaskingConfig | None) -> None:
-    """One process of a run: join the others, open the dataset (memory-mapped; only this rank's
-    share is read), train, leave."""
+                    masking: MaskingConfig | None, process: dict | None = None) -> None:
+    """One process of a command-line run: take the process-wide settings the command line chose
+    (process: keep_freed_memory, batch_worker, progress_bar), join the other ranks, open the
+    dataset (memory-mapped; only this rank's share is read), train, leave."""
+    process = {"keep_freed_memory": True, "batch_worker": "process", "progress_bar": True, **(process or {})}
+    if process["keep_freed_memory"]:
+        retain_freed_memory()
     init(rank, tcfg)
+    bar, log = None, print
+    if process["progress_bar"] and rank.is_main and sys.stderr.isatty():  # only for a person watching
+        from tqdm import tqdm
+
+        bar = tqdm(total=tcfg.total_steps, unit="step", dynamic_ncols=True, leave=False)
+        log = tqdm.write  # report lines above the bar
     try:
-        train(tcfg, mcfg, Dataset(dataset_path), special, masking, rank=rank)
+        train(tcfg, mcfg, Dataset(dataset_path), special, masking, log=log, rank=rank, progress=bar,
+              worker=process["batch_worker"])
     finally:
+        if bar is not None:
+            bar.close()
         finish(rank)

@@ -1,0 +1,60 @@
+"""The model's seam for speed kernels: the three operations whose fastest form depends on the
+hardware, each a parameter-free module that runs the stock PyTorch op. uer.kernels replaces
+these modules in a model built for training where a faster kernel pays; nothing else in the
+model knows about devices, CPU features, autocast or compilation, and the state dict is the same."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Dropout(nn.Module):
+    """F.dropout; called with a residual, residual + dropout(x)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.dropout(x, self.p, self.training)
+        return x if residual is None else residual + x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Attention(nn.Module):
+    """softmax(Q K^T / sqrt(d) + mask) V, with dropout p on the probabilities while training, for
+    q [B, Lq, heads, d] and k, v [B, Lk, heads, d]; a boolean mask (True = may attend) broadcasts
+    to [B, heads, Lq, Lk]. Returns [B, Lq, heads * d]."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        B, Lq, h, d = q.shape
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=attn_mask, is_causal=is_causal,
+                                             dropout_p=self.p if self.training else 0.0)
+        return out.transpose(1, 2).reshape(B, Lq, h * d)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def token_terms(logits: torch.Tensor, labels: torch.Tensor):
+    """(summed cross-entropy, correct, count) over rows whose label is not -100."""
+    loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+    valid = labels != -100
+    return loss, ((logits.argmax(-1) == labels) & valid).sum(), valid.sum()
+
+
+class OutputLoss(nn.Module):
+    """token_terms(layer(x), labels): a token-level term's output layer and its loss, as one
+    operation (a kernel may fuse them)."""
+
+    def forward(self, layer: nn.Linear, x: torch.Tensor, labels: torch.Tensor):
+        return token_terms(layer(x), labels)
