@@ -19,7 +19,7 @@ from uer.data.loader import BatchLoader
 from uer.data.preprocess import PreprocessJob, build_dataset
 from uer.model import build_model
 from uer.model.targets import pool
-from uer.utils import cpu_has_native_bf16
+from uer.train.precision import cpu_has_native_bf16
 from uer.vocab import Vocab
 
 MT_CORPUS = os.path.join(SHARED, "corpora", "news-commentary-v13-en-zh_sampled.txt")
@@ -325,7 +325,25 @@ def pretrain_system(tmp_path, system: str, steps: int, precision: list[str]):
                       "--report_steps", str(max(steps // 8, 1)), "--batch_size", "16", "--learning_rate", "2e-3",
                       "--warmup", "0.1", *precision)
     assert proc.returncode == 0, proc.stderr
+    proc.pretrain_args = ["--dataset_path", str(tmp_path / "d.pt"), *vocab, *pt, "--output_model_path",
+                          str(tmp_path / "m.bin")]
     return proc
+
+
+def model_of(argv: list[str]):
+    """The model pretrain.py builds from these options (as the command line builds it)."""
+    from uer.config import build_model_config, load_recipe
+    from uer.model import build_model
+    from uer.options import build_pretrain_parser, explicit_dests
+    from uer.vocab import load_vocab
+
+    parser = build_pretrain_parser()
+    args = parser.parse_args(argv)
+    explicit = explicit_dests(parser, argv)
+    vocab = load_vocab(args.vocab_path, args.spm_model_path)
+    tgt = load_vocab(args.tgt_vocab_path, args.tgt_spm_model_path) if args.tgt_vocab_path else None
+    recipe = load_recipe(args.config_path)
+    return build_model(build_model_config(recipe, vars(args), explicit, len(vocab), len(tgt) if tgt else None))
 
 
 @pytest.mark.parametrize("system", ["BERT", "ELMo"])
@@ -350,10 +368,11 @@ def test_documented_system_trains(tmp_path, system):
               "ELMo": ["loss_forward:", "loss_backward:", "acc_forward:", "acc_backward:"]}.get(system, ["acc:"])
     last = proc.stdout.strip().splitlines()[-2]
     assert all(f in last for f in fields), last
-    # the checkpoint loads back strictly into the same model
-    from uer.train.checkpoint import read_state_dict
+    # the checkpoint loads back strictly (every key, every shape) into the model its options build
+    from uer.train.checkpoint import load_model
 
-    assert len(read_state_dict(str(out))) > 0
+    report = load_model(model_of(proc.pretrain_args), str(out), strict=True)
+    assert report == {"missing": [], "unexpected": [], "misshaped": []}
 
 
 def test_readme_documents_every_system():

@@ -5,7 +5,6 @@ this checks that the command works and its bookkeeping adds up.)"""
 import json
 import os
 import sys
-import time
 
 import pytest
 import torch
@@ -39,13 +38,23 @@ def test_the_training_benchmark_runs_and_reports_paired_mfu(tmp_path):
     assert "| tiny | mlm | uer |" in proc.stdout and "MFU paired" in proc.stdout
 
 
-def test_the_step_clock_times_each_step_without_its_probes():
+def test_the_step_clock_times_each_step_without_its_probes(monkeypatch):
+    """On a clock that moves only when told: every step is timed from the end of the one before,
+    and none of a probe's time (far longer than a step here) is in a step's time."""
+    import train_speed
+
+    now = [0.0]
+    monkeypatch.setattr(train_speed.time, "perf_counter", lambda: now[0])
+
+    def probe(*_args, **_kw):
+        now[0] += 100.0
+        return 1e12
+
+    monkeypatch.setattr(train_speed, "matmul_peak", probe)
     clock = StepClock(warmup=1, steps=5, every=2, dtype=torch.float32)
     clock.mark()  # the warm-up step's end: a probe (before the first timed step)
-    for _ in range(5):
-        time.sleep(0.05)
+    for seconds in (1.0, 2.0, 3.0, 4.0, 5.0):
+        now[0] += seconds
         clock.mark()
     assert [timed for timed, _ in clock.probes] == [0, 2, 4, 5]
-    assert all(peak > 1e9 for _, peak in clock.probes)
-    # each probe takes longer than a step here, and none of it is in a step's time
-    assert len(clock.step_s) == 5 and all(0.05 <= s < 0.09 for s in clock.step_s), clock.step_s
+    assert clock.step_s == [1.0, 2.0, 3.0, 4.0, 5.0]
