@@ -13,7 +13,7 @@ from uer.errors import UerError, run_cli  # noqa: E402
 def main(argv=None):
     import torch
 
-    from uer.train.checkpoint import read_state_dict
+    from uer.checkpoint import read_state_dict
     from uer.utils import atomic_path
 
     p = argparse.ArgumentParser(description=__doc__)

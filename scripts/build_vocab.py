@@ -7,7 +7,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uer.errors import run_cli  # noqa: E402
-from uer.vocab import build_vocab  # noqa: E402
+from uer.tokenizers import build_vocab  # noqa: E402
 
 
 def main(argv=None):

@@ -44,7 +44,7 @@ def adapt(state: dict, old_tokens: list[str], new_tokens: list[str], seed: int =
 def main(argv=None):
     import torch
 
-    from uer.train.checkpoint import map_later_names, read_state_dict
+    from uer.checkpoint import map_later_names, read_state_dict
     from uer.utils import atomic_path
     from uer.vocab import Vocab
 

@@ -13,7 +13,7 @@ from uer.utils import atomic_write_text  # noqa: E402
 
 
 def main(argv=None):
-    from uer.train.checkpoint import map_later_names, read_state_dict
+    from uer.checkpoint import map_later_names, read_state_dict
     from uer.vocab import load_vocab
 
     p = argparse.ArgumentParser(description=__doc__)

@@ -177,3 +177,24 @@ def test_self_attention_with_one_qkv_gemm_equals_three():
         results.append([out, x.grad] + [p.grad.clone() for p in attn.parameters()])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+def test_the_model_package_imports_no_data_training_or_option_module():
+    """The layers of DESIGN.md: uer.model stands on config alone, and a checkpoint is read through
+    uer.checkpoint, outside the training package (a fresh interpreter, as a user's script)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nimport uer.model, uer.checkpoint\nfrom uer.config import ModelConfig\n"
+            "m = uer.model.build_model(ModelConfig(vocab_size=30, emb_size=8, hidden_size=8, feedforward_size=16,"
+            " heads_num=2, layers_num=1))\nuer.checkpoint.save_model(m, sys.argv[1])\n"
+            "uer.checkpoint.load_model(m, sys.argv[1])\n"
+            "print(sorted({n.split('.')[1] for n in sys.modules if n.startswith('uer.')}))")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        proc = subprocess.run([sys.executable, "-c", code, os.path.join(d, "m.bin")], capture_output=True,
+                              text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['checkpoint',", "'config',", "'errors',", "'model',", "'registry',",
+                                   "'utils']"], proc.stdout

@@ -37,7 +37,7 @@ class Pretrained:
         default: any key that does not fit is an error that names it)."""
         from uer.model import build_model
         from uer.tokenizers import build_tokenizer
-        from uer.train.checkpoint import load_model
+        from uer.checkpoint import load_model
 
         vocab = load_vocab(vocab_path, spm_model_path)
         tgt = options.pop("tgt_vocab_size", None)

@@ -15,6 +15,9 @@ from dataclasses import dataclass, fields
 from uer.errors import ConfigError, UerError
 
 
+POOLINGS = ("mean", "max", "first", "last")  # the cls target's --pooling
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int

@@ -244,7 +244,7 @@ def convert_cli(family: str, direction: str, argv=None) -> int:
             p.add_argument("--max_seq_length", type=int, default=512,
                            help="Rows of the position table to keep (the recipe's max_seq_length).")
         args = p.parse_args(argv)
-        from uer.train.checkpoint import read_state_dict
+        from uer.checkpoint import read_state_dict
         from uer.utils import atomic_path
 
         state = read_state_dict(args.input_model_path)

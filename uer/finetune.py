@@ -94,7 +94,7 @@ def build_cls_dataset(tsv: str, header: list[str], workdir: str, name: str, voca
 
 def encoder_only(path: str, out: str) -> None:
     """The embedding and encoder of a checkpoint (and a cls head if it has one)."""
-    from uer.train.checkpoint import map_later_names, read_state_dict
+    from uer.checkpoint import map_later_names, read_state_dict
 
     state = map_later_names(read_state_dict(path))
     keep = {k: v for k, v in state.items() if k.startswith(("embedding.", "encoder."))
@@ -108,7 +108,7 @@ def run_classifier(argv=None) -> int:
     from uer.data.dataset import Dataset
     from uer.data.loader import BatchLoader
     from uer.model import build_model
-    from uer.train.checkpoint import load_model
+    from uer.checkpoint import load_model
     from uer.train.trainer import evaluate, train
     from uer.vocab import load_vocab
 
@@ -207,7 +207,7 @@ def run_classifier_infer(argv=None) -> int:
     explicit = explicit_dests(p, argv) | {"target"}
     header = read_tsv_header(args.test_path, need_label=False)
     if args.labels_num is None:
-        from uer.train.checkpoint import read_state_dict
+        from uer.checkpoint import read_state_dict
 
         w = read_state_dict(args.load_model_path).get("target.linear_2.weight")
         if w is None:

@@ -10,12 +10,13 @@ import argparse
 import os
 import sys
 
+from uer.config import POOLINGS
+
 EMBEDDINGS = ("word", "word_pos", "word_pos_seg", "word_sinusoidalpos")
 ENCODERS = ("transformer", "rnn", "lstm", "gru", "birnn", "bilstm", "bigru", "gatedcnn")
 DECODERS = ("transformer",)
 TARGETS = ("bert", "lm", "mlm", "bilm", "albert", "mt", "t5", "cls")
 TOKENIZERS = ("bert", "char", "space")
-POOLINGS = ("mean", "max", "first", "last")
 
 DEFAULT_CONFIG_PATH = "models/bert_base_config.json"
 

@@ -8,12 +8,13 @@ here in pure Python (`BasicTokenizer` + `wordpiece`) as the specification and as
 from __future__ import annotations
 
 import itertools
+import os
 import unicodedata
 from typing import TYPE_CHECKING
 
 from uer.errors import UerError
 from uer.registry import register
-from uer.vocab import UNK, Vocab
+from uer.vocab import RESERVED_TOKENS, UNK, Vocab
 
 if TYPE_CHECKING:
     import numpy as np
@@ -298,3 +299,58 @@ def build_tokenizer(name: str, vocab: Vocab, spm_model_path: str | None = None,
     if name not in TOKENIZERS:
         raise UerError(f"unknown tokenizer {name!r}; choose one of {', '.join(sorted(TOKENIZERS))}")
     return TOKENIZERS[name](vocab, spm_model_path=spm_model_path, do_lower_case=do_lower_case)
+
+
+# -- building a vocabulary from a corpus (scripts/build_vocab.py) -----------------------------------
+
+def _count_range(args):
+    from collections import Counter
+
+    path, start, end, tokenizer = args
+    tok = build_tokenizer(tokenizer, Vocab([UNK]))
+    counts: Counter = Counter()
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    for k, raw in enumerate(data.split(b"\n")):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, k
+        counts.update(tok.tokenize(line))
+    return counts, None
+
+
+def build_vocab(corpus_path: str, tokenizer: str = "space", min_count: int = 1,
+                workers_num: int = 1) -> Vocab:
+    """Reserved tokens, then every corpus token seen at least min_count times, most frequent first
+    (ties in first-seen order), reserved tokens not repeated. No line is skipped."""
+    import multiprocessing as mp
+    from collections import Counter
+
+    from uer.data.corpus import byte_ranges
+
+    if tokenizer not in ("char", "space"):
+        raise UerError(f"--tokenizer {tokenizer}: build_vocab counts 'char' or 'space' tokens")
+    if not os.path.isfile(corpus_path):
+        raise UerError(f"--corpus_path {corpus_path}: file not found")
+    ranges = byte_ranges(corpus_path, max(1 << 16, os.path.getsize(corpus_path) // max(1, workers_num) + 1))
+    tasks = [(corpus_path, a, b, tokenizer) for a, b in ranges]
+    if workers_num > 1 and len(tasks) > 1:
+        with mp.get_context("fork").Pool(workers_num) as pool:
+            results = pool.map(_count_range, tasks)
+    else:
+        results = [_count_range(t) for t in tasks]
+    total: Counter = Counter()
+    for (counts, bad), (path, start, _, _) in zip(results, tasks):
+        if counts is None:
+            with open(path, "rb") as f:
+                line = f.read(start).count(b"\n") + bad + 1
+            raise UerError(f"{path} line {line}: invalid UTF-8 (the corpus must be UTF-8 text)")
+        for tok, n in counts.items():
+            total[tok] += n
+    ranked = sorted(total.items(), key=lambda kv: -kv[1])  # stable: ties keep first-seen order
+    reserved = set(RESERVED_TOKENS)
+    tokens = list(RESERVED_TOKENS) + [t for t, n in ranked if n >= min_count and t not in reserved
+                                      and t.strip() == t and t != ""]
+    return Vocab(tokens, source=corpus_path)

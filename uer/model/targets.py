@@ -4,7 +4,7 @@ the sums over the whole global batch and reads the counts only when it reports.
 
 Token-level terms read two batch keys: `<key>_pos` [M], flat positions (b * L + p) of the
 predicted tokens, and `<key>_tgt` [M], their ids. The heads run only on those M positions, and the
-loss is `cross_entropy` on them (ops.OutputLoss, which a kernel may fuse with the output layer): no
+loss is `cross_entropy` on them (ops.OutputLoss, the seam where a kernel may fuse it with the output layer): no
 padding position is ever projected onto the vocabulary.
 Sentence-level terms read `label` [B].
 """
@@ -13,11 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uer.config import ModelConfig
+from uer.config import POOLINGS, ModelConfig
 from uer.model.layers import LayerNorm, activation
 from uer.model.ops import OutputLoss, token_terms
 from uer.model.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS, register
-from uer.options import POOLINGS
 
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
