@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a machine with CUDA and ../shared beside the repo: the CUDA
-# tests (and, on CUDA, the device-side non-finite check and clipping in the fused step), then the
+# tests (and, on CUDA, the device-side non-finite check and the precision step), then the
 # training bench at BERT-base with --bf16 at batch 128 and 32 (uer against HF), then uer --compile
 # at batch 128 (mlm). Each part has a time limit; results go to $OUT (or ./gpu-results). About 5
 # minutes on an H200.
@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu,m
 stamp tests
 timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
   "tests/test_reliability.py::test_a_non_finite_step_is_caught_on_the_device_and_no_later_step_moves_the_weights" \
-  "tests/test_train.py::test_clipping_in_the_fused_step_equals_clip_grad_norm" 2>&1 | tail -15 | tee "$out/test_cuda.log"
+  "tests/test_train.py::test_the_precision_step_is_clip_grad_norm_then_the_step" 2>&1 | tail -15 | tee "$out/test_cuda.log"
 bench() {  # name, time limit, arguments
   local name=$1 limit=$2
   shift 2

@@ -11,24 +11,29 @@ from uer.model import ops
 KERNELS = ("auto", "stock")
 
 
-def replacements(kernels: str, device: torch.device, reduced_precision: bool, compiled: bool) -> dict:
-    """stock op class -> its kernel class, for this run. The CPU kernels pay only in fp32 on a CPU
-    (under autocast the matmul units decide, and torch.compile fuses the stock dropout into the
-    ops around it, where a host-side random draw would split its graph)."""
+def replacements(kernels: str, device: torch.device, compiled: bool) -> dict:
+    """stock op class -> its kernel class, for this run: the CPU kernels on a CPU in eager mode
+    (torch.compile fuses the stock dropout into the ops around it, where a host-side random draw
+    would split its graph), in fp32 and under autocast alike."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
-    if kernels == "stock" or device.type != "cpu" or reduced_precision or compiled:
+    if kernels == "stock" or device.type != "cpu" or compiled:
         return {}
     from uer.kernels import cpu
 
-    return {ops.Dropout: cpu.CpuDropout, ops.Attention: cpu.CpuAttention, ops.OutputLoss: cpu.FusedOutputLoss}
+    return {ops.Dropout: cpu.CpuDropout, ops.Attention: cpu.CpuAttention}
 
 
 def use_kernels(model: nn.Module, kernels: str = "auto", device: torch.device = torch.device("cpu"),
-                reduced_precision: bool = False, compiled: bool = False) -> list[str]:
+                compiled: bool = False) -> list[str]:
     """Replace, in place, every stock op module of `model` that has a kernel for this run; returns
     the kernel classes' names that went in. Parameters and buffers are untouched."""
-    table = replacements(kernels, device, reduced_precision, compiled)
+    return swap(model, replacements(kernels, device, compiled))
+
+
+def swap(model: nn.Module, table: dict) -> list[str]:
+    """Replace every child module whose class is a key of `table` by an instance of its value
+    (same p, same training mode); returns the names of the classes that went in."""
     used = set()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -1,19 +1,17 @@
 """The CPU's fp32 training kernels, each equal to the stock op of uer.model.ops that it replaces
-(tests/test_kernels.py) and kept because it pays on a BERT-tiny or -small step (the figures are
-in docs/performance.md):
-  CpuDropout       the keep mask from 16-bit random numbers (bernoulli_ costs three times as much),
-                   and residual + dropout in one pass;
-  CpuAttention     attention with that dropout, reading the heads in place from the projections;
-  FusedOutputLoss  the output layer and cross-entropy with one [M, V] tensor instead of four.
+(tests/test_kernels.py) and kept because it pays at least 3 % of a BERT-tiny or -small step (the
+figures are in docs/performance.md):
+  CpuDropout    the keep mask from 16-bit random numbers (bernoulli_ costs three times as much),
+                and residual + dropout in one pass;
+  CpuAttention  attention with that dropout, reading the heads in place from the projections.
 uer.kernels.use_kernels puts them in a model; each falls back to the stock op where it does not
-apply (not training, another dtype)."""
+apply (not training, no dropout)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from uer.model import ops
 
@@ -88,11 +86,11 @@ def keep_mask(shape, threshold: int) -> torch.Tensor:
 
 class CpuDropout(ops.Dropout):
     """ops.Dropout with _CpuDropout's mask (a unit drops with probability round(p * 2**15) / 2**15,
-    within 2e-5 of p) on fp32 tensors."""
+    within 2e-5 of p), in fp32 and under bf16 autocast alike."""
 
     def forward(self, x, residual=None):
         threshold = cpu_threshold(self.p, self.training)
-        if threshold is None or x.dtype != torch.float32:
+        if threshold is None:
             return super().forward(x, residual)
         return _CpuDropout.apply(x, threshold, residual)
 
@@ -159,64 +157,21 @@ class _CpuAttention(torch.autograd.Function):
 
 
 class CpuAttention(ops.Attention):
-    """ops.Attention through _CpuAttention while training with dropout on fp32 (SDPA takes its
-    math path on CPU then anyway, with copies of every head and bernoulli_'s dropout)."""
+    """ops.Attention while training with dropout (where SDPA takes its math path on CPU, with
+    copies of every head and bernoulli_'s dropout): in fp32 through _CpuAttention, otherwise (bf16
+    autocast) as that math with _CpuDropout on the probabilities."""
 
     def forward(self, q, k, v, attn_mask=None, is_causal=False):
         threshold = cpu_threshold(self.p, self.training)
-        if threshold is None or q.dtype != torch.float32:
+        if threshold is None:
             return super().forward(q, k, v, attn_mask, is_causal)
         mask = additive_mask(attn_mask, is_causal, q.shape[1], k.shape[1], q.device)
-        return _CpuAttention.apply(q, k, v, mask, threshold)
-
-
-_LOG2E, _LN2 = 1 / math.log(2), math.log(2)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """(summed cross-entropy, correct predictions) of the scores x @ weight.T + bias against labels
-    (rows labelled -100 count for nothing). The scores become exp(score - row max) in place, and
-    the label's entry drops by the row's sum S: that tensor, E, is the only [M, V] one kept, as
-    the gradient of the scores is (E / S) * grad. The 1 / S and the grad fold into the small
-    operands of the backward GEMMs ([M] and [M, in]), so after the forward's max, exp and sum no
-    pass over [M, V] is left but the GEMMs' and the bias's: no log-probabilities, no dense nll
-    gradient, no log_softmax backward. On [3300, 384] -> 21128 (a BERT-tiny lm step's output),
-    forward and backward take 6 % less time than the layer, cross_entropy and top1."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, labels):
-        # the scores in base 2 (times log2(e), folded into the GEMM's small operand and the bias'
-        # scale), so that E is exp2(score - row max): on CPU (AVX2) the max, exp and sum passes
-        # take 0.75-0.77x the time they take with exp; about 2e-6 relative error
-        x2 = x * _LOG2E
-        scores = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t(), beta=_LOG2E)
-        valid = labels != -100
-        rows, labels = torch.arange(len(labels), device=x.device), labels.clamp(min=0)
-        picked, top = scores[rows, labels], scores.amax(-1)
-        correct = ((picked >= top) & valid).sum()  # top1's test, on the scores before they go
-        e = scores.sub_(top[:, None]).exp2_()
-        total = e.sum(-1)
-        loss = torch.where(valid, total.log() + (top - picked) * _LN2, 0).sum()
-        e[rows, labels] -= total
-        ctx.save_for_backward(x, weight, e, valid / total)
-        ctx.has_bias = bias is not None
-        return loss, correct
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss, _):
-        x, weight, e, inv_total = ctx.saved_tensors
-        r = (inv_total * grad_loss)[:, None]
-        need = ctx.needs_input_grad
-        return ((e @ weight).mul_(r) if need[0] else None, e.t() @ (x * r) if need[1] else None,
-                r.t().mm(e).squeeze(0) if ctx.has_bias and need[2] else None, None)
-
-
-class FusedOutputLoss(ops.OutputLoss):
-    """ops.OutputLoss through _LinearCrossEntropy for fp32 inputs and weights."""
-
-    def forward(self, layer, x, labels):
-        if x.dtype != torch.float32 or layer.weight.dtype != torch.float32:
-            return super().forward(layer, x, labels)
-        loss, correct = _LinearCrossEntropy.apply(x, layer.weight, layer.bias, labels)
-        return loss, correct, (labels != -100).sum()
+        if q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+            return _CpuAttention.apply(q, k, v, mask, threshold)
+        B, Lq, h, d = q.shape
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        scores = (q * (1.0 / math.sqrt(d))) @ k.transpose(-1, -2)
+        if mask is not None:  # added in place (the product is not saved for backward)
+            scores.add_(mask.to(scores.dtype))
+        probs = _CpuDropout.apply(scores.softmax(-1), threshold, None)
+        return (probs @ v).transpose(1, 2).reshape(B, Lq, h * d)

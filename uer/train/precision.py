@@ -45,10 +45,6 @@ class Precision:
         self.bad_loss = torch.zeros((), dtype=torch.bool, device=device)  # the loss, not the norm
         self.skipped = 0  # fp16 steps skipped in a row
 
-    @property
-    def reduced(self) -> bool:
-        return self.dtype is not None
-
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
 

@@ -226,7 +226,7 @@ def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device:
     model.to(device)
     for warning in precision.prepare(model):
         log(warning)
-    use_kernels(model, tcfg.kernels, device, precision.reduced, tcfg.compile)
+    use_kernels(model, tcfg.kernels, device, tcfg.compile)
     if rank.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if tcfg.compile else model
