@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash .ci/install
 mkdir -p demo
 # bf16 autocast only where the CPU runs bf16 natively: emulated, it is many times slower than fp32
-precision=$(python3 -c "from uer.utils import cpu_has_native_bf16; print('--bf16' if cpu_has_native_bf16() else '')")
+precision=$(python3 -c "from uer.train.precision import cpu_has_native_bf16; print('--bf16' if cpu_has_native_bf16() else '')")
 python3 scripts/make_demo_corpus.py --output_path demo/corpus.txt --documents 3000
 python3 scripts/build_vocab.py --corpus_path demo/corpus.txt --vocab_path demo/vocab.txt --tokenizer space
 python3 preprocess.py --corpus_path demo/corpus.txt --vocab_path demo/vocab.txt --tokenizer space \

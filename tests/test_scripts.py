@@ -181,3 +181,17 @@ def test_word_based_workflow_of_the_manual(tmp_path):
     assert len(new_vocab) > len(old_vocab)
     assert torch.equal(adapted["embedding.word_embedding.weight"][new_vocab.index(word)],
                        old_state["embedding.word_embedding.weight"][old_vocab.index(word)])
+
+
+def test_the_quickstart_s_python_snippets_run():
+    """scripts/quickstart.sh (the README's first command) asks Python questions with `python3 -c`:
+    each runs against this tree (a moved function broke one once, with no test failing)."""
+    import re
+    import shlex
+
+    with open(os.path.join(ROOT, "scripts", "quickstart.sh"), encoding="utf-8") as f:
+        snippets = [shlex.split(m.group(0))[2] for m in re.finditer(r'python3 -c "[^"]*"', f.read())]
+    assert snippets
+    for code in snippets:
+        proc = run_script("-c", code)
+        assert proc.returncode == 0, (code, proc.stderr)
