@@ -114,6 +114,12 @@ def test_progress_bars_on_a_terminal_only(tmp_path):
     assert rc == 0, err
     assert "6/6" in err and ("step/s" in err or "s/step" in err) and "<" in err, err  # steps, rate, time left
     assert out.count(" steps|") == 2, out  # the report lines, on stdout above the bar
+    # a terminal, but the bar turned off (and the other process-wide settings of the command line)
+    rc, out, err = run_in_terminal([*train[:-6], "--output_model_path", str(tmp_path / "o.bin"), "--total_steps",
+                                    "2", "--report_steps", "1", "--batch_size", "4", "--progress_bar", "false",
+                                    "--batch_worker", "none", "--keep_freed_memory", "false"])
+    assert rc == 0, err
+    assert "step/s" not in err and "s/step" not in err and out.count(" steps|") == 2, err + out
     # not a terminal: no bar at all
     proc = run_script(*train[:-6], "--output_model_path", str(tmp_path / "n.bin"), "--total_steps", "2",
                       "--report_steps", "1", "--batch_size", "4")

@@ -16,6 +16,8 @@ from uer.errors import ConfigError, UerError
 
 
 POOLINGS = ("mean", "max", "first", "last")  # the cls target's --pooling
+KERNELS = ("auto", "stock")  # --kernels: see uer.kernels
+BATCH_WORKERS = ("process", "thread", "none")  # --batch_worker: see uer.data.loader.BatchLoader.prefetch
 
 
 @dataclass(frozen=True)

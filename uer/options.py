@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from uer.config import POOLINGS
+from uer.config import BATCH_WORKERS, KERNELS, POOLINGS
 
 EMBEDDINGS = ("word", "word_pos", "word_pos_seg", "word_sinusoidalpos")
 ENCODERS = ("transformer", "rnn", "lstm", "gru", "birnn", "bilstm", "bigru", "gatedcnn")
@@ -182,11 +182,11 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
                    help="torch.compile the model for training: a minute or more of compiling at the start "
                         "(and once more when the batch shape first changes), then fused kernels; pays on "
                         "GPUs and in long runs.")
-    x.add_argument("--kernels", choices=["auto", "stock"], default="auto",
-                   help="auto: uer's CPU kernels (dropout, attention with dropout, output layer + loss) "
-                        "where they pay (fp32 training on a CPU, without --compile); stock: PyTorch's ops "
+    x.add_argument("--kernels", choices=list(KERNELS), default="auto",
+                   help="auto: uer's CPU kernels (dropout, attention with dropout) where they pay "
+                        "(training on a CPU without --compile, fp32 or --bf16); stock: PyTorch's ops "
                         "everywhere.")
-    x.add_argument("--batch_worker", choices=["process", "thread", "none"], default="process",
+    x.add_argument("--batch_worker", choices=list(BATCH_WORKERS), default="process",
                    help="What builds batches ahead: a forked process (numpy only, so the training loop's "
                         "host never waits for the interpreter lock), a thread, or none (the loop itself).")
     x.add_argument("--keep_freed_memory", type=_bool, default=True, metavar="{true,false}",

@@ -11,6 +11,7 @@ import contextlib
 
 import numpy as np
 
+from uer.config import BATCH_WORKERS
 from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig
 from uer.data.dataset import Dataset
 from uer.data.masking import MaskingConfig
@@ -161,16 +162,14 @@ class BatchLoader:
         not fork, and in a daemonic process (which may not have children)."""
         import multiprocessing
 
-        if worker not in WORKERS:
-            raise ValueError(f"worker must be one of {', '.join(WORKERS)}, got {worker!r}")
+        if worker not in BATCH_WORKERS:
+            raise ValueError(f"worker must be one of {', '.join(BATCH_WORKERS)}, got {worker!r}")
         if worker == "none":
             return contextlib.closing(iter(self))
         depth = max(2, min(PREFETCH_BATCHES, instances_buffer_size // self.batch_size))
         forks = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
         return (ProcessPrefetcher if worker == "process" and forks else Prefetcher)(self, depth)
 
-
-WORKERS = ("process", "thread", "none")
 
 
 class Prefetcher:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from uer.config import KERNELS
 from uer.model import ops
-
-KERNELS = ("auto", "stock")
 
 
 def replacements(kernels: str, device: torch.device, compiled: bool) -> dict:

@@ -31,25 +31,12 @@ def keep_scale(threshold: int) -> float:
     return _RANDOM_LEVELS / (_RANDOM_LEVELS - threshold)
 
 
-def keep_mask(shape, threshold: int) -> torch.Tensor:
-    """An fp32 tensor of 0s (probability threshold / 2**15) and 1s, from numpy's SFC64 generator
-    seeded by one draw from torch's default generator (so torch.manual_seed and the saved RNG
-    state decide every mask). fp32, not bool: no use of the mask converts it first."""
-    n = math.prod(shape)
-    seed = int(torch.empty((), dtype=torch.int64).random_())
-    bits = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n])
-    return torch.ge(bits.view(shape), 2 * threshold - _RANDOM_LEVELS, out=torch.empty(shape))
-
-
 def _masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float,
                   residual: torch.Tensor | None = None) -> torch.Tensor:
     """(residual +) x * keep * scale for a keep mask of 0s and 1s, in one pass: 3-4x faster on CPU
     than torch.where(keep, x, 0).mul_(scale) with a bool mask, and equal to it except that a
     dropped inf or nan gives nan, not 0."""
     return torch.addcmul(x.new_zeros(()) if residual is None else residual, x, keep, value=scale)
-
-
-_RANDOM_LEVELS = 1 << 15
 
 
 class _CpuDropout(torch.autograd.Function):

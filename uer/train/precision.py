@@ -27,6 +27,12 @@ def cpu_has_native_bf16() -> bool:
     return supported is None or bool(supported())
 
 
+def autocast(bf16: bool, fp16: bool, fp16_opt_level: str, device: torch.device):
+    """The autocast context of these precision options (none for fp32 or --fp16_opt_level O0)."""
+    dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 and fp16_opt_level != "O0" else None
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 class NonFinite(UerError):
     """A step whose loss or gradient norm was not finite."""
 
@@ -36,7 +42,7 @@ class Precision:
         self.device = device
         self.fp16 = fp16 and fp16_opt_level != "O0"
         self.o3 = self.fp16 and fp16_opt_level == "O3"
-        self.dtype = torch.bfloat16 if bf16 else torch.float16 if self.fp16 else None
+        self.bf16, self.fp16_opt_level = bf16, fp16_opt_level
         # fp32 / bf16: a fixed scale of 1 (growth never comes: the interval is ~2**31 steps)
         fixed = {} if self.fp16 else {"init_scale": 1.0, "growth_interval": 2 ** 31 - 1}
         self.scaler = torch.amp.GradScaler(device.type, **fixed)
@@ -46,14 +52,14 @@ class Precision:
         self.skipped = 0  # fp16 steps skipped in a row
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        return autocast(self.bf16, self.fp16, self.fp16_opt_level, self.device)
 
     def prepare(self, model: nn.Module) -> list[str]:
         """The model in this policy's storage precision; returns warnings for the log."""
         warnings = []
         if self.o3:
             model.half()
-        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+        if self.bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             warnings.append("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): autocast "
                             "emulates it, which is many times slower than fp32 here; leave --bf16 out on "
                             "this CPU.")

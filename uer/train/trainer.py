@@ -31,7 +31,7 @@ from uer.train.checkpoint import latest_checkpoint, load_model, load_training_st
 from uer.train.distributed import Rank, finish, init
 from uer.kernels import use_kernels
 from uer.train.optim import build_optimizer, build_scheduler
-from uer.train.precision import NonFinite, Precision
+from uer.train.precision import NonFinite, Precision, autocast
 from uer.utils import retain_freed_memory, set_seed
 from uer.vocab import SpecialIds
 
@@ -74,10 +74,6 @@ def format_report(step: int, total: int, tokens_per_s: float, metrics: dict, lr:
     return "|".join(parts)
 
 
-def autocast_context(cfg: TrainConfig, device: torch.device):
-    return Precision(cfg.bf16, cfg.fp16, cfg.fp16_opt_level, device).autocast()
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     """A host batch on the device; to a GPU through pinned memory, so that the copy is queued
     behind the work already there instead of waiting for it."""
@@ -94,8 +90,8 @@ def evaluate(model, loader: BatchLoader, tcfg: TrainConfig, device: torch.device
     window = Window()
     for batch in loader.ordered():
         batch.pop("tokens")
-        batch = getattr(model, "module", model).prepare(batch)  # on the host: no device sync
-        with autocast_context(tcfg, device):
+        batch = unwrap(model).prepare(batch)  # on the host: no device sync
+        with autocast(tcfg.bf16, tcfg.fp16, tcfg.fp16_opt_level, device):
             window.add(model(to_device(batch, device)))
     metrics, _ = window.read(lambda t: _all_reduce(t, rank))
     sentence_level = {term for term, key in model.target.terms.items() if key == "label"}
@@ -146,7 +142,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     # builds the first batches while the model is built
     with loader.prefetch(tcfg.instances_buffer_size, worker) as batches:
         precision = Precision(tcfg.bf16, tcfg.fp16, tcfg.fp16_opt_level, device)
-        model, forward = build_for_training(tcfg, mcfg, rank, device, precision, log)
+        model, forward, kernels = build_for_training(tcfg, mcfg, rank, device, precision, log)
         optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
         scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
         if found:
@@ -154,7 +150,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         elif tcfg.resume:
             log(f"--resume: no checkpoint {tcfg.output_model_path}-<step> with its .state file yet; starting "
                 "from the beginning.")
-        log(describe(tcfg, mcfg, model, dataset, device, rank, found))
+        log(describe(tcfg, mcfg, model, dataset, device, rank, found, kernels))
         target, prepare = unwrap(model).target, unwrap(model).prepare
         dev = DevEvaluation(tcfg, special, masking, rank, device) if tcfg.dev_dataset_path else None
         window, history, t_start = Window(), [], time.perf_counter()
@@ -211,10 +207,10 @@ def unwrap(model):
 
 def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device: torch.device,
                        precision: Precision, log):
-    """(the model to save and synchronise, the forward the steps call): built with the same
-    initial weights on every rank, loaded from --pretrained_model_path, in the precision's
-    storage dtype, with the kernels the run allows (--kernels), in DDP across ranks, compiled
-    with --compile."""
+    """(the model to save and synchronise, the forward the steps call, the kernels put in): built
+    with the same initial weights on every rank, loaded from --pretrained_model_path, in the
+    precision's storage dtype, with the kernels the run allows (--kernels), in DDP across ranks,
+    compiled with --compile."""
     set_seed(tcfg.seed)  # the same initial weights on every rank
     model = build_model(mcfg)
     if tcfg.pretrained_model_path:
@@ -226,14 +222,14 @@ def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device:
     model.to(device)
     for warning in precision.prepare(model):
         log(warning)
-    use_kernels(model, tcfg.kernels, device, tcfg.compile)
+    kernels = use_kernels(model, tcfg.kernels, device, tcfg.compile)
     if rank.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if tcfg.compile else model
     if device.type == "cuda":  # see ANY_SHAPE
         forward = _with_sdpa_backends(forward)
     torch.manual_seed(tcfg.seed + rank.rank)  # dropout differs between ranks
-    return model, forward
+    return model, forward, kernels
 
 
 # On a GPU, cuDNN's attention builds an execution plan for every new shape, several milliseconds
@@ -283,8 +279,7 @@ def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision
             "batches_consumed_per_rank": step * tcfg.accumulation_steps})
 
 
-def describe(tcfg, mcfg, model, dataset, device, rank, found) -> str:
-    kernels = sorted({type(m).__name__ for m in unwrap(model).modules() if type(m).__module__ == "uer.kernels.cpu"})
+def describe(tcfg, mcfg, model, dataset, device, rank, found, kernels: list[str]) -> str:
     return (f"Model: {mcfg.embedding} + {mcfg.encoder} + {mcfg.target}, "
             f"{count_parameters(model) / 1e6:.2f} M parameters; dataset {dataset.path}: "
             f"{len(dataset)} instances; device {device}"
@@ -425,11 +420,10 @@ def _silent(*_args, **_kw) -> None:
 
 
 def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_path: str, special: SpecialIds,
-                    masking: MaskingConfig | None, process: dict | None = None) -> None:
+                    masking: MaskingConfig | None, process: dict) -> None:
     """One process of a command-line run: take the process-wide settings the command line chose
     (process: keep_freed_memory, batch_worker, progress_bar), join the other ranks, open the
     dataset (memory-mapped; only this rank's share is read), train, leave."""
-    process = {"keep_freed_memory": True, "batch_worker": "process", "progress_bar": True, **(process or {})}
     if process["keep_freed_memory"]:
         retain_freed_memory()
     init(rank, tcfg)
