@@ -170,7 +170,7 @@ def batch_stats(cfg, batch: dict, uer: bool) -> tuple[int, int, float]:
     """(real tokens, padded positions, model FLOPs): uer's FLOPs count its last layer only at the
     positions the target reads (the masked ones, and position 0 for bert), as it computes them."""
     from uer.model.model import read_plan
-    from uer.model.registry import TARGETS
+    from uer.registry import TARGETS
 
     src = batch["src"]
     lengths = (src != 0).sum(1).tolist()

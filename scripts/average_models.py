@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Element-wise mean of several checkpoints with the same keys and shapes (e.g. the last few
 <output_model_path>-<step> files), written atomically."""
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uer.errors import UerError, run_cli  # noqa: E402
+from uer.options import parse  # noqa: E402
 
 
 def main(argv=None):
@@ -16,10 +16,7 @@ def main(argv=None):
     from uer.checkpoint import read_state_dict
     from uer.utils import atomic_path
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model_list_path", nargs="+", required=True, help="Checkpoints to average.")
-    p.add_argument("--output_model_path", required=True, help="Where the averaged model goes.")
-    args = p.parse_args(argv)
+    args, _ = parse("average_models", argv, __doc__)
     total, first = None, None
     for path in args.model_list_path:
         state = read_state_dict(path)

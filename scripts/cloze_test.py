@@ -1,30 +1,24 @@
 #!/usr/bin/env python3
 """Mask one random token of each line of --input_path and write the model's top-n predictions for
 it (an mlm, bert or albert model). Output lines: text<TAB>masked token<TAB>prediction prediction ..."""
-import argparse
 import os
 import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uer.api import Pretrained, add_inference_options, parse  # noqa: E402
+from uer import components  # noqa: E402
+from uer.api import Pretrained  # noqa: E402
 from uer.errors import UerError, run_cli  # noqa: E402
+from uer.options import parse  # noqa: E402
 from uer.utils import atomic_write_text  # noqa: E402
 
 
 def main(argv=None):
     import torch
 
-    p = argparse.ArgumentParser(description=__doc__)
-    add_inference_options(p)
-    p.add_argument("--input_path", required=True, help="Text, one sentence a line.")
-    p.add_argument("--output_path", required=True, help="Where the filled-in sentences go.")
-    p.add_argument("--topn", type=int, default=10, help="Predictions per masked token.")
-    p.add_argument("--seq_length", type=int, default=128, help="Longest input in tokens.")
-    p.add_argument("--seed", type=int, default=7, help="Random seed.")
-    p.set_defaults(target="mlm")
-    args, explicit = parse(p, argv)
+    components.load()
+    args, explicit = parse("cloze_test", argv, __doc__)
     m = Pretrained.from_args(args, explicit | {"target"})
     if m.cfg.target not in ("mlm", "bert", "albert"):
         raise UerError(f"--target {m.cfg.target}: cloze_test.py needs a masked LM (mlm, bert or albert)")

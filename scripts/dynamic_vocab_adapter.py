@@ -3,13 +3,13 @@
 word embedding, the mlm output weight and bias, an lm/bilm output layer, a t5 decoder embedding)
 gets one row per new token, copied from the old row where the token existed and drawn from
 N(0, 0.02) otherwise. Tensors tied in the old checkpoint stay identical. Other tensors are copied."""
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uer.errors import UerError, run_cli  # noqa: E402
+from uer.options import parse  # noqa: E402
 
 VOCAB_SIZED = ("embedding.word_embedding.weight", "target.mlm_linear_2.weight", "target.mlm_linear_2.bias",
                "target.output_layer.weight", "target.output_layer.bias", "target.embedding.word_embedding.weight")
@@ -48,13 +48,7 @@ def main(argv=None):
     from uer.utils import atomic_path
     from uer.vocab import Vocab
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--old_model_path", required=True, help="The model trained with --old_vocab_path.")
-    p.add_argument("--old_vocab_path", required=True, help="The vocabulary of --old_model_path.")
-    p.add_argument("--new_vocab_path", required=True, help="The vocabulary the new model will use.")
-    p.add_argument("--new_model_path", required=True, help="Where the adapted model goes.")
-    p.add_argument("--seed", type=int, default=7, help="Random seed for the rows of new tokens.")
-    args = p.parse_args(argv)
+    args, _ = parse("dynamic_vocab_adapter", argv, __doc__)
     old, new = Vocab.load(args.old_vocab_path), Vocab.load(args.new_vocab_path)
     state = adapt(map_later_names(read_state_dict(args.old_model_path)), old.tokens, new.tokens, args.seed)
     with atomic_path(args.new_model_path) as tmp:

@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 """Write the word embedding table of a checkpoint as word2vec text: a header "V dim", then
 "token v1 ... vdim" for every vocabulary entry."""
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uer.errors import UerError, run_cli  # noqa: E402
-from uer.options import add_vocab_options  # noqa: E402
+from uer.options import parse  # noqa: E402
 from uer.utils import atomic_write_text  # noqa: E402
 
 
@@ -16,11 +15,7 @@ def main(argv=None):
     from uer.checkpoint import map_later_names, read_state_dict
     from uer.vocab import load_vocab
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--load_model_path", required=True, help="The model whose word embedding is written.")
-    add_vocab_options(p)
-    p.add_argument("--word_embedding_path", required=True, help="Output, word2vec text format.")
-    args = p.parse_args(argv)
+    args, _ = parse("extract_embeddings", argv, __doc__)
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
     state = map_later_names(read_state_dict(args.load_model_path))
     table = state.get("embedding.word_embedding.weight")

@@ -2,29 +2,23 @@
 """Hidden states of the encoder for each line of --input_path ([CLS] text [SEP]), saved with
 torch.save as {"hidden": [N, L, H] float tensor (padded), "lengths": [N]}. --pooling first|mean
 saves one vector a line instead: {"features": [N, H]}."""
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uer.api import Pretrained, add_inference_options, parse  # noqa: E402
+from uer import components  # noqa: E402
+from uer.api import Pretrained  # noqa: E402
 from uer.errors import UerError, run_cli  # noqa: E402
+from uer.options import parse  # noqa: E402
 from uer.utils import atomic_path  # noqa: E402
 
 
 def main(argv=None):
     import torch
 
-    p = argparse.ArgumentParser(description=__doc__)
-    add_inference_options(p)
-    p.add_argument("--input_path", required=True, help="Text, one item a line.")
-    p.add_argument("--output_path", required=True, help="Where the features go (a torch tensor file).")
-    p.add_argument("--seq_length", type=int, default=128, help="Longest input in tokens.")
-    p.add_argument("--batch_size", type=int, default=64, help="Sentences per forward pass.")
-    p.add_argument("--features", choices=["tokens", "first", "mean"], default="tokens",
-                   help="tokens: every position; first: the [CLS] vector; mean: the mean over real tokens.")
-    args, explicit = parse(p, argv)
+    components.load()
+    args, explicit = parse("extract_features", argv, __doc__)
     m = Pretrained.from_args(args, explicit)
     if not os.path.isfile(args.input_path):
         raise UerError(f"--input_path {args.input_path}: file not found")

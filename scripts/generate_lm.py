@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Continue each line of --test_path with an lm model (greedy with --top_k 1, else top-k / top-p
 sampling), writing one line per prompt to --prediction_path. A causal transformer uses a KV cache."""
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uer.api import Pretrained, add_inference_options, parse  # noqa: E402
+from uer import components  # noqa: E402
+from uer.api import Pretrained  # noqa: E402
 from uer.errors import UerError, run_cli  # noqa: E402
+from uer.options import parse  # noqa: E402
 from uer.utils import atomic_write_text  # noqa: E402
 
 
@@ -17,17 +18,8 @@ def main(argv=None):
 
     from uer.generate import Generator
 
-    p = argparse.ArgumentParser(description=__doc__)
-    add_inference_options(p)
-    p.add_argument("--test_path", required=True, help="Prompts, one a line.")
-    p.add_argument("--prediction_path", required=True, help="Output: each prompt with its continuation.")
-    p.add_argument("--seq_length", type=int, default=128, help="Total length, prompt included.")
-    p.add_argument("--top_k", type=int, default=70, help="Sample among the k best (1: greedy; 0: all).")
-    p.add_argument("--top_p", type=float, default=0.0, help="Nucleus sampling threshold (0: off).")
-    p.add_argument("--temperature", type=float, default=1.0, help="Divide the logits by this before sampling (1: unchanged).")
-    p.add_argument("--seed", type=int, default=7, help="Random seed for sampling.")
-    p.set_defaults(target="lm", mask="causal")
-    args, explicit = parse(p, argv)
+    components.load()
+    args, explicit = parse("generate_lm", argv, __doc__)
     m = Pretrained.from_args(args, explicit | {"target", "mask"})
     if m.cfg.target != "lm":
         raise UerError(f"--target {m.cfg.target}: generate_lm.py needs an lm model")

@@ -2,8 +2,13 @@
 """Write a small synthetic corpus in the bert format (one sentence a line, a blank line between
 documents) for the quick start. Each document follows one character through related sentences,
 so both masked-word prediction and next-sentence prediction have something to learn."""
-import argparse
+import os
 import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from uer.options import parse  # noqa: E402
 
 NAMES = "anna ben carla dev emil fatima george hana ivan julia kofi lena marco nora omar pia".split()
 PLACES = "garden harbour library market station museum kitchen forest village bridge".split()
@@ -32,11 +37,7 @@ def document(rng: random.Random) -> list[str]:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--output_path", required=True, help="Where the corpus goes.")
-    p.add_argument("--documents", type=int, default=3000, help="Number of documents.")
-    p.add_argument("--seed", type=int, default=1, help="Random seed.")
-    args = p.parse_args()
+    args, _ = parse("make_demo_corpus", None, __doc__)
     rng = random.Random(args.seed)
     with open(args.output_path, "w", encoding="utf-8") as f:
         for _ in range(args.documents):

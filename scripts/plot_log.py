@@ -1,6 +1,5 @@
 #!/usr/bin/env python3
 """Draw the loss and accuracy curves of a --metrics_path CSV (train and dev, every term) into a PNG."""
-import argparse
 import csv
 import os
 import sys
@@ -8,13 +7,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uer.errors import UerError, run_cli  # noqa: E402
+from uer.options import parse  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--metrics_path", required=True, help="CSV written by pretrain.py --metrics_path.")
-    p.add_argument("--output_path", required=True, help="PNG file.")
-    args = p.parse_args(argv)
+    args, _ = parse("plot_log", argv, __doc__)
     try:
         import matplotlib
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import reference_attention, ROOT, ZH_VOCAB, assert_clean_error, layer_keys, run_script
-from uer.config import ModelConfig, model_problems
+from uer.config import ModelConfig
+from uer.model import model_problems
 from uer.model import build_model, count_parameters
 from uer.model.layers import MultiHeadedAttention
 from uer.train.checkpoint import load_model, save_model

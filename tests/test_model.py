@@ -196,5 +196,5 @@ def test_the_model_package_imports_no_data_training_or_option_module():
         proc = subprocess.run([sys.executable, "-c", code, os.path.join(d, "m.bin")], capture_output=True,
                               text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["['checkpoint',", "'config',", "'errors',", "'model',", "'registry',",
-                                   "'utils']"], proc.stdout
+    assert proc.stdout.split() == ["['checkpoint',", "'config',", "'errors',", "'model',", "'options',",
+                                   "'registry',", "'utils']"], proc.stdout

@@ -11,7 +11,8 @@ import torch
 
 from conftest import (BERT_CORPUS, DOC_CORPUS, EN_VOCAB, ROOT, SHARED, TINY, ZH_VOCAB, assert_clean_error,
                       run_script)
-from uer.config import ModelConfig, model_problems
+from uer.config import ModelConfig
+from uer.model import model_problems
 from uer.data.builders import BuilderConfig
 from uer.data.dataset import Dataset
 from uer.data.loader import builder_for
@@ -334,12 +335,10 @@ def model_of(argv: list[str]):
     """The model pretrain.py builds from these options (as the command line builds it)."""
     from uer.config import build_model_config, load_recipe
     from uer.model import build_model
-    from uer.options import build_pretrain_parser, explicit_dests
+    from uer.options import parse
     from uer.vocab import load_vocab
 
-    parser = build_pretrain_parser()
-    args = parser.parse_args(argv)
-    explicit = explicit_dests(parser, argv)
+    args, explicit = parse("pretrain", argv)
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
     tgt = load_vocab(args.tgt_vocab_path, args.tgt_spm_model_path) if args.tgt_vocab_path else None
     recipe = load_recipe(args.config_path)

@@ -17,9 +17,9 @@ import argparse
 
 import torch
 
-from uer.config import ModelConfig, build_model_config, load_recipe, model_problems
+from uer.config import ModelConfig, build_model_config, load_recipe
 from uer.errors import ConfigError
-from uer.options import DEFAULT_CONFIG_PATH, TOKENIZERS, add_model_options, add_vocab_options
+from uer.options import DEFAULT_CONFIG_PATH
 from uer.vocab import Vocab, load_vocab
 
 
@@ -35,7 +35,7 @@ class Pretrained:
              do_lower_case: bool = True, device: str = "cpu", strict: bool = True, **options) -> "Pretrained":
         """Build the model of `config_path` + `options`, and load `model_path` into it (strict by
         default: any key that does not fit is an error that names it)."""
-        from uer.model import build_model
+        from uer.model import build_model, model_problems
         from uer.tokenizers import build_tokenizer
         from uer.checkpoint import load_model
 
@@ -53,7 +53,7 @@ class Pretrained:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, explicit: set[str]) -> "Pretrained":
-        """From a parser made with add_inference_options (the scripts)."""
+        """From the options of an inference script (uer.options.parse)."""
         names = [f for f in ModelConfig.__dataclass_fields__ if f in explicit]
         return cls.load(args.load_model_path, config_path=args.config_path, vocab_path=args.vocab_path,
                         spm_model_path=args.spm_model_path, tokenizer=args.tokenizer,
@@ -96,22 +96,3 @@ class Pretrained:
     @torch.no_grad()
     def logits(self, texts: list[str], seq_length: int | None = None) -> dict[str, torch.Tensor]:
         return self.model.logits(self.encode(texts, seq_length))
-
-
-def add_inference_options(p: argparse.ArgumentParser) -> None:
-    """--load_model_path, --config_path, the vocabulary and tokenizer, and every model option."""
-    p.add_argument("--load_model_path", required=True, help="The model checkpoint.")
-    p.add_argument("--config_path", default=DEFAULT_CONFIG_PATH, help="JSON model recipe.")
-    add_vocab_options(p)
-    p.add_argument("--tokenizer", choices=list(TOKENIZERS), default="bert", help="Tokenizer.")
-    p.add_argument("--labels_num", type=int, default=None, help="Number of labels (cls target).")
-    add_model_options(p)
-
-
-def parse(p: argparse.ArgumentParser, argv=None):
-    import sys
-
-    from uer.options import explicit_dests
-
-    argv = sys.argv[1:] if argv is None else argv
-    return p.parse_args(argv), explicit_dests(p, argv)

@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import fields
 
 from uer.errors import ConfigError, run_cli
 
 
 def _preprocess(argv: list[str] | None) -> int:
-    from uer.config import preprocess_problems
+    from uer import components
     from uer.data.builders import BuilderConfig
-    from uer.data.masking import MaskingConfig
-    from uer.data.preprocess import PreprocessJob, build_dataset
-    from uer.options import build_preprocess_parser
+    from uer.data.preprocess import PreprocessJob, build_dataset, preprocess_problems
+    from uer.options import parse
     from uer.vocab import load_vocab
 
-    args = build_preprocess_parser().parse_args(argv)
+    components.load("tokenizer", "instance_builder")
+    args, _ = parse("preprocess", argv)
     problems = preprocess_problems(args)
     if problems:
         raise ConfigError(problems)
@@ -26,14 +25,9 @@ def _preprocess(argv: list[str] | None) -> int:
     if args.target == "mt":
         tgt_vocab = load_vocab(args.tgt_vocab_path, args.tgt_spm_model_path, what="tgt ")
         tgt_vocab.special_ids()
-    builder = BuilderConfig(
-        seq_length=args.seq_length, dup_factor=args.dup_factor, short_seq_prob=args.short_seq_prob,
-        full_sentences=args.full_sentences, dynamic_masking=args.dynamic_masking,
-        docs_buffer_size=args.docs_buffer_size, tgt_seq_length=args.tgt_seq_length,
-        masking=MaskingConfig(args.span_masking, args.span_geo_prob, args.span_max_length))
     job = PreprocessJob(corpus_path=args.corpus_path, dataset_path=args.dataset_path, target=args.target,
                         tokenizer=args.tokenizer, vocab=vocab, spm_model_path=args.spm_model_path,
-                        builder=builder, processes_num=args.processes_num, seed=args.seed,
+                        builder=BuilderConfig.from_options(args), processes_num=args.processes_num, seed=args.seed,
                         do_lower_case=args.do_lower_case, tgt_vocab=tgt_vocab,
                         tgt_spm_model_path=args.tgt_spm_model_path if tgt_vocab else None)
     header = build_dataset(job)
@@ -46,7 +40,7 @@ def _preprocess(argv: list[str] | None) -> int:
 
 def dataset_problems(header: dict, path: str, mcfg, vocab, tgt_vocab=None) -> list[str]:
     """Whether the dataset fits the model and vocabularies pretrain was given."""
-    from uer.model.registry import EMBEDDINGS
+    from uer.registry import EMBEDDINGS
 
     p = []
     target = mcfg.target
@@ -75,19 +69,18 @@ def dataset_problems(header: dict, path: str, mcfg, vocab, tgt_vocab=None) -> li
 
 
 def _pretrain(argv: list[str] | None) -> int:
-    from uer.config import TrainConfig, build_model_config, load_recipe, masking_problems, model_problems, \
-        train_problems
+    from uer import components
+    from uer.config import TrainConfig, build_model_config, load_recipe, masking_problems, train_problems
     from uer.data.dataset import Dataset
     from uer.data.masking import MaskingConfig
-    from uer.options import build_pretrain_parser, explicit_dests
+    from uer.model import model_problems
+    from uer.options import parse
     from uer.train.distributed import launch_problems, run_ranks
     from uer.train.trainer import pretrain_worker
     from uer.vocab import load_vocab
 
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_pretrain_parser()
-    args = parser.parse_args(argv)
-    explicit = explicit_dests(parser, argv)
+    components.load()
+    args, explicit = parse("pretrain", argv)
     recipe = load_recipe(args.config_path)
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
     special = vocab.special_ids()

@@ -225,25 +225,12 @@ FAMILIES = {"bert": (bert_from_hf, bert_to_hf), "gpt2": (gpt2_from_hf, gpt2_to_h
 
 def convert_cli(family: str, direction: str, argv=None) -> int:
     """The body of scripts/convert_<family>_from_<a>_to_<b>.py."""
-    import argparse
-
     from uer.errors import run_cli
 
     def main(argv):
-        p = argparse.ArgumentParser(description=f"Convert a {family} checkpoint {direction.replace('_', ' ')}.")
-        source, dest = ("HuggingFace", "uer") if direction.startswith("from_huggingface") else ("uer", "HuggingFace")
-        p.add_argument("--input_model_path", required=True, help=f"The {source} checkpoint to read.")
-        p.add_argument("--output_model_path", required=True, help=f"Where the {dest} checkpoint goes.")
-        if family != "albert":
-            p.add_argument("--layers_num", type=int, default=None,
-                           help="Number of layers (read from the checkpoint when left out).")
-        if family == "bert":
-            p.add_argument("--target", choices=["bert", "mlm"], default="bert",
-                           help="bert: BertForPreTraining (MLM + NSP); mlm: BertForMaskedLM.")
-        if direction == "from_huggingface_to_uer":
-            p.add_argument("--max_seq_length", type=int, default=512,
-                           help="Rows of the position table to keep (the recipe's max_seq_length).")
-        args = p.parse_args(argv)
+        from uer.options import parse
+
+        args, _ = parse(f"convert_{family}_{direction}", argv)
         from uer.checkpoint import read_state_dict
         from uer.utils import atomic_path
 

@@ -8,16 +8,16 @@ one training loop runs it, evaluating the dev set every epoch and keeping the be
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import tempfile
 
 import torch
 
-from uer.config import TrainConfig, build_model_config, load_recipe, model_problems
+from uer import components
+from uer.config import TrainConfig, build_model_config, load_recipe
 from uer.errors import ConfigError, UerError
-from uer.options import DEFAULT_CONFIG_PATH, TOKENIZERS, add_model_options, add_vocab_options, explicit_dests
+from uer.options import parse
 
 
 def read_tsv_header(path: str, need_label: bool = True) -> list[str]:
@@ -68,17 +68,6 @@ def to_cls_corpus(path: str, header: list[str], out_path: str) -> int:
     return n
 
 
-def common_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config_path", default=DEFAULT_CONFIG_PATH, help="JSON model recipe.")
-    add_vocab_options(p)
-    p.add_argument("--tokenizer", choices=list(TOKENIZERS), default="bert", help="Tokenizer.")
-    p.add_argument("--seq_length", type=int, default=128, help="Longest input, [CLS] and [SEP] included.")
-    p.add_argument("--batch_size", type=int, default=32, help="Examples per step.")
-    p.add_argument("--labels_num", type=int, default=None, help="Classes (default: from the training labels).")
-    add_model_options(p)
-    p.set_defaults(target="cls")
-
-
 def build_cls_dataset(tsv: str, header: list[str], workdir: str, name: str, vocab, args) -> str:
     from uer.data.builders import BuilderConfig
     from uer.data.preprocess import PreprocessJob, build_dataset
@@ -107,31 +96,14 @@ def encoder_only(path: str, out: str) -> None:
 def run_classifier(argv=None) -> int:
     from uer.data.dataset import Dataset
     from uer.data.loader import BatchLoader
-    from uer.model import build_model
     from uer.checkpoint import load_model
+    from uer.model import build_model, model_problems
     from uer.train.trainer import evaluate, train
     from uer.vocab import load_vocab
 
-    p = argparse.ArgumentParser(description="Fine-tune a pre-trained model as a classifier: train on "
-                                            "--train_path, keep the best model on --dev_path, score --test_path.")
-    p.add_argument("--pretrained_model_path", default=None,
-                   help="Pre-trained checkpoint; its embedding and encoder are loaded (none: random init).")
-    p.add_argument("--output_model_path", default="models/finetuned_model.bin", help="The best model (dev).")
-    p.add_argument("--train_path", required=True, help="Training TSV: a header line (label, text_a[, text_b]), then label<TAB>text lines.")
-    p.add_argument("--dev_path", required=True, help="Dev TSV (same layout), scored after every epoch; the best epoch's model is kept.")
-    p.add_argument("--test_path", default=None, help="Test TSV (same layout), scored once with the best dev model.")
-    p.add_argument("--epochs_num", type=int, default=3, help="Passes over the training set.")
-    p.add_argument("--learning_rate", type=float, default=2e-5, help="Peak AdamW learning rate.")
-    p.add_argument("--warmup", type=float, default=0.1, help="Fraction of the steps with a linearly rising learning rate.")
-    p.add_argument("--report_steps", type=int, default=100, help="Print the training loss every this many steps.")
-    p.add_argument("--seed", type=int, default=7, help="Random seed (initialisation, shuffling, dropout).")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast.")
-    common_options(p)
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    args = p.parse_args(argv)
-    explicit = explicit_dests(p, argv) | {"target"}
+    components.load()
+    args, explicit = parse("finetune", argv)
+    explicit |= {"target"}
     headers = {name: read_tsv_header(getattr(args, name + "_path"))
                for name in ("train", "dev", "test") if getattr(args, name + "_path")}
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
@@ -192,19 +164,9 @@ def run_classifier_infer(argv=None) -> int:
     from uer.data.dataset import Dataset
     from uer.data.loader import BatchLoader
 
-    p = argparse.ArgumentParser(description="Predict the labels of a TSV (header text_a[<TAB>text_b]) with "
-                                            "a fine-tuned classifier.")
-    p.add_argument("--load_model_path", required=True, help="The fine-tuned classifier (run_classifier.py --output_model_path).")
-    p.add_argument("--test_path", required=True, help="TSV to predict: a header (text_a[, text_b]; a label column "
-                                                       "is ignored), then one example a line.")
-    p.add_argument("--prediction_path", required=True, help="Where the predictions go: a header, then one label a line.")
-    p.add_argument("--output_prob", action="store_true", help="Also write the class probabilities.")
-    common_options(p)
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    args = p.parse_args(argv)
-    explicit = explicit_dests(p, argv) | {"target"}
+    components.load()
+    args, explicit = parse("infer", argv)
+    explicit |= {"target"}
     header = read_tsv_header(args.test_path, need_label=False)
     if args.labels_num is None:
         from uer.checkpoint import read_state_dict

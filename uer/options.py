@@ -1,28 +1,22 @@
-"""Every command-line option, defined once and shared by the CLIs.
+"""Every command-line option of uer, declared once: name, type, default, help, choices.
 
-Names, choices and defaults follow the user's manual (SPEC 2.1) with the decisions of SPEC 8.
-Component choices are the manual's names plus whatever is registered; a name of the manual whose
-component is not built yet is parsed and then rejected by validation with a clear message.
+OPTIONS holds the declarations; COMMANDS says which options each command (preprocess, pretrain,
+finetune, the inference and conversion scripts) takes, in which groups, and where a command differs
+from the declaration (a default, required, the help). `build_parser` makes an argparse parser from
+them, and the typed configs (uer.config) take their defaults from OPTIONS. The choices of a
+component slot are the names registered in uer.registry, read when the parser is built (the entry
+points register uer's components first: uer.components.load). Names and defaults follow the user's
+manual (SPEC 2.1) with the decisions of SPEC 8.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
-from uer.config import BATCH_WORKERS, KERNELS, POOLINGS
-
-EMBEDDINGS = ("word", "word_pos", "word_pos_seg", "word_sinusoidalpos")
-ENCODERS = ("transformer", "rnn", "lstm", "gru", "birnn", "bilstm", "bigru", "gatedcnn")
-DECODERS = ("transformer",)
-TARGETS = ("bert", "lm", "mlm", "bilm", "albert", "mt", "t5", "cls")
-TOKENIZERS = ("bert", "char", "space")
-
-DEFAULT_CONFIG_PATH = "models/bert_base_config.json"
-
-
-def _choices(manual: tuple[str, ...], registered) -> list[str]:
-    return list(manual) + sorted(set(registered) - set(manual))
+from uer.registry import REGISTRIES
 
 
 def _bool(text: str) -> bool:
@@ -34,175 +28,314 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Option:
+    name: str
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] | None = None  # None: the text as given
+    choices: tuple[str, ...] | None = None
+    registry: str | None = None  # the choices are the names registered in uer.registry's kind
+    flag: bool = False           # present or absent (store_true)
+    nargs: str | None = None
+    required: bool = False
+
+    def add_to(self, group) -> None:
+        kw: dict[str, Any] = {"help": self.help}
+        if self.flag:
+            group.add_argument(f"--{self.name}", action="store_true", **kw)
+            return
+        if self.required:
+            kw["required"] = True
+        else:
+            kw["default"] = self.default
+        if self.type is _bool:
+            kw["metavar"] = "{true,false}"
+        if self.type is not None:
+            kw["type"] = self.type
+        if self.nargs:
+            kw["nargs"] = self.nargs
+        choices = self.choices
+        if self.registry:
+            choices = tuple(REGISTRIES[self.registry])
+            if not choices:
+                raise RuntimeError(f"--{self.name}: no {self.registry} is registered; call "
+                                   "uer.components.load() before building a parser")
+        if choices is not None:
+            kw["choices"] = list(choices)
+        group.add_argument(f"--{self.name}", **kw)
+
+
+POOLINGS = ("mean", "max", "first", "last")
+DEFAULT_CONFIG_PATH = "models/bert_base_config.json"
+
+_DECLARED = [
+    # files and vocabularies
+    Option("corpus_path", "UTF-8 corpus in the target's format (one document a line, or sentences a line with "
+                          "blank lines between documents; see the README)."),
+    Option("dataset_path", "Dataset file built by preprocess.py.", "dataset.pt"),
+    Option("dev_dataset_path", "A dataset built by preprocess.py (same target and vocabulary) from held-out text, "
+                               "evaluated every --dev_steps steps: loss, accuracy, perplexity."),
+    Option("vocab_path", "Vocabulary file, one token a line."),
+    Option("spm_model_path", "SentencePiece model; its pieces are the vocabulary (wins over --vocab_path)."),
+    Option("tgt_vocab_path", "Target-side vocabulary (mt)."),
+    Option("tgt_spm_model_path", "Target-side SentencePiece model (mt)."),
+    Option("config_path", "JSON model recipe; explicitly given options win over it.", DEFAULT_CONFIG_PATH),
+    Option("pretrained_model_path", "Checkpoint to start from."),
+    Option("strict_load", "false: load what fits from --pretrained_model_path, list the rest, and give the missing "
+                          "parameters the N(0, 0.02) init.", True, _bool),
+    Option("resume", "Continue exactly from the newest complete <output_model_path>-<step> checkpoint (and its "
+                     ".state file), if there is one.", flag=True),
+    Option("output_model_path", "Where the model goes."),
+    Option("load_model_path", "The model checkpoint."),
+    Option("input_model_path", "The checkpoint to read."),
+    Option("log_path", "Also append every log line to this file (rank 0)."),
+    Option("metrics_path", "CSV of the metrics (step, split, term, loss, acc, ppl, count, tokens_per_s, lr); "
+                           "scripts/plot_log.py draws it."),
+    Option("input_path", "Text, one item a line."),
+    Option("output_path", "Output file."),
+    Option("train_path", "Training TSV: a header line (label, text_a[, text_b]), then label<TAB>text lines."),
+    Option("dev_path", "Dev TSV (same layout), scored after every epoch; the best epoch's model is kept."),
+    Option("test_path", "Test TSV (same layout), scored once with the best dev model."),
+    Option("prediction_path", "Where the predictions go: a header, then one label a line."),
+    # preprocessing
+    Option("tokenizer", "bert: basic + WordPiece (or sentencepiece); char: characters; space: words.", "bert",
+           registry="tokenizer"),
+    Option("do_lower_case", "Lower-case and strip accents in the bert tokenizer.", True, _bool),
+    Option("processes_num", "Worker processes.", 1, int),
+    Option("docs_buffer_size", "Documents per buffer: the pool random next sentences are drawn from.", 100000, int),
+    Option("seq_length", "Sequence length S: the longest input in tokens, [CLS] and [SEP] included.", 128, int),
+    Option("tgt_seq_length", "Target sequence length (mt, t5).", 128, int),
+    Option("dup_factor", "Copies of each instance, each with its own static mask (1 with --dynamic_masking).", 5,
+           int),
+    Option("short_seq_prob", "Probability of a shorter target length for a document (bert).", 0.1, float),
+    Option("full_sentences", "mlm: concatenate documents before cutting them into sequences.", flag=True),
+    Option("dynamic_masking", "Store unmasked instances; mask in the training loader instead.", flag=True),
+    Option("span_masking", "Mask spans of geometric length.", flag=True),
+    Option("span_geo_prob", "p of the geometric span-length distribution.", 0.2, float),
+    Option("span_max_length", "Longest masked span.", 10, int),
+    Option("seed", "Random seed.", 7, int),
+    # the model
+    Option("embedding", "Embedding layer.", "word_pos_seg", registry="embedding"),
+    Option("remove_embedding_layernorm", "Drop the LayerNorm after the embedding.", flag=True),
+    Option("encoder", "Encoder.", "transformer", registry="encoder"),
+    Option("mask", "Transformer attention mask.", "fully_visible", choices=("fully_visible", "causal")),
+    Option("layernorm_positioning", "LayerNorm before (GPT-2) or after (BERT) each sub-layer.", "post",
+           choices=("pre", "post")),
+    Option("bidirectional", "Bidirectional rnn/lstm/gru.", flag=True),
+    Option("factorized_embedding_parameterization", "Embedding size E projected to hidden size H (ALBERT).",
+           flag=True),
+    Option("parameter_sharing", "One transformer layer applied layers_num times (ALBERT).", flag=True),
+    Option("tgt_embedding", "Decoder input embedding (mt, t5).", "word_pos", registry="embedding"),
+    Option("decoder", "Decoder (mt, t5).", "transformer", registry="decoder"),
+    Option("pooling", "Pooling (cls target).", "first", choices=POOLINGS),
+    Option("target", "Pre-training target.", "bert", registry="target"),
+    Option("tie_weights", "Share the word embedding with the output projection.", flag=True),
+    Option("has_lmtarget_bias", "Bias on the lm/mt/t5 output layer.", flag=True),
+    Option("labels_num", "Number of labels (cls target).", None, int),
+    Option("dropout", "Dropout probability.", 0.1, float),
+    # training
+    Option("total_steps", "Optimizer steps.", 100000, int),
+    Option("save_checkpoint_steps", "Save every N steps.", 10000, int),
+    Option("report_steps", "Report every N steps.", 100, int),
+    Option("dev_steps", "Evaluate the dev dataset every N steps (default: --save_checkpoint_steps).", None, int),
+    Option("accumulation_steps", "Micro-batches per optimizer step.", 1, int),
+    Option("batch_size", "Instances per micro-batch and process.", 32, int),
+    Option("instances_buffer_size", "Instances the loader prepares ahead of training (16 batches at most).",
+           25600, int),
+    Option("length_buckets", "Batch instances of similar length (sorted within windows of 64 batches), so little "
+                             "padding is computed.", True, _bool),
+    Option("learning_rate", "Peak learning rate.", 2e-5, float),
+    Option("warmup", "Warm-up fraction of total_steps.", 0.1, float),
+    Option("weight_decay", "AdamW weight decay on all but biases and LayerNorm.", 0.01, float),
+    Option("max_grad_norm", "Clip the global gradient norm (0 disables).", 1.0, float),
+    Option("beta1", "Adam beta1.", 0.9, float),
+    Option("beta2", "Adam beta2.", 0.999, float),
+    # precision and devices
+    Option("fp16", "fp16 autocast with a gradient scaler (CUDA).", flag=True),
+    Option("fp16_opt_level", "O0 disables --fp16; O1/O2 autocast; O3 also keeps weights in fp16.", "O1",
+           choices=("O0", "O1", "O2", "O3")),
+    Option("bf16", "bf16 autocast (CUDA, or CPUs with bf16).", flag=True),
+    Option("compile", "torch.compile the model for training: a minute or more of compiling at the start (and once "
+                      "more when the batch shape first changes), then fused kernels; pays on GPUs and in long "
+                      "runs.", flag=True),
+    Option("kernels", "auto: uer's CPU kernels (dropout, attention with dropout) where they pay (training on a "
+                      "CPU without --compile, fp32 or --bf16); stock: PyTorch's ops everywhere.", "auto",
+           choices=("auto", "stock")),
+    Option("batch_worker", "What builds batches ahead: a forked process (numpy only, so the training loop's host "
+                           "never waits for the interpreter lock), a thread, or none (the loop itself).", "process",
+           choices=("process", "thread", "none")),
+    Option("keep_freed_memory", "Let glibc keep the memory a step frees for the next step (no fresh, zeroed pages "
+                                "every step); false: glibc's defaults.", True, _bool),
+    Option("progress_bar", "A progress bar on a terminal (never when stderr is not one).", True, _bool),
+    Option("world_size", "Total number of processes.", 1, int),
+    Option("gpu_ranks", "Global ranks of the processes on this node (one GPU each).", [], int, nargs="+"),
+    Option("master_ip", "tcp://host:port of rank 0.", "tcp://localhost:12345"),
+    Option("backend", "torch.distributed backend (gloo also runs several processes on the CPU).", "nccl",
+           choices=("nccl", "gloo")),
+    Option("dist_timeout", "Seconds to wait for every process to join, and for any collective.", 300, int),
+    # fine-tuning and inference
+    Option("epochs_num", "Passes over the training set.", 3, int),
+    Option("output_prob", "Also write the class probabilities.", flag=True),
+    Option("topn", "Predictions per masked token.", 10, int),
+    Option("features", "tokens: every position; first: the [CLS] vector; mean: the mean over real tokens.",
+           "tokens", choices=("tokens", "first", "mean")),
+    Option("top_k", "Sample among the k best (1: greedy; 0: all).", 70, int),
+    Option("top_p", "Nucleus sampling threshold (0: off).", 0.0, float),
+    Option("temperature", "Divide the logits by this before sampling (1: unchanged).", 1.0, float),
+    Option("word_embedding_path", "Output, word2vec text format."),
+    # the other scripts
+    Option("model_list_path", "Checkpoints to average.", nargs="+"),
+    Option("workers_num", "Counting processes.", 1, int),
+    Option("min_count", "Keep tokens seen at least this often.", 1, int),
+    Option("old_model_path", "The model trained with --old_vocab_path."),
+    Option("old_vocab_path", "The vocabulary of --old_model_path."),
+    Option("new_vocab_path", "The vocabulary the new model will use."),
+    Option("new_model_path", "Where the adapted model goes."),
+    Option("documents", "Number of documents.", 3000, int),
+    Option("layers_num", "Number of layers (read from the checkpoint when left out).", None, int),
+    Option("max_seq_length", "Rows of the position table to keep (the recipe's max_seq_length).", 512, int),
+]
+OPTIONS: dict[str, Option] = {o.name: o for o in _DECLARED}
+assert len(OPTIONS) == len(_DECLARED), "an option is declared twice"
+
+
+def default(name: str):
+    """The declared default of an option (the typed configs read theirs here)."""
+    o = OPTIONS[name]
+    if o.flag:
+        return False
+    return tuple(o.default) if isinstance(o.default, list) else o.default
+
+
+@dataclass(frozen=True)
+class Command:
+    prog: str
+    description: str
+    groups: tuple[tuple[str, str], ...]   # (title, the option names, space-separated)
+    changes: dict[str, dict]              # option name -> the fields of its declaration this command changes
+
+
+VOCAB = "vocab_path spm_model_path tgt_vocab_path tgt_spm_model_path"
+MODEL = ("embedding remove_embedding_layernorm encoder mask layernorm_positioning bidirectional "
+         "factorized_embedding_parameterization parameter_sharing tgt_embedding decoder pooling target "
+         "tie_weights has_lmtarget_bias")
+INFERENCE = (("model", f"load_model_path config_path {VOCAB} tokenizer labels_num {MODEL}"),)
+MASKING = "span_masking span_geo_prob span_max_length"
+_MLM = {"target": {"default": "mlm"}}
+
+COMMANDS: dict[str, Command] = {
+    "preprocess": Command("preprocess.py", "Turn a text corpus into a dataset file for one pre-training target.", (
+        ("files", f"corpus_path {VOCAB} dataset_path"),
+        ("instances", "tokenizer do_lower_case processes_num target docs_buffer_size seq_length tgt_seq_length "
+                      f"dup_factor short_seq_prob full_sentences seed dynamic_masking {MASKING}")),
+        {"corpus_path": {"required": True}, "dataset_path": {"help": "Output dataset file."},
+         "target": {"registry": "instance_builder", "help": "Pre-training target the dataset is built for."}}),
+    "pretrain": Command("pretrain.py", "Pre-train a model assembled from an embedding, an encoder, an optional "
+                                       "target embedding and decoder, and a target.", (
+        ("files", f"dataset_path {VOCAB} pretrained_model_path strict_load resume output_model_path config_path "
+                  "dev_dataset_path dev_steps log_path metrics_path"),
+        ("training", "total_steps save_checkpoint_steps report_steps accumulation_steps batch_size "
+                     "instances_buffer_size length_buckets labels_num dropout seed"),
+        ("model", MODEL), ("masking", MASKING),
+        ("optimizer", "learning_rate warmup weight_decay max_grad_norm beta1 beta2"),
+        ("precision and devices", "fp16 fp16_opt_level bf16 compile kernels batch_worker keep_freed_memory "
+                                  "progress_bar world_size gpu_ranks master_ip backend dist_timeout")),
+        {"output_model_path": {"required": True,
+                               "help": "Final model path; checkpoints go to <path>-<step>."}}),
+    "finetune": Command("run_classifier.py", "Fine-tune a pre-trained model as a classifier: train on --train_path, "
+                                             "keep the best model on --dev_path, score --test_path.", (
+        ("files", "pretrained_model_path output_model_path train_path dev_path test_path"),
+        ("training", "epochs_num learning_rate warmup report_steps seed bf16 seq_length batch_size"),
+        ("model", f"config_path {VOCAB} tokenizer labels_num {MODEL}")),
+        {"pretrained_model_path": {"help": "Pre-trained checkpoint; its embedding and encoder are loaded "
+                                           "(none: random init)."},
+         "output_model_path": {"default": "models/finetuned_model.bin", "help": "The best model (dev)."},
+         "train_path": {"required": True}, "dev_path": {"required": True},
+         "labels_num": {"help": "Classes (default: from the training labels)."},
+         "batch_size": {"help": "Examples per step."}, "target": {"default": "cls"}}),
+    "infer": Command("run_classifier_infer.py", "Predict the labels of a TSV (header text_a[<TAB>text_b]) with a "
+                                                "fine-tuned classifier.", (
+        ("files", "load_model_path test_path prediction_path output_prob seq_length batch_size"),
+        ("model", f"config_path {VOCAB} tokenizer labels_num {MODEL}")),
+        {"load_model_path": {"required": True,
+                             "help": "The fine-tuned classifier (run_classifier.py --output_model_path)."},
+         "test_path": {"required": True, "help": "TSV to predict: a header (text_a[, text_b]; a label column is "
+                                                 "ignored), then one example a line."},
+         "prediction_path": {"required": True}, "target": {"default": "cls"}}),
+    "cloze_test": Command("cloze_test.py", "", INFERENCE + (("input", "input_path output_path topn seq_length seed"),),
+                          {"load_model_path": {"required": True}, "input_path": {"required": True},
+                           "output_path": {"required": True, "help": "Where the filled-in sentences go."}, **_MLM}),
+    "extract_features": Command("extract_features.py", "", INFERENCE + (
+        ("input", "input_path output_path seq_length batch_size features"),),
+        {"load_model_path": {"required": True}, "input_path": {"required": True},
+         "output_path": {"required": True, "help": "Where the features go (a torch tensor file)."},
+         "batch_size": {"default": 64, "help": "Sentences per forward pass."}}),
+    "generate_lm": Command("generate_lm.py", "", INFERENCE + (
+        ("generation", "test_path prediction_path seq_length top_k top_p temperature seed"),),
+        {"load_model_path": {"required": True}, "test_path": {"required": True, "help": "Prompts, one a line."},
+         "prediction_path": {"required": True, "help": "Output: each prompt with its continuation."},
+         "seq_length": {"help": "Total length, prompt included."},
+         "target": {"default": "lm"}, "mask": {"default": "causal"}}),
+    "extract_embeddings": Command("extract_embeddings.py", "", (
+        ("files", f"load_model_path {VOCAB} word_embedding_path"),),
+        {"load_model_path": {"required": True, "help": "The model whose word embedding is written."},
+         "word_embedding_path": {"required": True}}),
+    "average_models": Command("average_models.py", "", (("files", "model_list_path output_model_path"),),
+                              {"model_list_path": {"required": True},
+                               "output_model_path": {"required": True, "help": "Where the averaged model goes."}}),
+    "build_vocab": Command("build_vocab.py", "", (("files", "corpus_path vocab_path workers_num min_count tokenizer"),),
+                           {"corpus_path": {"required": True}, "vocab_path": {"required": True,
+                                                                               "help": "Output vocabulary file."},
+                            "tokenizer": {"registry": None, "choices": ("char", "space"), "default": "space",
+                                          "help": "How to split lines."}}),
+    "dynamic_vocab_adapter": Command("dynamic_vocab_adapter.py", "", (
+        ("files", "old_model_path old_vocab_path new_vocab_path new_model_path seed"),),
+        {**{n: {"required": True} for n in ("old_model_path", "old_vocab_path", "new_vocab_path", "new_model_path")},
+         "seed": {"help": "Random seed for the rows of new tokens."}}),
+    "make_demo_corpus": Command("make_demo_corpus.py", "", (("files", "output_path documents seed"),),
+                                {"output_path": {"required": True, "help": "Where the corpus goes."},
+                                 "seed": {"default": 1}}),
+    "plot_log": Command("plot_log.py", "", (("files", "metrics_path output_path"),),
+                        {"metrics_path": {"required": True, "help": "CSV written by pretrain.py --metrics_path."},
+                         "output_path": {"required": True, "help": "PNG file."}}),
+}
+for _family in ("bert", "gpt2", "albert"):
+    for _source, _dest in (("huggingface", "uer"), ("uer", "huggingface")):
+        _names = "input_model_path output_model_path" + (" layers_num" if _family != "albert" else "") + \
+                 (" target" if _family == "bert" else "") + (" max_seq_length" if _source == "huggingface" else "")
+        COMMANDS[f"convert_{_family}_from_{_source}_to_{_dest}"] = Command(
+            f"convert_{_family}_from_{_source}_to_{_dest}.py",
+            f"Convert a {_family} checkpoint from {_source} to {_dest}.", (("files", _names),),
+            {"input_model_path": {"required": True}, "output_model_path": {"required": True},
+             "target": {"registry": None, "choices": ("bert", "mlm"),
+                        "help": "bert: BertForPreTraining (MLM + NSP); mlm: BertForMaskedLM."}})
+
+
+def options_of(command: str) -> list[Option]:
+    """The options of a command, as it takes them (its changes applied)."""
+    cmd = COMMANDS[command]
+    return [replace(OPTIONS[n], **cmd.changes.get(n, {})) for _, names in cmd.groups for n in names.split()]
+
+
+def build_parser(command: str, description: str | None = None) -> argparse.ArgumentParser:
+    cmd = COMMANDS[command]
     invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if invoked.startswith("uer-"):  # a console command (uer-preprocess, ...) names itself
-        prog = invoked
-    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-
-def add_vocab_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("vocabulary")
-    g.add_argument("--vocab_path", default=None, help="Vocabulary file, one token a line.")
-    g.add_argument("--spm_model_path", default=None,
-                   help="SentencePiece model; its pieces are the vocabulary (wins over --vocab_path).")
-    g.add_argument("--tgt_vocab_path", default=None, help="Target-side vocabulary (mt).")
-    g.add_argument("--tgt_spm_model_path", default=None, help="Target-side SentencePiece model (mt).")
-
-
-def add_masking_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("masking")
-    g.add_argument("--span_masking", action="store_true", help="Mask spans of geometric length.")
-    g.add_argument("--span_geo_prob", type=float, default=0.2,
-                   help="p of the geometric span-length distribution.")
-    g.add_argument("--span_max_length", type=int, default=10, help="Longest masked span.")
-
-
-def build_preprocess_parser() -> argparse.ArgumentParser:
-    from uer.data.builders import INSTANCE_BUILDERS
-    from uer.tokenizers import TOKENIZERS as REGISTERED_TOKENIZERS
-
-    p = _parser("preprocess.py", "Turn a text corpus into a dataset file for one pre-training target.")
-    p.add_argument("--corpus_path", required=True, help="UTF-8 corpus in the target's format.")
-    add_vocab_options(p)
-    p.add_argument("--dataset_path", default="dataset.pt", help="Output dataset file.")
-    p.add_argument("--tokenizer", choices=_choices(TOKENIZERS, REGISTERED_TOKENIZERS), default="bert",
-                   help="bert: basic + WordPiece (or sentencepiece); char: characters; space: words.")
-    p.add_argument("--do_lower_case", type=_bool, default=True, metavar="{true,false}",
-                   help="Lower-case and strip accents in the bert tokenizer.")
-    p.add_argument("--processes_num", type=int, default=1, help="Worker processes.")
-    p.add_argument("--target", choices=_choices(TARGETS, INSTANCE_BUILDERS), default="bert",
-                   help="Pre-training target the dataset is built for.")
-    p.add_argument("--docs_buffer_size", type=int, default=100000,
-                   help="Documents per buffer: the pool random next sentences are drawn from.")
-    p.add_argument("--seq_length", type=int, default=128, help="Sequence length S.")
-    p.add_argument("--tgt_seq_length", type=int, default=128, help="Target sequence length (mt, t5).")
-    p.add_argument("--dup_factor", type=int, default=5,
-                   help="Copies of each instance, each with its own static mask (1 with --dynamic_masking).")
-    p.add_argument("--short_seq_prob", type=float, default=0.1,
-                   help="Probability of a shorter target length for a document (bert).")
-    p.add_argument("--full_sentences", action="store_true",
-                   help="mlm: concatenate documents before cutting them into sequences.")
-    p.add_argument("--seed", type=int, default=7, help="Random seed.")
-    p.add_argument("--dynamic_masking", action="store_true",
-                   help="Store unmasked instances; mask in the training loader instead.")
-    add_masking_options(p)
+    prog = invoked if invoked.startswith("uer-") else cmd.prog  # a console command names itself
+    p = argparse.ArgumentParser(prog=prog, description=description or cmd.description, allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for title, names in cmd.groups:
+        group = p.add_argument_group(title)
+        for n in names.split():
+            replace(OPTIONS[n], **cmd.changes.get(n, {})).add_to(group)
     return p
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """The model slots and their switches (pretrain.py and the inference scripts)."""
-    from uer.model.registry import DECODERS as REG_DEC, EMBEDDINGS as REG_EMB, ENCODERS as REG_ENC, \
-        TARGETS as REG_TGT
-
-    m = p.add_argument_group("model")
-    m.add_argument("--embedding", choices=_choices(EMBEDDINGS, REG_EMB), default="word_pos_seg",
-                   help="Embedding layer.")
-    m.add_argument("--remove_embedding_layernorm", action="store_true",
-                   help="Drop the LayerNorm after the embedding.")
-    m.add_argument("--encoder", choices=_choices(ENCODERS, REG_ENC), default="transformer", help="Encoder.")
-    m.add_argument("--mask", choices=["fully_visible", "causal"], default="fully_visible",
-                   help="Transformer attention mask.")
-    m.add_argument("--layernorm_positioning", choices=["pre", "post"], default="post",
-                   help="LayerNorm before (GPT-2) or after (BERT) each sub-layer.")
-    m.add_argument("--bidirectional", action="store_true", help="Bidirectional rnn/lstm/gru.")
-    m.add_argument("--factorized_embedding_parameterization", action="store_true",
-                   help="Embedding size E projected to hidden size H (ALBERT).")
-    m.add_argument("--parameter_sharing", action="store_true",
-                   help="One transformer layer applied layers_num times (ALBERT).")
-    m.add_argument("--tgt_embedding", choices=_choices(EMBEDDINGS, REG_EMB), default="word_pos",
-                   help="Decoder input embedding (mt, t5).")
-    m.add_argument("--decoder", choices=_choices(DECODERS, REG_DEC), default="transformer",
-                   help="Decoder (mt, t5).")
-    m.add_argument("--pooling", choices=list(POOLINGS), default="first", help="Pooling (cls target).")
-    m.add_argument("--target", choices=_choices(TARGETS, REG_TGT), default="bert", help="Target.")
-    m.add_argument("--tie_weights", action="store_true",
-                   help="Share the word embedding with the output projection.")
-    m.add_argument("--has_lmtarget_bias", action="store_true", help="Bias on the lm/mt/t5 output layer.")
-
-
-def build_pretrain_parser() -> argparse.ArgumentParser:
-    p = _parser("pretrain.py", "Pre-train a model assembled from an embedding, an encoder, an "
-                               "optional target embedding and decoder, and a target.")
-    io = p.add_argument_group("files")
-    io.add_argument("--dataset_path", default="dataset.pt", help="Dataset built by preprocess.py.")
-    add_vocab_options(p)
-    io.add_argument("--pretrained_model_path", default=None, help="Checkpoint to start from.")
-    io.add_argument("--strict_load", type=_bool, default=True, metavar="{true,false}",
-                    help="false: load what fits from --pretrained_model_path, list the rest, and give the "
-                         "missing parameters the N(0, 0.02) init.")
-    io.add_argument("--resume", action="store_true",
-                    help="Continue exactly from the newest complete <output_model_path>-<step> checkpoint "
-                         "(and its .state file), if there is one.")
-    io.add_argument("--output_model_path", required=True,
-                    help="Final model path; checkpoints go to <path>-<step>.")
-    io.add_argument("--config_path", default=DEFAULT_CONFIG_PATH,
-                    help="JSON model recipe; explicitly given options win over it.")
-    io.add_argument("--dev_dataset_path", default=None,
-                    help="A dataset built by preprocess.py (same target and vocabulary) from held-out text, "
-                         "evaluated every --dev_steps steps: loss, accuracy, perplexity.")
-    io.add_argument("--dev_steps", type=int, default=None,
-                    help="Evaluate the dev dataset every N steps (default: --save_checkpoint_steps).")
-    io.add_argument("--log_path", default=None, help="Also append every log line to this file (rank 0).")
-    io.add_argument("--metrics_path", default=None,
-                    help="CSV of the metrics (step, split, term, loss, acc, ppl, count, tokens_per_s, lr); "
-                         "scripts/plot_log.py draws it.")
-    t = p.add_argument_group("training")
-    t.add_argument("--total_steps", type=int, default=100000, help="Optimizer steps.")
-    t.add_argument("--save_checkpoint_steps", type=int, default=10000, help="Save every N steps.")
-    t.add_argument("--report_steps", type=int, default=100, help="Report every N steps.")
-    t.add_argument("--accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    t.add_argument("--batch_size", type=int, default=32, help="Instances per micro-batch and process.")
-    t.add_argument("--instances_buffer_size", type=int, default=25600,
-                   help="Instances the loader prepares ahead of training (background thread; 16 batches at most).")
-    t.add_argument("--length_buckets", type=_bool, default=True, metavar="{true,false}",
-                   help="Batch instances of similar length (sorted within windows of 64 batches), so "
-                        "little padding is computed.")
-    t.add_argument("--labels_num", type=int, default=None, help="Number of labels (cls target).")
-    t.add_argument("--dropout", type=float, default=0.1, help="Dropout probability.")
-    t.add_argument("--seed", type=int, default=7, help="Random seed.")
-    add_model_options(p)
-    add_masking_options(p)
-    o = p.add_argument_group("optimizer")
-    o.add_argument("--learning_rate", type=float, default=2e-5, help="Peak learning rate.")
-    o.add_argument("--warmup", type=float, default=0.1, help="Warm-up fraction of total_steps.")
-    o.add_argument("--weight_decay", type=float, default=0.01,
-                   help="AdamW weight decay on all but biases and LayerNorm.")
-    o.add_argument("--max_grad_norm", type=float, default=1.0,
-                   help="Clip the global gradient norm (0 disables).")
-    o.add_argument("--beta1", type=float, default=0.9, help="Adam beta1.")
-    o.add_argument("--beta2", type=float, default=0.999, help="Adam beta2.")
-    x = p.add_argument_group("precision and devices")
-    x.add_argument("--fp16", action="store_true", help="fp16 autocast with a gradient scaler (CUDA).")
-    x.add_argument("--fp16_opt_level", choices=["O0", "O1", "O2", "O3"], default="O1",
-                   help="O0 disables --fp16; O1/O2 autocast; O3 also keeps weights in fp16.")
-    x.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPUs with bf16).")
-    x.add_argument("--compile", action="store_true",
-                   help="torch.compile the model for training: a minute or more of compiling at the start "
-                        "(and once more when the batch shape first changes), then fused kernels; pays on "
-                        "GPUs and in long runs.")
-    x.add_argument("--kernels", choices=list(KERNELS), default="auto",
-                   help="auto: uer's CPU kernels (dropout, attention with dropout) where they pay "
-                        "(training on a CPU without --compile, fp32 or --bf16); stock: PyTorch's ops "
-                        "everywhere.")
-    x.add_argument("--batch_worker", choices=list(BATCH_WORKERS), default="process",
-                   help="What builds batches ahead: a forked process (numpy only, so the training loop's "
-                        "host never waits for the interpreter lock), a thread, or none (the loop itself).")
-    x.add_argument("--keep_freed_memory", type=_bool, default=True, metavar="{true,false}",
-                   help="Let glibc keep the memory a step frees for the next step (no fresh, zeroed pages "
-                        "every step); false: glibc's defaults.")
-    x.add_argument("--progress_bar", type=_bool, default=True, metavar="{true,false}",
-                   help="A progress bar on a terminal (never when stderr is not one).")
-    x.add_argument("--world_size", type=int, default=1, help="Total number of processes.")
-    x.add_argument("--gpu_ranks", type=int, nargs="+", default=[],
-                   help="Global ranks of the processes on this node (one GPU each).")
-    x.add_argument("--master_ip", default="tcp://localhost:12345", help="tcp://host:port of rank 0.")
-    x.add_argument("--backend", choices=["nccl", "gloo"], default="nccl",
-                   help="torch.distributed backend (gloo also runs several processes on the CPU).")
-    x.add_argument("--dist_timeout", type=int, default=300,
-                   help="Seconds to wait for every process to join, and for any collective.")
-    return p
+def parse(command: str, argv: list[str] | None = None, description: str | None = None):
+    """(namespace, the names of the options given on the command line)."""
+    parser = build_parser(command, description)
+    argv = sys.argv[1:] if argv is None else argv
+    return parser.parse_args(argv), explicit_dests(parser, argv)
 
 
 def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:

@@ -13,13 +13,11 @@ import unicodedata
 from typing import TYPE_CHECKING
 
 from uer.errors import UerError
-from uer.registry import register
+from uer.registry import TOKENIZERS, register
 from uer.vocab import RESERVED_TOKENS, UNK, Vocab
 
 if TYPE_CHECKING:
     import numpy as np
-
-TOKENIZERS: dict[str, type["Tokenizer"]] = {}
 
 
 class Tokenizer:

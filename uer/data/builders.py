@@ -14,29 +14,49 @@ Batches are dicts of numpy arrays, padded to the longest instance of the batch:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from uer.data.corpus import CorpusIndex
 from uer.data.dataset import Dataset, Field
 from uer.data.masking import Masker, MaskingConfig
-from uer.registry import register
+from uer.options import default
+from uer.registry import INSTANCE_BUILDERS, register
 from uer.vocab import SpecialIds
-
-INSTANCE_BUILDERS: dict[str, type["InstanceBuilder"]] = {}
-
 
 @dataclass(frozen=True)
 class BuilderConfig:
-    seq_length: int = 128
-    dup_factor: int = 5
-    short_seq_prob: float = 0.1
-    full_sentences: bool = False
-    dynamic_masking: bool = False
-    docs_buffer_size: int = 100000
+    """preprocess.py's instance options; the dataset header keeps them under these names (the
+    masking options flattened), and the loader reads them back from there."""
+    seq_length: int = default("seq_length")
+    dup_factor: int = default("dup_factor")
+    short_seq_prob: float = default("short_seq_prob")
+    full_sentences: bool = default("full_sentences")
+    dynamic_masking: bool = default("dynamic_masking")
+    docs_buffer_size: int = default("docs_buffer_size")
     masking: MaskingConfig = field(default_factory=MaskingConfig)
-    tgt_seq_length: int = 128
+    tgt_seq_length: int = default("tgt_seq_length")
+
+    @classmethod
+    def from_options(cls, values) -> "BuilderConfig":
+        """From an object with the options as attributes (a namespace, a dataset header)."""
+        get = values.get if isinstance(values, dict) else lambda name, d: getattr(values, name, d)
+        masking = MaskingConfig(**{f.name: get(f.name, f.default) for f in fields(MaskingConfig)})
+        return cls(masking=masking, **{f.name: get(f.name, f.default) for f in fields(cls) if f.name != "masking"})
+
+    def settings(self) -> dict:
+        """The header entries: every option by name, the masking options flattened."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "masking"}
+        out.update({f.name: getattr(self.masking, f.name) for f in fields(MaskingConfig)})
+        return out
+
+
+def builder_config_from_header(header: dict, masking: MaskingConfig | None = None) -> BuilderConfig:
+    """The options a dataset was built with (an older header lacks some: they had the defaults),
+    with `masking` for the loader's dynamic masks when given."""
+    cfg = BuilderConfig.from_options(header)
+    return cfg if masking is None else replace(cfg, masking=masking)
 
 
 class Instances:

@@ -11,21 +11,14 @@ import contextlib
 
 import numpy as np
 
-from uer.config import BATCH_WORKERS
-from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig
+from uer.data.builders import builder_config_from_header
 from uer.data.dataset import Dataset
 from uer.data.masking import MaskingConfig
+from uer.options import OPTIONS
+from uer.registry import INSTANCE_BUILDERS
 from uer.vocab import SpecialIds
 
-
-def builder_config_from_header(header: dict, masking: MaskingConfig | None = None) -> BuilderConfig:
-    return BuilderConfig(
-        seq_length=header["seq_length"], dup_factor=header["dup_factor"],
-        short_seq_prob=header.get("short_seq_prob", 0.1), full_sentences=header.get("full_sentences", False),
-        dynamic_masking=header["dynamic_masking"], docs_buffer_size=header.get("docs_buffer_size", 100000),
-        tgt_seq_length=header.get("tgt_seq_length", 128),
-        masking=masking or MaskingConfig(header["span_masking"], header["span_geo_prob"],
-                                         header["span_max_length"]))
+BATCH_WORKERS = OPTIONS["batch_worker"].choices
 
 
 def builder_for(dataset: Dataset, special: SpecialIds, masking: MaskingConfig | None = None):

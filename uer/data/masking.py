@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from uer.options import default
 from uer.vocab import SpecialIds
 
 MASK_RATE = 0.15
@@ -19,9 +20,9 @@ MASK_RATE = 0.15
 
 @dataclass(frozen=True)
 class MaskingConfig:
-    span_masking: bool = False
-    span_geo_prob: float = 0.2
-    span_max_length: int = 10
+    span_masking: bool = default("span_masking")
+    span_geo_prob: float = default("span_geo_prob")
+    span_max_length: int = default("span_max_length")
 
 
 class Masker:

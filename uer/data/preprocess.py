@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig, InstanceBuilder
+from uer.config import expect, masking_problems
+from uer.data.builders import BuilderConfig, InstanceBuilder
 from uer.data.corpus import BLANK, FIELD_FORMATS, CorpusIndex, byte_ranges, group_documents, group_fields, \
     RANGE_BYTES, init_tokenize_worker, tokenize_range
 from uer.data.dataset import DatasetWriter
 from uer.errors import UerError
+from uer.registry import INSTANCE_BUILDERS, TOKENIZERS
 from uer.tokenizers import build_tokenizer, describe_tokenizer
 from uer.utils import owned_temp_dir
 from uer.vocab import Vocab
@@ -203,16 +205,8 @@ def build_dataset(job: PreprocessJob) -> dict:
             "vocab_size": len(job.vocab),
             "vocab_fingerprint": job.vocab.fingerprint(),
             "vocab_source": os.path.basename(job.vocab.source),
-            "seq_length": job.builder.seq_length,
-            "dynamic_masking": job.builder.dynamic_masking,
-            "span_masking": job.builder.masking.span_masking,
-            "span_geo_prob": job.builder.masking.span_geo_prob,
-            "span_max_length": job.builder.masking.span_max_length,
-            "dup_factor": builder.dup_factor,
-            "short_seq_prob": job.builder.short_seq_prob,
-            "full_sentences": job.builder.full_sentences,
-            "docs_buffer_size": job.builder.docs_buffer_size,
-            "tgt_seq_length": job.builder.tgt_seq_length,
+            **job.builder.settings(),
+            "dup_factor": builder.dup_factor,  # the copies made (1 where nothing is masked in preprocess)
             "seed": job.seed,
             "corpus": {"path": os.path.abspath(job.corpus_path), "bytes": os.path.getsize(job.corpus_path),
                        "lines": n_lines, "sentences": int(len(sent_len)), "documents": n_docs,
@@ -243,3 +237,30 @@ def _check_format(job: PreprocessJob, builder: InstanceBuilder, n_lines: int, n_
         raise UerError(f"{job.corpus_path}: no blank line separates documents in {n_lines} lines; "
                        f"target {job.target!r} expects {builder.format_help} (for one document a "
                        f"line, use --target mlm)")
+
+
+def preprocess_problems(args) -> list[str]:
+    p: list[str] = []
+    if not os.path.isfile(args.corpus_path):
+        p.append(f"--corpus_path {args.corpus_path}: file not found")
+    if not args.vocab_path and not args.spm_model_path:
+        p.append("give --vocab_path or --spm_model_path")
+    for name in ("vocab_path", "spm_model_path"):
+        v = getattr(args, name)
+        if v and not os.path.isfile(v):
+            p.append(f"--{name} {v}: file not found")
+    expect(p, args.target in INSTANCE_BUILDERS,
+           f"--target {args.target}: not available in this version (available: "
+           f"{', '.join(sorted(INSTANCE_BUILDERS))})")
+    expect(p, args.tokenizer in TOKENIZERS, f"--tokenizer {args.tokenizer}: not available")
+    expect(p, args.processes_num >= 1, f"--processes_num must be at least 1, got {args.processes_num}")
+    expect(p, args.seq_length >= 8, f"--seq_length must be at least 8, got {args.seq_length}")
+    expect(p, args.dup_factor >= 1, f"--dup_factor must be at least 1, got {args.dup_factor}")
+    expect(p, args.docs_buffer_size >= 1, f"--docs_buffer_size must be at least 1, got {args.docs_buffer_size}")
+    expect(p, 0 <= args.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1], got {args.short_seq_prob}")
+    p += masking_problems(args.span_geo_prob, args.span_max_length)
+    if os.path.isdir(args.dataset_path):
+        p.append(f"--dataset_path {args.dataset_path} is a directory; give a file path")
+    return p
+
+

@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uer.config import KERNELS
 from uer.model import ops
+from uer.options import OPTIONS
+
+KERNELS = OPTIONS["kernels"].choices
 
 
 def replacements(kernels: str, device: torch.device, compiled: bool) -> dict:

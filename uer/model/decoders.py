@@ -6,7 +6,7 @@ from torch import nn
 
 from uer.config import ModelConfig
 from uer.model.layers import LayerNorm, MultiHeadedAttention, PositionwiseFeedForward
-from uer.model.registry import DECODERS, register
+from uer.registry import DECODERS, register
 
 
 class TransformerDecoderLayer(nn.Module):

@@ -9,7 +9,7 @@ from torch import nn
 from uer.config import ModelConfig
 from uer.model.layers import LayerNorm
 from uer.model.ops import Dropout
-from uer.model.registry import EMBEDDINGS, register
+from uer.registry import EMBEDDINGS, register
 
 
 class Embedding(nn.Module):

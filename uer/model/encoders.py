@@ -8,7 +8,7 @@ from torch import nn
 from uer.config import ModelConfig
 from uer.model.layers import LayerNorm, TransformerLayer
 from uer.model.ops import Dropout
-from uer.model.registry import ENCODERS, register
+from uer.registry import ENCODERS, register
 
 
 class Encoder(nn.Module):

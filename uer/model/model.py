@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uer.config import ModelConfig
-from uer.model.registry import EMBEDDINGS, ENCODERS, TARGETS
+from uer.config import ModelConfig, expect
+from uer.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS
 
 
 READ = "read:"  # prefix of the batch keys a read plan adds
@@ -121,3 +121,43 @@ def build_model(cfg: ModelConfig, init: bool = True) -> Model:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, tied weights counted once."""
     return sum(p.numel() for p in model.parameters())
+
+
+def model_problems(cfg: ModelConfig) -> list[str]:
+    """Every reason this model cannot be built, in one list. Each component adds its own checks
+    (its `problems` classmethod); the checks between components are here."""
+    p: list[str] = []
+    slots = [("--embedding", cfg.embedding, EMBEDDINGS), ("--encoder", cfg.encoder, ENCODERS),
+             ("--target", cfg.target, TARGETS)]
+    if cfg.target in ("mt", "t5"):
+        slots += [("--tgt_embedding", cfg.tgt_embedding, EMBEDDINGS), ("--decoder", cfg.decoder, DECODERS)]
+    for kind, name, registry in slots:
+        expect(p, name in registry, f"{kind} {name}: not available (available: {', '.join(sorted(registry))})")
+    for name in ("emb_size", "hidden_size", "layers_num", "max_seq_length"):
+        v = getattr(cfg, name)
+        expect(p, isinstance(v, int) and v > 0, f"{name} must be a positive integer, got {v!r}")
+    if p:
+        return p  # the checks below read these
+    expect(p, 0.0 <= cfg.dropout < 1.0, f"dropout must be in [0, 1), got {cfg.dropout}")
+    expect(p, cfg.layernorm in ("torch", "uer"), f"layernorm must be 'torch' or 'uer', got {cfg.layernorm!r}")
+    expect(p, cfg.layernorm_eps > 0, f"layernorm_eps must be positive, got {cfg.layernorm_eps}")
+    p += EMBEDDINGS[cfg.embedding].problems(cfg) + ENCODERS[cfg.encoder].problems(cfg)
+    target = TARGETS[cfg.target]
+    p += target.problems(cfg)
+    if cfg.encoder != "transformer":
+        for flag in ("factorized_embedding_parameterization", "parameter_sharing"):
+            expect(p, not getattr(cfg, flag), f"--{flag} applies to --encoder transformer only, "
+                                              f"not {cfg.encoder}")
+    expect(p, not cfg.bidirectional or cfg.encoder in ("rnn", "lstm", "gru"),
+           f"--bidirectional applies to --encoder rnn, lstm or gru, not {cfg.encoder} "
+           "(birnn, bilstm and bigru are bidirectional by design)")
+    if cfg.tie_weights:
+        d = target.tie_in_features(cfg)
+        if d is None:
+            p.append(f"--tie_weights: --target {cfg.target} has no output layer over the vocabulary to tie")
+        elif d != cfg.emb_size:
+            p.append(f"--tie_weights: the output layer of --target {cfg.target} reads {d} features, "
+                     f"the word embedding has emb_size {cfg.emb_size}; they must be equal")
+    return p
+
+

@@ -16,7 +16,7 @@ from torch import nn
 from uer.config import POOLINGS, ModelConfig
 from uer.model.layers import LayerNorm, activation
 from uer.model.ops import OutputLoss, token_terms
-from uer.model.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS, register
+from uer.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS, register
 
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
