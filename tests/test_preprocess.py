@@ -7,12 +7,14 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import BERT_CORPUS, DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, run_script
 from uer.data.builders import BuilderConfig, trim_pair
 from uer.data.dataset import Dataset
-from uer.data.loader import BatchLoader, Prefetcher, ProcessPrefetcher, builder_for
+from uer.data.loader import BatchLoader, builder_for
 from uer.data.preprocess import PreprocessJob, build_dataset
+from uer.errors import UerError
 from uer.vocab import Vocab
 
 
@@ -142,76 +144,88 @@ def test_loader_batches(tmp_path, zh_vocab):
     assert r0.stop == r1.start and r0.start == 0 and r1.stop == len(ds)
     # one epoch visits every instance of the share once
     loader = BatchLoader(ds, zh_vocab.special_ids(), batch_size=4, seed=1)
-    seen = []
-    for _ in range(loader.batches_per_epoch):
-        order = loader._epoch_order()
-        seen.extend(order[loader.index * 4:(loader.index + 1) * 4])
-        loader.next_arrays()
-    assert sorted(seen) == list(range(len(ds)))
+    epoch = [key for _, key in zip(range(loader.batches_per_epoch), loader.sampler)]
+    assert [(e, b) for e, b, _ in epoch] == [(0, b) for b in range(loader.batches_per_epoch)]
+    assert sorted(i for _, _, indices in epoch for i in indices) == list(range(len(ds)))
 
 
-@pytest.mark.parametrize("kind", [Prefetcher, ProcessPrefetcher], ids=["thread", "process"])
-def test_prefetch_yields_the_same_batches(tmp_path, zh_vocab, kind):
+def _workers() -> list:
+    import multiprocessing
+
+    return multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("worker", ["process", "none"])
+def test_prefetch_yields_the_same_batches(tmp_path, zh_vocab, worker):
+    """Through the DataLoader, from any position: the batches of plain iteration, in its order."""
     out = tmp_path / "d.pt"
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1, dynamic_masking=True))
     ds = Dataset(str(out))
-    plain = iter(BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5))
-    with kind(BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5), 4) as ahead:
-        for _ in range(40):  # several epochs
-            a, b = next(plain), next(ahead)
-            assert a.keys() == b.keys() and all(
-                (a[k] == b[k]).all() if hasattr(a[k], "shape") else a[k] == b[k] for k in a)
-    assert not ahead._worker.is_alive()  # leaving the block stops the worker
-    ahead.close()
+    for start in (0, 7):
+        plain = BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5)
+        plain.seek(start)
+        plain = iter(plain)
+        loader = BatchLoader(ds, zh_vocab.special_ids(), batch_size=3, seed=5)
+        loader.seek(start)
+        with loader.prefetch(12, worker) as ahead:
+            assert len(_workers()) == (1 if worker == "process" and sys.platform == "linux" else 0)
+            for _ in range(40):  # several epochs
+                a, b = next(plain), next(ahead)
+                assert a.keys() == b.keys() and all(
+                    torch.equal(a[k], b[k]) if hasattr(a[k], "shape") else a[k] == b[k] for k in a)
+        assert _workers() == []  # leaving the block stops the worker
 
 
-def test_the_prefetch_worker_is_a_process_where_the_platform_forks(tmp_path, zh_vocab):
+def test_a_daemonic_process_builds_its_batches_itself(tmp_path, zh_vocab):
+    """A daemonic process may not have children: there the loop builds the batches."""
+    import multiprocessing
+
     out = tmp_path / "d.pt"
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))
     loader = BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3)
-    with loader.prefetch(12, "process") as ahead:
-        assert isinstance(ahead, ProcessPrefetcher) == (sys.platform == "linux")
-    # a daemonic process may not have children: there the worker is a thread
-    import multiprocessing
-
     ctx = multiprocessing.get_context("fork")
-    kinds = ctx.Queue()
+    seen = ctx.Queue()
 
-    def kind():
+    def consume():
         with loader.prefetch(12, "process") as ahead:
-            kinds.put((type(ahead).__name__, next(ahead)["src"].shape[0]))
+            seen.put((len(_workers()), next(ahead)["src"].shape[0]))
 
-    child = ctx.Process(target=kind, daemon=True)
+    child = ctx.Process(target=consume, daemon=True)
     child.start()
-    assert kinds.get(timeout=60) == ("Prefetcher", 3)
+    assert seen.get(timeout=60) == (0, 3)
     child.join(timeout=60)
 
 
-def test_the_prefetch_process_reports_errors_and_deaths_and_ends_with_its_consumer(tmp_path, zh_vocab):
+def test_the_worker_reports_errors_and_deaths_and_ends_with_its_consumer(tmp_path, zh_vocab):
     out = tmp_path / "d.pt"
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))
+    # a damaged dataset found in the worker is the consumer's error, with its own message (every
+    # time: the worker must not take it along when it stops)
     loader = BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3)
-    # an error in the worker is raised in the consumer, as it was raised there (every time: the
-    # worker exits right after sending it, and must not take it along)
-    loader.builder = None  # the worker's copy has no builder: its first batch fails
-    for _ in range(10):
-        with ProcessPrefetcher(loader, 2) as ahead, pytest.raises(AttributeError, match="collate"):
+    loader._id_limits = {"src": 1}  # as if every id lay outside the vocabulary
+    for _ in range(5):
+        with loader.prefetch(6, "process") as ahead, pytest.raises(UerError, match=r"is corrupted: a batch "):
             next(ahead)
+    # a bug in the worker is raised here, as the error it was
+    loader = BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3)
+    loader.builder = None
+    with loader.prefetch(6, "process") as ahead, pytest.raises(AttributeError, match="collate"):
+        next(ahead)
     # a worker that dies is an error that says so (not a wait for ever)
     loader = BatchLoader(Dataset(str(out)), zh_vocab.special_ids(), batch_size=3)
-    loader.next_arrays = lambda: os._exit(3)
-    with ProcessPrefetcher(loader, 2) as ahead, pytest.raises(RuntimeError, match=r"died \(exit code 3\)"):
+    loader.batch = lambda *key: os._exit(3)
+    with loader.prefetch(6, "process") as ahead, pytest.raises(RuntimeError, match=r"exited unexpectedly"):
         next(ahead)
     # a consumer killed outright (no close) leaves no worker behind
-    code = ("import os, sys; sys.path.insert(0, sys.argv[1])\n"
-            "from uer.data.dataset import Dataset\nfrom uer.data.loader import BatchLoader, ProcessPrefetcher\n"
+    code = ("import multiprocessing, os, sys; sys.path.insert(0, sys.argv[1])\n"
+            "from uer.data.dataset import Dataset\nfrom uer.data.loader import BatchLoader\n"
             "from uer.vocab import Vocab\n"
-            "ahead = ProcessPrefetcher(BatchLoader(Dataset(sys.argv[2]), Vocab.load(sys.argv[3]).special_ids(), 3), 2)\n"
-            "next(ahead); print(ahead._worker.pid, flush=True); os.kill(os.getpid(), 9)\n")
+            "ahead = BatchLoader(Dataset(sys.argv[2]), Vocab.load(sys.argv[3]).special_ids(), 3).prefetch(6)\n"
+            "next(ahead); print(multiprocessing.active_children()[0].pid, flush=True); os.kill(os.getpid(), 9)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, ROOT, str(out), ZH_VOCAB], stdout=subprocess.PIPE, text=True)
     worker = int(proc.stdout.readline())
     proc.wait(timeout=60)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the worker looks for its consumer every few seconds
     while _running(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     left = _running(worker)
@@ -242,7 +256,7 @@ def test_length_buckets_cut_padding_and_keep_every_instance(tmp_path, zh_vocab):
         for _ in range(epoch):
             src = loader.next_arrays()["src"]
             real, total = real + int((src != sp.pad).sum()), total + src.size
-        order = BatchLoader(ds, sp, 16, seed=3, length_buckets=buckets)._epoch_order()
+        order = BatchLoader(ds, sp, 16, seed=3, length_buckets=buckets).sampler.epoch_order(0)
         assert sorted(order.tolist()) == list(range(len(ds)))  # every instance once per epoch
         padded[buckets] = 1 - real / total
         # the stream is a function of its position (exact resume)

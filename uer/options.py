@@ -162,9 +162,8 @@ _DECLARED = [
     Option("kernels", "auto: uer's CPU kernels (dropout, attention with dropout) where they pay (training on a "
                       "CPU without --compile, fp32 or --bf16); stock: PyTorch's ops everywhere.", "auto",
            choices=("auto", "stock")),
-    Option("batch_worker", "What builds batches ahead: a forked process (numpy only, so the training loop's host "
-                           "never waits for the interpreter lock), a thread, or none (the loop itself).", "process",
-           choices=("process", "thread", "none")),
+    Option("batch_worker", "What builds batches ahead: a forked DataLoader worker process, or none (the training "
+                           "loop itself).", "process", choices=("process", "none")),
     Option("keep_freed_memory", "Let glibc keep the memory a step frees for the next step (no fresh, zeroed pages "
                                 "every step); false: glibc's defaults.", True, _bool),
     Option("progress_bar", "A progress bar on a terminal (never when stderr is not one).", True, _bool),

@@ -124,7 +124,7 @@ def _all_reduce(t: torch.Tensor, rank: Rank) -> torch.Tensor:
 
 def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: SpecialIds,
           masking: MaskingConfig | None = None, log=print, rank: Rank = Rank(), progress=None,
-          worker: str = "thread") -> dict:
+          worker: str = "process") -> dict:
     """Train on this rank's share of the dataset. With several ranks the model is wrapped in DDP,
     gradients are synchronised once per optimizer step, loss counts and report metrics are summed
     over all ranks, and only rank 0 logs and saves. progress: an object with update(n) (a tqdm
