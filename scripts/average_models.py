@@ -14,9 +14,15 @@ def main(argv=None):
     import torch
 
     from uer.checkpoint import read_state_dict
+    from uer.config import output_problems
+    from uer.errors import ConfigError
     from uer.utils import atomic_path
 
     args, _ = parse("average_models", argv, __doc__)
+    problems = output_problems(args.output_model_path, "--output_model_path",
+                               {f"--model_list_path[{i}]": p for i, p in enumerate(args.model_list_path)})
+    if problems:
+        raise ConfigError(problems)
     total, first = None, None
     for path in args.model_list_path:
         state = read_state_dict(path)

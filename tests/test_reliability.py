@@ -133,7 +133,8 @@ def test_a_killed_preprocess_leaves_no_complete_looking_dataset(tmp_path):
 @pytest.fixture(scope="module")
 def nan_setup(tmp_path_factory):
     """A corpus whose last document repeats a character found nowhere else, and a checkpoint whose
-    embedding row for that character is NaN: the first batch holding it has non-finite gradients."""
+    embedding row for that character is 3e38: the first batch holding it overflows, its gradients
+    are not finite."""
     d = tmp_path_factory.mktemp("nan")
     (d / "tiny.json").write_text('{"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, '
                                  '"layers_num": 2, "dropout": 0.1}')
@@ -149,7 +150,8 @@ def nan_setup(tmp_path_factory):
     proc = run_script("pretrain.py", *common, "--output_model_path", str(d / "init.bin"), "--total_steps", "1")
     assert proc.returncode == 0, proc.stderr
     state = read_state_dict(str(d / "init.bin"))
-    state["embedding.word_embedding.weight"][VOCAB.get("丟")] = float("nan")
+    # finite (a checkpoint holding a non-finite value is never saved), but the forward overflows
+    state["embedding.word_embedding.weight"][VOCAB.get("丟")] = 3e38
     torch.save(state, d / "poisoned.bin")
     return d, common
 
@@ -243,3 +245,99 @@ def test_damaged_datasets_are_refused_before_or_at_the_first_batch(tmp_path, nan
     body[start:start + 2 * n] = b"\xff" * (2 * n)
     (tmp_path / "b.pt").write_bytes(bytes(body))
     assert_clean_error(pretrain(tmp_path / "b.pt"), "is corrupted: a batch of instances", "rebuild it")
+
+
+# -- round two (#32) ------------------------------------------------------------------------------
+
+def test_non_finite_and_negative_option_values_are_refused_at_start(tmp_path, nan_setup):
+    d, common = nan_setup
+    proc = run_script("pretrain.py", *common, "--output_model_path", str(tmp_path / "m.bin"), "--total_steps", "2",
+                      "--learning_rate", "inf", "--weight_decay", "inf", "--seed", "-1")
+    assert_clean_error(proc, "--learning_rate must be a finite number, got inf",
+                       "--weight_decay must be a finite number, got inf", "--seed must be >= 0, got -1")
+    assert list(tmp_path.iterdir()) == []
+    proc = run_script("preprocess.py", "--corpus_path", str(d / "corpus.txt"), "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(tmp_path / "x.pt"), "--seed", "-1", "--short_seq_prob", "nan")
+    assert_clean_error(proc, "--seed must be >= 0, got -1", "--short_seq_prob must be a finite number, got nan")
+
+
+def test_no_checkpoint_with_a_non_finite_weight_is_written(tmp_path, nan_setup):
+    """A finite gradient with a huge learning rate makes the weights overflow: the save refuses."""
+    d, common = nan_setup
+    out = tmp_path / "m.bin"
+    proc = run_script("pretrain.py", *common, "--output_model_path", str(out), "--total_steps", "4",
+                      "--learning_rate", "3e38", "--warmup", "0", "--save_checkpoint_steps", "1")
+    assert_clean_error(proc, "step 1: the updated weights hold non-finite values; nothing of this step was saved, "
+                             "and no checkpoint was written yet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_weights_guard_reads_every_parameter():
+    from uer.config import TrainConfig
+    from uer.errors import UerError
+    from uer.train.trainer import guard_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    tcfg = TrainConfig(dataset_path="d.pt", output_model_path="/nonexistent/m.bin")
+    guard_weights(model, 5, tcfg)  # finite: passes
+    with torch.no_grad():
+        model[1].bias[1] = math.inf
+    with pytest.raises(UerError, match="^step 5: the updated weights hold non-finite values"):
+        guard_weights(model, 5, tcfg)
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, nan_setup):
+    d, common = nan_setup
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes((d / "corpus.txt").read_bytes())
+    before = corpus.read_bytes()
+    proc = run_script("preprocess.py", "--corpus_path", str(corpus), "--vocab_path", ZH_VOCAB,
+                      "--dataset_path", str(corpus), "--target", "mlm")
+    assert_clean_error(proc, f"--dataset_path {corpus} is the same file as --corpus_path {corpus}")
+    assert corpus.read_bytes() == before
+    dataset = tmp_path / "d.pt"
+    dataset.write_bytes((d / "d.pt").read_bytes())
+    args = [str(dataset) if a == str(d / "d.pt") else a for a in common]
+    proc = run_script("pretrain.py", *args, "--output_model_path", str(dataset), "--total_steps", "2")
+    assert_clean_error(proc, f"--output_model_path {dataset} is the same file as --dataset_path {dataset}")
+    assert dataset.read_bytes() == (d / "d.pt").read_bytes()
+    model = d / "init.bin"
+    proc = run_script("scripts/average_models.py", "--model_list_path", str(model), str(model),
+                      "--output_model_path", str(model))
+    assert_clean_error(proc, f"--output_model_path {model} is the same file as --model_list_path[0]")
+    assert torch.equal(read_state_dict(str(model))["embedding.word_embedding.weight"],
+                       read_state_dict(str(d / "init.bin"))["embedding.word_embedding.weight"])
+
+
+def test_an_unwritable_output_directory_is_found_at_start(tmp_path, nan_setup):
+    d, common = nan_setup
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "models" / "m.bin"
+    proc = run_script("pretrain.py", *common, "--output_model_path", str(out), "--total_steps", "2")
+    assert_clean_error(proc, f"--output_model_path {out}: cannot write to the directory {out.parent}")
+    assert "steps|" not in proc.stdout  # refused before any training
+
+
+def test_a_failed_write_names_the_path_and_the_free_space_and_keeps_the_earlier_file(tmp_path):
+    import errno
+
+    from uer.errors import UerError
+    from uer.utils import atomic_path
+
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"earlier")
+    with pytest.raises(UerError, match=r"could not write .*m\.bin: \[Errno 28\] No space left on device .*MiB free "
+                                       r"on its disk\); the earlier .*m\.bin is left as it was"):
+        with atomic_path(str(path)) as tmp:
+            open(tmp, "wb").write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert path.read_bytes() == b"earlier" and os.listdir(tmp_path) == ["m.bin"]
+
+
+def test_a_vocabulary_with_a_byte_order_mark_and_a_directory_as_corpus(tmp_path):
+    bom = tmp_path / "vocab.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + open(ZH_VOCAB, "rb").read())
+    assert Vocab.load(str(bom)).special_ids() == VOCAB.special_ids()
+    proc = run_script("preprocess.py", "--corpus_path", str(tmp_path), "--vocab_path", str(bom),
+                      "--dataset_path", str(tmp_path / "d.pt"))
+    assert_clean_error(proc, f"--corpus_path {tmp_path}: a directory, not a file")

@@ -99,7 +99,9 @@ def _pretrain(argv: list[str] | None) -> int:
         train_kw[name] = getattr(args, name) if name in explicit else None
     tcfg = TrainConfig(**train_kw)
 
-    problems = model_problems(mcfg) + train_problems(tcfg) + dataset_problems(
+    inputs = {f"--{n}": getattr(args, n) for n in ("vocab_path", "spm_model_path", "tgt_vocab_path",
+                                                   "tgt_spm_model_path", "config_path")}
+    problems = model_problems(mcfg) + train_problems(tcfg, inputs) + dataset_problems(
         header, args.dataset_path, mcfg, vocab, tgt_vocab)
     if tcfg.dev_dataset_path and os.path.isfile(tcfg.dev_dataset_path):
         problems += [f"dev: {q}" for q in dataset_problems(Dataset(tcfg.dev_dataset_path).header,

@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass, fields
 
 from uer.errors import ConfigError, UerError
@@ -147,8 +149,48 @@ def expect(problems: list, cond: bool, msg: str) -> None:
         problems.append(msg)
 
 
-def train_problems(cfg: TrainConfig) -> list[str]:
-    p: list[str] = []
+def finite_problems(values: dict) -> list[str]:
+    """Every float option must be a number: inf passes `> 0` and a NaN or inf rate trains nothing."""
+    return [f"--{k} must be a finite number, got {v}" for k, v in values.items()
+            if isinstance(v, float) and not math.isfinite(v)]
+
+
+def same_file(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and (os.path.abspath(a) == os.path.abspath(b) or
+                              (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)))
+
+
+def output_problems(output: str, option: str, inputs: dict[str, str | None]) -> list[str]:
+    """An output that would overwrite an input, or whose directory cannot be written (found now,
+    not at the first save after hours of training)."""
+    p = [f"{option} {output} is the same file as {name} {path}: give another output path"
+         for name, path in inputs.items() if same_file(output, path)]
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        p.append(f"{option} {output} is a directory; give a file path")
+    elif os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        p.append(f"{option}: {out_dir} is not a directory")
+    else:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out_dir):
+                pass
+        except OSError as e:
+            p.append(f"{option} {output}: cannot write to the directory {out_dir} ({e.strerror})")
+    return p
+
+
+def input_problems(values: dict[str, str | None]) -> list[str]:
+    """Each input file given (option -> path) must be a file."""
+    return [f"{k} {v}: " + ("a directory, not a file" if os.path.isdir(v) else "file not found")
+            for k, v in values.items() if v and not os.path.isfile(v)]
+
+
+def train_problems(cfg: TrainConfig, other_inputs: dict[str, str | None] | None = None) -> list[str]:
+    """other_inputs: option -> path of the inputs outside TrainConfig (vocabulary, recipe), which
+    the outputs must not overwrite either."""
+    p: list[str] = finite_problems(dataclasses.asdict(cfg))
+    expect(p, cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
     for name in ("total_steps", "save_checkpoint_steps", "report_steps", "accumulation_steps",
                  "batch_size", "instances_buffer_size", "world_size"):
         v = getattr(cfg, name)
@@ -175,11 +217,9 @@ def train_problems(cfg: TrainConfig) -> list[str]:
     if cfg.pretrained_model_path:
         expect(p, os.path.isfile(cfg.pretrained_model_path),
                f"--pretrained_model_path {cfg.pretrained_model_path}: file not found")
-    out_dir = os.path.dirname(os.path.abspath(cfg.output_model_path))
-    expect(p, not os.path.isdir(cfg.output_model_path),
-           f"--output_model_path {cfg.output_model_path} is a directory; give a file path")
-    expect(p, not os.path.exists(out_dir) or os.path.isdir(out_dir),
-           f"--output_model_path: {out_dir} is not a directory")
+    p += output_problems(cfg.output_model_path, "--output_model_path", {
+        "--dataset_path": cfg.dataset_path, "--dev_dataset_path": cfg.dev_dataset_path,
+        "--pretrained_model_path": cfg.pretrained_model_path, **(other_inputs or {})})
     return p
 
 

@@ -8,6 +8,8 @@ import shutil
 import socket
 import tempfile
 
+from uer.errors import UerError
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -56,9 +58,15 @@ def atomic_path(path: str):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            free = shutil.disk_usage(directory).free / 2**20
+            raise UerError(f"could not write {path}: {e} ({free:,.0f} MiB free on its disk); "
+                           f"{'the earlier ' + path if os.path.exists(path) else 'nothing'} is left "
+                           "as it was") from None
         os.replace(tmp, path)
         with contextlib.suppress(OSError):  # persist the rename itself
             dfd = os.open(directory, os.O_RDONLY)

@@ -50,6 +50,8 @@ class Vocab:
                     raise UerError(f"{path} line {lineno}: not valid UTF-8 "
                                    "(a vocabulary file holds one UTF-8 token a line)") from None
                 line = line.rstrip("\r\n")
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first token
                 fields = line.split()
                 tokens.append(fields[0] if fields else " ")
         if not tokens:

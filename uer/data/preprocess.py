@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uer.config import expect, masking_problems
+from uer.config import expect, finite_problems, input_problems, masking_problems, output_problems
 from uer.data.builders import BuilderConfig, InstanceBuilder
 from uer.data.corpus import BLANK, FIELD_FORMATS, CorpusIndex, byte_ranges, group_documents, group_fields, \
     RANGE_BYTES, init_tokenize_worker, tokenize_range
@@ -241,14 +241,9 @@ def _check_format(job: PreprocessJob, builder: InstanceBuilder, n_lines: int, n_
 
 def preprocess_problems(args) -> list[str]:
     p: list[str] = []
-    if not os.path.isfile(args.corpus_path):
-        p.append(f"--corpus_path {args.corpus_path}: file not found")
+    p += input_problems({f"--{n}": getattr(args, n) for n in ("corpus_path", "vocab_path", "spm_model_path")})
     if not args.vocab_path and not args.spm_model_path:
         p.append("give --vocab_path or --spm_model_path")
-    for name in ("vocab_path", "spm_model_path"):
-        v = getattr(args, name)
-        if v and not os.path.isfile(v):
-            p.append(f"--{name} {v}: file not found")
     expect(p, args.target in INSTANCE_BUILDERS,
            f"--target {args.target}: not available in this version (available: "
            f"{', '.join(sorted(INSTANCE_BUILDERS))})")
@@ -258,9 +253,11 @@ def preprocess_problems(args) -> list[str]:
     expect(p, args.dup_factor >= 1, f"--dup_factor must be at least 1, got {args.dup_factor}")
     expect(p, args.docs_buffer_size >= 1, f"--docs_buffer_size must be at least 1, got {args.docs_buffer_size}")
     expect(p, 0 <= args.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1], got {args.short_seq_prob}")
-    p += masking_problems(args.span_geo_prob, args.span_max_length)
-    if os.path.isdir(args.dataset_path):
-        p.append(f"--dataset_path {args.dataset_path} is a directory; give a file path")
+    expect(p, args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+    p += finite_problems(vars(args)) + masking_problems(args.span_geo_prob, args.span_max_length)
+    p += output_problems(args.dataset_path, "--dataset_path", {
+        f"--{n}": getattr(args, n) for n in ("corpus_path", "vocab_path", "spm_model_path", "tgt_vocab_path",
+                                             "tgt_spm_model_path")})
     return p
 
 

@@ -194,6 +194,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
             if checkpoint:
                 save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device)
     guard(precision, tcfg)
+    guard_weights(model, tcfg.total_steps, tcfg)
     if rank.is_main:
         save_model(model, tcfg.output_model_path)
         log(f"Saved the final model to {tcfg.output_model_path}.")
@@ -270,6 +271,7 @@ def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision
                     rank: Rank, device: torch.device) -> None:
     """<output_model_path>-<step> and its training state (rank 0; every rank sends its RNG)."""
     rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
+    guard_weights(model, step, tcfg)
     if rank.is_main:
         path = f"{tcfg.output_model_path}-{step}"
         save_model(model, path)
@@ -345,13 +347,20 @@ def guard(precision: Precision, tcfg: TrainConfig) -> None:
         raise non_finite(None, str(e), tcfg) from None
 
 
-def non_finite(step: int | None, what: str, tcfg: TrainConfig) -> UerError:
-    """Training stops before the weights change: the last checkpoint written stays the last good one."""
+def guard_weights(model, step: int, tcfg: TrainConfig) -> None:
+    """Before a save: finite gradients can still make a weight non-finite (a huge learning rate),
+    and no checkpoint holding one is written (every rank holds the same weights: all stop)."""
+    if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        raise non_finite(step, "the updated weights hold non-finite values", tcfg, "nothing of this step was saved")
+
+
+def non_finite(step: int | None, what: str, tcfg: TrainConfig,
+               stopped: str = "training stopped before the weights changed") -> UerError:
+    """Training stops before anything bad is saved: the last checkpoint written stays the last good one."""
     found = latest_checkpoint(tcfg.output_model_path)
     kept = (f"the last good checkpoint is {found[1]} (step {found[0]}); continue from it with --resume, "
             "after lowering --learning_rate or --max_grad_norm" if found else "no checkpoint was written yet")
-    return UerError(f"{'' if step is None else f'step {step}: '}{what}; training stopped before the weights "
-                    f"changed, and {kept}.")
+    return UerError(f"{'' if step is None else f'step {step}: '}{what}; {stopped}, and {kept}.")
 
 
 def run_shape(tcfg: TrainConfig, rank: Rank) -> dict:
