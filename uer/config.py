@@ -54,12 +54,7 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
 
-#: recipe keys that are not options (SPEC 2.1: "config fields that exist only in JSON")
-RECIPE_ONLY = ("emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num", "hidden_act",
-               "max_seq_length", "layernorm", "layernorm_eps", "kernel_size", "block_size")
-HIDDEN_ACTS = ("gelu", "gelu_fast", "relu")
-MODEL_OPTION_KEYS = tuple(f.name for f in fields(ModelConfig)
-                          if f.name not in RECIPE_ONLY + ("vocab_size", "tgt_vocab_size"))
+HIDDEN_ACTS = ("gelu", "gelu_fast", "relu")  # the recipe's hidden_act
 
 
 @dataclass(frozen=True)
@@ -209,14 +204,11 @@ def train_problems(cfg: TrainConfig, other_inputs: dict[str, str | None] | None 
     if cfg.world_size > 1:
         bad = [r for r in cfg.gpu_ranks if not 0 <= r < cfg.world_size]
         expect(p, not bad, f"--gpu_ranks {bad} lie outside [0, world_size={cfg.world_size})")
-    if cfg.dev_dataset_path:
-        expect(p, os.path.isfile(cfg.dev_dataset_path), f"--dev_dataset_path {cfg.dev_dataset_path}: file not found")
     expect(p, cfg.dev_steps is None or cfg.dev_steps >= 1, f"--dev_steps must be at least 1, got {cfg.dev_steps}")
     expect(p, cfg.dist_timeout >= 1, f"--dist_timeout must be at least 1 second, got {cfg.dist_timeout}")
     expect(p, len(set(cfg.gpu_ranks)) == len(cfg.gpu_ranks), f"--gpu_ranks has duplicates: {list(cfg.gpu_ranks)}")
-    if cfg.pretrained_model_path:
-        expect(p, os.path.isfile(cfg.pretrained_model_path),
-               f"--pretrained_model_path {cfg.pretrained_model_path}: file not found")
+    p += input_problems({"--dev_dataset_path": cfg.dev_dataset_path,
+                         "--pretrained_model_path": cfg.pretrained_model_path})
     p += output_problems(cfg.output_model_path, "--output_model_path", {
         "--dataset_path": cfg.dataset_path, "--dev_dataset_path": cfg.dev_dataset_path,
         "--pretrained_model_path": cfg.pretrained_model_path, **(other_inputs or {})})

@@ -311,12 +311,6 @@ for _family in ("bert", "gpt2", "albert"):
                         "help": "bert: BertForPreTraining (MLM + NSP); mlm: BertForMaskedLM."}})
 
 
-def options_of(command: str) -> list[Option]:
-    """The options of a command, as it takes them (its changes applied)."""
-    cmd = COMMANDS[command]
-    return [replace(OPTIONS[n], **cmd.changes.get(n, {})) for _, names in cmd.groups for n in names.split()]
-
-
 def build_parser(command: str, description: str | None = None) -> argparse.ArgumentParser:
     cmd = COMMANDS[command]
     invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""

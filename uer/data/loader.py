@@ -169,23 +169,20 @@ class BatchLoader:
         workers = 1 if worker == "process" and forks else 0
         depth = max(2, min(PREFETCH_BATCHES, instances_buffer_size // self.batch_size))
         loader = torch.utils.data.DataLoader(
-            _Batches(self), batch_size=None, sampler=self.sampler, num_workers=workers,
+            _BatchAtPosition(self), batch_size=None, sampler=self.sampler, num_workers=workers,
             prefetch_factor=depth if workers else None, multiprocessing_context="fork" if workers else None,
             worker_init_fn=_worker_init if workers else None, collate_fn=_as_numpy)
         return Batches(loader)
 
 
-def counted(arrays: dict) -> dict:
-    """The arrays and "tokens": the batch's real (non-pad) tokens, the decoder's included."""
-    tokens = int((arrays["seg"] > 0).sum()) + int(arrays.get("tgt_seg", arrays["seg"][:0]).sum())
-    return {**arrays, "tokens": tokens}
-
-
 def tensors(arrays: dict) -> dict:
-    return {k: v if isinstance(v, int) else torch.from_numpy(v) for k, v in counted(arrays).items()}
+    """The batch as tensors, and "tokens": its real (non-pad) tokens, the decoder's included."""
+    batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    batch["tokens"] = int((arrays["seg"] > 0).sum()) + int(arrays.get("tgt_seg", arrays["seg"][:0]).sum())
+    return batch
 
 
-class _Batches(torch.utils.data.Dataset):
+class _BatchAtPosition(torch.utils.data.Dataset):
     """The map-style dataset the DataLoader reads: a sampler key -> that batch. A dataset error is
     handed back as a value, so the consumer raises it with its own message."""
 
