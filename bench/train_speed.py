@@ -200,7 +200,8 @@ def run_uer(mcfg, dataset_path: str, special, args, work: str, clock: StepClock,
     tcfg = TrainConfig(dataset_path=dataset_path, output_model_path=os.path.join(work, "m.bin"), total_steps=total,
                        report_steps=total, save_checkpoint_steps=10 ** 9, batch_size=args.batch_size,
                        learning_rate=1e-4, warmup=0.0, bf16=args.bf16, seed=args.seed,
-                       length_buckets=length_buckets, compile=compile, kernels=kernels)
+                       length_buckets=length_buckets, compile=compile, kernels=kernels,
+                       overwrite=True)  # every measured run is a new one in the same work directory
     train(tcfg, mcfg, Dataset(dataset_path), special, log=lambda line: None, rank=Rank(device=args.device),
           worker="process")
 

@@ -14,4 +14,4 @@ python3 pretrain.py --dataset_path demo/dataset.pt --vocab_path demo/vocab.txt \
     --config_path models/bert_tiny_config.json --output_model_path demo/model.bin \
     --embedding word_pos_seg --encoder transformer --mask fully_visible --target bert \
     --total_steps 150 --report_steps 15 --save_checkpoint_steps 150 --batch_size 16 \
-    --learning_rate 5e-4 --warmup 0.1 $precision
+    --learning_rate 5e-4 --warmup 0.1 --overwrite $precision  # a demo: each run starts afresh

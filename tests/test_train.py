@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import tempfile
 
 import pytest
 import torch
@@ -27,7 +28,8 @@ def make_dataset(tmp_path, vocab, corpus=BERT_CORPUS, target="bert", **kw):
 
 def run(tmp_path, ds, vocab, model_kw=None, **kw):
     mcfg = ModelConfig(vocab_size=len(vocab), target=ds.header["target"], **{**TINY, **(model_kw or {})})
-    tcfg = TrainConfig(dataset_path=ds.path, output_model_path=str(tmp_path / "out" / "m.bin"),
+    out = tempfile.mkdtemp(dir=tmp_path, prefix="out")  # each run its own output path
+    tcfg = TrainConfig(dataset_path=ds.path, output_model_path=os.path.join(out, "m.bin"),
                        **{"total_steps": 30, "report_steps": 1, "batch_size": 16, "learning_rate": 3e-3,
                           "save_checkpoint_steps": 1000, **kw})
     return train(tcfg, mcfg, ds, vocab.special_ids(), log=lambda *_: None)
@@ -159,7 +161,8 @@ def test_bf16_on_a_cpu_that_emulates_it_warns(tmp_path, zh_vocab, monkeypatch, n
     lines = []
     run_kw = dict(total_steps=1, report_steps=1, batch_size=4, bf16=True)
     mcfg = ModelConfig(vocab_size=len(zh_vocab), target="bert", **TINY)
-    tcfg = TrainConfig(dataset_path=ds.path, output_model_path=str(tmp_path / "m.bin"), **run_kw)
+    out = tempfile.mkdtemp(dir=tmp_path, prefix="out")  # each run its own output path
+    tcfg = TrainConfig(dataset_path=ds.path, output_model_path=os.path.join(out, "m.bin"), **run_kw)
     train(tcfg, mcfg, ds, zh_vocab.special_ids(), log=lines.append)
     warned = [line for line in lines if "without native bf16" in line]
     assert len(warned) == (0 if native else 1), lines

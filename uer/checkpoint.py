@@ -15,9 +15,9 @@ from uer.errors import UerError
 from uer.utils import atomic_path
 
 
-def save_model(model: nn.Module, path: str) -> None:
+def save_model(model: nn.Module, path: str) -> dict[str, torch.Tensor]:
     """The unwrapped model's state dict (torch.save, or safetensors for a .safetensors path), via a
-    temporary file renamed when complete."""
+    temporary file renamed when complete; returns what was written (on the CPU)."""
     module = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -28,6 +28,7 @@ def save_model(model: nn.Module, path: str) -> None:
             save_file({k: v.clone().contiguous() for k, v in state.items()}, tmp)
         else:
             torch.save(state, tmp)
+    return state
 
 
 #: later UER key names (SPEC 4.5) -> the reference names used here

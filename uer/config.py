@@ -64,6 +64,7 @@ class TrainConfig:
     pretrained_model_path: str | None = _d("pretrained_model_path")
     strict_load: bool = _d("strict_load")
     resume: bool = _d("resume")
+    overwrite: bool = _d("overwrite")
     dev_dataset_path: str | None = _d("dev_dataset_path")
     dev_steps: int | None = _d("dev_steps")  # None: every save_checkpoint_steps
     best_model_path: str | None = None  # where the model with the best dev score is kept

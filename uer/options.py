@@ -86,6 +86,9 @@ _DECLARED = [
                           "parameters the N(0, 0.02) init.", True, _bool),
     Option("resume", "Continue exactly from the newest complete <output_model_path>-<step> checkpoint (and its "
                      ".state file), if there is one.", flag=True),
+    Option("overwrite", "Start a new run even though --output_model_path holds another run's checkpoints or "
+                        "final model: its checkpoints are deleted at start, its final model replaced at the end.",
+           flag=True),
     Option("output_model_path", "Where the model goes."),
     Option("load_model_path", "The model checkpoint."),
     Option("input_model_path", "The checkpoint to read."),
@@ -232,7 +235,8 @@ COMMANDS: dict[str, Command] = {
          "target": {"registry": "instance_builder", "help": "Pre-training target the dataset is built for."}}),
     "pretrain": Command("pretrain.py", "Pre-train a model assembled from an embedding, an encoder, an optional "
                                        "target embedding and decoder, and a target.", (
-        ("files", f"dataset_path {VOCAB} pretrained_model_path strict_load resume output_model_path config_path "
+        ("files", f"dataset_path {VOCAB} pretrained_model_path strict_load resume overwrite output_model_path "
+                  "config_path "
                   "dev_dataset_path dev_steps log_path metrics_path"),
         ("training", "total_steps save_checkpoint_steps report_steps accumulation_steps batch_size "
                      "instances_buffer_size length_buckets labels_num dropout seed"),

@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import tempfile
 
 from uer.errors import UerError
@@ -116,3 +117,22 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def exit_with_parent(message: str | None = None, code: int = 3) -> None:
+    """End this process (os._exit, from a watching thread) once its parent is gone: a process
+    whose parent was killed (SIGKILL) is otherwise left running or stuck for ever."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        if message:
+            print(message.format(parent=parent), file=sys.stderr, flush=True)
+        os._exit(code)
+
+    threading.Thread(target=watch, daemon=True, name="uer-parent-watch").start()
+

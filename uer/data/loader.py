@@ -17,6 +17,7 @@ from uer.data.masking import MaskingConfig
 from uer.errors import UerError
 from uer.options import OPTIONS
 from uer.registry import INSTANCE_BUILDERS
+from uer.utils import exit_with_parent
 from uer.vocab import SpecialIds
 
 BATCH_WORKERS = OPTIONS["batch_worker"].choices
@@ -206,6 +207,8 @@ def _worker_init(_: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training loop's to handle: it stops this
+    # a SIGKILLed trainer leaves this worker blocked on a full pipe for ever (seen): it ends instead
+    exit_with_parent()
 
 
 class Batches:

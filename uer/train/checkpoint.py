@@ -26,20 +26,20 @@ def save_training_state(path: str, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def latest_checkpoint(output_model_path: str) -> tuple[int, str] | None:
-    """(step, model path) of the newest complete intermediate checkpoint, or None."""
+def latest_checkpoint(output_model_path: str, before: int | None = None) -> tuple[int, str] | None:
+    """(step, model path) of the newest complete intermediate checkpoint (before step `before`), or None."""
     best = None
     for model_path in glob.glob(glob.escape(output_model_path) + "-*"):
         m = re.fullmatch(re.escape(output_model_path) + r"-(\d+)", model_path)
         if m and os.path.isfile(state_path(model_path)):
             step = int(m.group(1))
-            if best is None or step > best[0]:
+            if (before is None or step < before) and (best is None or step > best[0]):
                 best = (step, model_path)
     return best
 
 
 #: what every training state holds (see the trainer's save)
-STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "rng", "run")
+STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "rng", "run", "weights")
 
 
 def load_training_state(path: str) -> dict:
@@ -94,5 +94,7 @@ def state_problems(state: dict, optimizer: torch.optim.Optimizer, rng_shape: tor
             and r["torch"].dtype == torch.uint8 for r in rngs):
         problems.append("the RNG states are not torch generator states")
     if not isinstance(state["run"], dict) or not isinstance(state["scaler"], dict):
-        problems.append("the run shape and the loss scaler's state must be dicts")
+        problems.append("the run's record and the loss scaler's state must be dicts")
+    if not isinstance(state["weights"], list) or not all(isinstance(w, float) for w in state["weights"]):
+        problems.append("the weights' fingerprint must be a list of numbers")
     return problems

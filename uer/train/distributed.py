@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from uer.config import TrainConfig
 from uer.errors import UerError
+from uer.utils import exit_with_parent
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,17 @@ def finish(rank: Rank) -> None:
         dist.destroy_process_group()
 
 
+def end_with_launcher(rank: int) -> None:
+    """Stop this rank when the process that started it dies: after a SIGKILL of the launcher
+    nothing else would stop the ranks, which trained on and wrote checkpoints. (A process started
+    from a shell is never watched: a run under nohup outlives its shell.)"""
+    exit_with_parent(f"rank {rank}: its launcher (process {{parent}}) is gone; stopping.")
+
+
 def _worker(index: int, ranks: list[Rank], fn, args) -> None:
     from uer.errors import UerError
 
+    end_with_launcher(ranks[index].rank)
     try:
         fn(ranks[index], *args)
     except UerError as e:

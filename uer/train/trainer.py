@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,10 +29,12 @@ from uer.errors import UerError
 from uer.model import build_model, count_parameters
 from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_model, \
     save_training_state, state_path, state_problems
-from uer.train.distributed import Rank, finish, init
+from uer.train.distributed import Rank, end_with_launcher, finish, from_torchrun, init
 from uer.kernels import use_kernels
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.train.precision import NonFinite, Precision, autocast
+from uer.train.run import OutputLock, apply_to_optimizer, fingerprint, new_identity, record, resume_changes, \
+    same_fingerprint, start_problem
 from uer.utils import retain_freed_memory, set_seed
 from uer.vocab import SpecialIds
 
@@ -131,13 +134,46 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     bar) told of every step; worker: how batches are built ahead (BatchLoader.prefetch). Changes
     nothing else in the process: the command line decides the allocator and the worker."""
     device = torch.device(rank.device)
-    found = latest_checkpoint(tcfg.output_model_path) if tcfg.resume else None
+    log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
+    identity, lock = new_identity(), None
+    if rank.is_main:
+        lock = OutputLock(tcfg.output_model_path, identity)
+    try:
+        found = claim_output(tcfg, rank, lock, log)
+        return _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, device, found, identity)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_output(tcfg: TrainConfig, rank: Rank, lock, log) -> tuple[int, str] | None:
+    """Rank 0 takes the output path's lock and decides where the run starts: the newest complete
+    checkpoint (--resume), or step 0 on a path free of another run's files (or --overwrite). Every
+    rank learns the outcome, and all stop with rank 0's reason if it refuses."""
+    found, problem = None, None
+    if rank.is_main:
+        try:
+            lock.acquire(log)
+            found = latest_checkpoint(tcfg.output_model_path) if tcfg.resume else None
+            if found is None:
+                problem = start_problem(tcfg.output_model_path, tcfg.overwrite, tcfg.resume, log)
+        except UerError as e:
+            problem = str(e)
+    if rank.distributed:
+        shared = [(found, problem)]
+        dist.broadcast_object_list(shared, src=0)
+        found, problem = shared[0]
+    if problem:
+        raise UerError(problem if rank.is_main else f"rank 0 refused to start: {problem}")
+    return found
+
+
+def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, device, found, identity) -> dict:
     start = found[0] if found else 0
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
                          seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets,
                          accumulation_steps=tcfg.accumulation_steps)
     loader.seek(start * tcfg.accumulation_steps)
-    log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
     # the worker starts before the model exists: a forked one shares none of its memory, and
     # builds the first batches while the model is built
     with loader.prefetch(tcfg.instances_buffer_size, worker) as batches:
@@ -145,11 +181,14 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
         model, forward, kernels = build_for_training(tcfg, mcfg, rank, device, precision, log)
         optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
         scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
+        run = record(identity, tcfg, mcfg, rank.world_size)
         if found:
-            restore(found[1], start, tcfg, rank, model, optimizer, scheduler, precision, device)
+            run = restore(found[1], start, tcfg, mcfg, rank, model, optimizer, scheduler, precision, device, log)
         elif tcfg.resume:
             log(f"--resume: no checkpoint {tcfg.output_model_path}-<step> with its .state file yet; starting "
                 "from the beginning.")
+        if rank.is_main:
+            warn_free_space(tcfg.output_model_path, model, log)
         log(describe(tcfg, mcfg, model, dataset, device, rank, found, kernels))
         target, prepare = unwrap(model).target, unwrap(model).prepare
         dev = DevEvaluation(tcfg, special, masking, rank, device) if tcfg.dev_dataset_path else None
@@ -192,7 +231,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
                 dev.run(step, model, history, log)
                 model.train()
             if checkpoint:
-                save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device)
+                save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run)
     guard(precision, tcfg)
     guard_weights(model, tcfg.total_steps, tcfg)
     if rank.is_main:
@@ -246,39 +285,72 @@ def _with_sdpa_backends(forward):
     return run
 
 
-def restore(path: str, step: int, tcfg: TrainConfig, rank: Rank, model, optimizer, scheduler,
-            precision: Precision, device: torch.device) -> None:
-    """Continue exactly from checkpoint `path` (step `step`) and its training state."""
-    state = load_training_state(state_path(path))
+def restore(path: str, step: int, tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, model, optimizer, scheduler,
+            precision: Precision, device: torch.device, log) -> dict:
+    """Continue exactly from checkpoint `path` (step `step`) and its training state; returns the
+    run's record (its identity, kept by the checkpoints to come)."""
+    try:
+        state = load_training_state(state_path(path))
+    except UerError as e:
+        earlier = latest_checkpoint(tcfg.output_model_path, before=step)
+        raise UerError(f"--resume: {e}. " + (
+            f"The previous complete checkpoint is {earlier[1]} (step {earlier[0]}): move {path} and "
+            f"{state_path(path)} aside, and --resume continues from it." if earlier else
+            "There is no earlier complete checkpoint; start a new run with --overwrite.")) from None
+    run = state["run"]
+    if not isinstance(run, dict) or not all(k in run for k in ("id", "host", "started", "shape", "model", "train")):
+        raise UerError(f"--resume: {state_path(path)} was written by an earlier version of uer, which did not "
+                       "record the run's options, so it cannot be checked; start a new run (--overwrite)")
+    refused, applied = resume_changes(run, tcfg, mcfg, rank.world_size)
+    which = f"run {run['id']} (started {run['started']} on {run['host']})"
+    if refused:
+        raise UerError(f"--resume from {path}: {which} had other options, and these cannot change when a run "
+                       "continues:\n  " + "\n  ".join(refused) + "\nGive them as the run had them, or start a "
+                       "new run (--overwrite, or another --output_model_path).")
     problems = state_problems(state, optimizer, torch.get_rng_state().shape, step)
     if problems:
         raise UerError(f"--resume: {state_path(path)} does not fit this run's model and optimizer:\n  "
                        + "\n  ".join(problems[:20]))
-    changed = [f"{k}: {state['run'].get(k)} in the checkpoint, {v} now"
-               for k, v in run_shape(tcfg, rank).items() if state["run"].get(k) != v]
-    if changed:
-        raise UerError(f"--resume from {path}: the run is not the same, so it cannot continue exactly "
-                       f"({'; '.join(changed)})")
     load_model(unwrap(model), path)
+    if not same_fingerprint(fingerprint(unwrap(model).state_dict()), state["weights"]):
+        raise UerError(f"--resume: {path} holds other weights than the ones its training state "
+                       f"{state_path(path)} was saved with (the pair was mixed up or the model file replaced)")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"]:  # states written before every run had a scaler hold none
+    apply_to_optimizer(tcfg, optimizer, scheduler)
+    if state["scaler"]:
         precision.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"][rank.rank], device)
+    log(f"Resuming {which} from {path} at step {step}."
+        + (f" Options changed since, used from step {step + 1} on: {'; '.join(applied)}." if applied else "")
+        + (" The learning rate keeps its place on the schedule." if any(a.startswith("learning_rate:")
+                                                                         for a in applied) else ""))
+    # the identity stays; the options recorded from here on are the ones now in effect
+    return record({k: run[k] for k in ("id", "host", "started")}, tcfg, mcfg, rank.world_size)
 
 
 def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision, tcfg: TrainConfig,
-                    rank: Rank, device: torch.device) -> None:
+                    rank: Rank, device: torch.device, run: dict) -> None:
     """<output_model_path>-<step> and its training state (rank 0; every rank sends its RNG)."""
     rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
     guard_weights(model, step, tcfg)
     if rank.is_main:
         path = f"{tcfg.output_model_path}-{step}"
-        save_model(model, path)
+        weights = save_model(model, path)
         save_training_state(state_path(path), {
             "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run_shape(tcfg, rank),
+            "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run, "weights": fingerprint(weights),
             "batches_consumed_per_rank": step * tcfg.accumulation_steps})
+
+
+def warn_free_space(output: str, model, log) -> None:
+    """Free space below one checkpoint (model file and training state: the weights and AdamW's two
+    moments) is a warning now rather than a failed write later."""
+    need = sum(p.numel() * (p.element_size() + 8) for p in model.parameters())
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(output))).free
+    if free < need:
+        log(f"Warning: {os.path.dirname(os.path.abspath(output))} has {free / 2**20:.0f} MiB free, less than one "
+            f"checkpoint needs (about {need / 2**20:.0f} MiB); checkpoints will fail to be written.")
 
 
 def describe(tcfg, mcfg, model, dataset, device, rank, found, kernels: list[str]) -> str:
@@ -363,14 +435,6 @@ def non_finite(step: int | None, what: str, tcfg: TrainConfig,
     return UerError(f"{'' if step is None else f'step {step}: '}{what}; {stopped}, and {kept}.")
 
 
-def run_shape(tcfg: TrainConfig, rank: Rank) -> dict:
-    """What must not change for a resumed run to continue exactly."""
-    return {"world_size": rank.world_size, "batch_size": tcfg.batch_size,
-            "accumulation_steps": tcfg.accumulation_steps, "seed": tcfg.seed, "total_steps": tcfg.total_steps,
-            "warmup": tcfg.warmup, "dataset_path": os.path.abspath(tcfg.dataset_path),
-            "length_buckets": tcfg.length_buckets}
-
-
 def rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -435,6 +499,8 @@ def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_pa
     dataset (memory-mapped; only this rank's share is read), train, leave."""
     if process["keep_freed_memory"]:
         retain_freed_memory()
+    if from_torchrun():  # torchrun's agent is the launcher
+        end_with_launcher(rank.rank)
     init(rank, tcfg)
     bar, log = None, print
     if process["progress_bar"] and rank.is_main and sys.stderr.isatty():  # only for a person watching
