@@ -106,11 +106,13 @@ class BertTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._hf() is None:
             return super().encode_batch(texts)
-        # in slices: an HF Encoding holds offsets and token strings too (hundreds of bytes a
-        # token), so a whole 4 MB range at once would cost hundreds of MB per process
-        out: list[list[int]] = []
-        for k in range(0, len(texts), ENCODE_SLICE):
-            out.extend(e.ids for e in self._encode(texts[k:k + ENCODE_SLICE]))
+        pieces, owner = cut_long_texts(texts)
+        ids: list[list[int]] = []
+        for a, b in slices(pieces):
+            ids.extend(e.ids for e in self._encode(pieces[a:b]))
+        out: list[list[int]] = [[] for _ in texts]
+        for i, piece_ids in zip(owner, ids):
+            out[i].extend(piece_ids)
         for i, t in enumerate(texts):
             if self._rust_differs(t):
                 out[i] = self.encode(t)
@@ -143,11 +145,15 @@ class BertTokenizer(Tokenizer):
 
         if self._hf(marker=True) is None:
             return super().encode_flat(texts)
+        pieces, owner = cut_long_texts(texts)
+        if len(pieces) > len(texts):  # the pieces' counts summed per text (the ids are in order)
+            counts, ids = self.encode_flat(pieces)
+            return np.bincount(owner, weights=counts, minlength=len(texts)).astype(np.int64), ids
         marker = len(self.vocab)
         counts, ids = [], []
         glue = f" {_MARKER} "
-        for k in range(0, len(texts), ENCODE_SLICE):
-            part = texts[k:k + ENCODE_SLICE]
+        for k, end in slices(texts):
+            part = texts[k:end]
             groups = [glue.join(part[g:g + JOIN_LINES]) + glue for g in range(0, len(part), JOIN_LINES)]
             flat = np.concatenate([np.array(e.ids, dtype=np.int64) for e in self._encode(groups, marker=True)])
             at = np.flatnonzero(flat == marker)
@@ -164,6 +170,49 @@ class BertTokenizer(Tokenizer):
 
 
 ENCODE_SLICE = 2048  # texts per call of the HF tokenizer
+# An HF Encoding holds offsets and token strings besides the ids (about 170 bytes per character
+# of text): texts go to the tokenizer in slices of at most this many characters, and a longer
+# text in pieces, so that the memory for one long line is bounded (a 20 MB line took 3.5 GB).
+SLICE_CHARS = 1 << 18
+LONG_TEXT = 1 << 15
+
+
+def slices(texts: list[str]):
+    """(start, end) of consecutive slices of at most ENCODE_SLICE texts and about SLICE_CHARS
+    characters."""
+    start, chars = 0, 0
+    for i, t in enumerate(texts):
+        if i > start and (i - start >= ENCODE_SLICE or chars + len(t) > SLICE_CHARS):
+            yield start, i
+            start, chars = i, 0
+        chars += len(t)
+    if start < len(texts):
+        yield start, len(texts)
+
+
+def _starts_a_word(ch: str) -> bool:
+    """Whether BERT's basic tokenizer begins a new token at `ch` whatever precedes it."""
+    return _is_whitespace(ch) or _is_cjk(ord(ch)) or _is_punctuation(ch)
+
+
+def cut_long_texts(texts: list[str], size: int = LONG_TEXT) -> tuple[list[str], list[int]]:
+    """(pieces, index of the text each comes from): texts longer than `size` characters are cut
+    just before a character that starts a new token anyway (whitespace, a CJK character, a
+    punctuation mark), so that the pieces tokenize to the text's tokens. A run of `size`
+    characters without such a place stays whole (it is one word: one [UNK] beyond 200 characters)."""
+    pieces, owner = [], []
+    for i, text in enumerate(texts):
+        start = 0
+        while len(text) - start > size:
+            cut = next((j for j in range(start + size, len(text)) if _starts_a_word(text[j])), None)
+            if cut is None:
+                break
+            pieces.append(text[start:cut])
+            owner.append(i)
+            start = cut
+        pieces.append(text[start:])
+        owner.append(i)
+    return pieces, owner
 JOIN_LINES = 32  # texts per HF Encoding in encode_flat
 _SIGMA = "\u03a3"
 _MARKER = "\u2603"  # a symbol: not removed by clean_text, not punctuation, not CJK, so a word alone
