@@ -1,8 +1,10 @@
 """Reliability (issue #8): bad corpora never crash or hang, a killed preprocess leaves nothing that
 looks complete, and a non-finite gradient stops training before the weights change, on every rank."""
 import gzip
+import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import torch
 from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, BERT_CORPUS, assert_clean_error, free_port, run_script
 from uer.cli import preprocess_main
 from uer.data.dataset import Dataset
+from uer.errors import UerError
 from uer.train.checkpoint import latest_checkpoint, read_state_dict
 from uer.vocab import Vocab
 
@@ -341,3 +344,44 @@ def test_a_vocabulary_with_a_byte_order_mark_and_a_directory_as_corpus(tmp_path)
     proc = run_script("preprocess.py", "--corpus_path", str(tmp_path), "--vocab_path", str(bom),
                       "--dataset_path", str(tmp_path / "d.pt"))
     assert_clean_error(proc, f"--corpus_path {tmp_path}: a directory, not a file")
+
+
+def test_a_dataset_header_is_checked_against_its_arrays(tmp_path, nan_setup):
+    """An edited header (more instances than the arrays hold, a foreign dtype, an array beyond the
+    file, a missing key) is an error naming the dataset before any batch is read, never a hang or
+    a traceback."""
+    d, common = nan_setup
+    data = (d / "d.pt").read_bytes()
+    n = Dataset(str(d / "d.pt")).header["instances"]
+
+    hlen = int(np.frombuffer(data[8:16], dtype=np.uint64)[0])
+    header = json.loads(data[16:16 + hlen])
+
+    def edited(name, change):
+        h = json.loads(json.dumps(header))
+        change(h)
+        blob = json.dumps(h).encode()
+        assert len(blob) <= hlen
+        path = tmp_path / name
+        path.write_bytes(data[:16] + blob + b" " * (hlen - len(blob)) + data[16 + hlen:])  # space-padded
+        return path
+
+    first = next(iter(header["arrays"]))
+    cases = {
+        "float": (lambda h: h.update(instances=1e9), "instances is 1000000000.0, expected int"),
+        "more": (lambda h: h.update(instances=n * 10), f"{n * 10} instances, but array"),
+        "dtype": (lambda h: h["arrays"][first].update(dtype="object"), "is not an array of one of int8"),
+        "offset": (lambda h: h["arrays"][first].update(offset=h["total_bytes"] - 8),
+                   "lies outside the file's arrays"),
+        "missing": (lambda h: h.pop("seq_length"), "seq_length is missing, expected int"),
+    }
+    for name, (change, needle) in cases.items():
+        path = edited(f"{name}.pt", change)
+        with pytest.raises(UerError, match=re.escape(f"dataset {path} has a damaged header")) as e:
+            Dataset(str(path))
+        assert needle in str(e.value), (name, str(e.value))
+    # and on the command line: a clear error at once (the 1e9 header used to hang, its worker growing to GBs)
+    proc = run_script("pretrain.py", *[str(tmp_path / "more.pt") if a == str(d / "d.pt") else a for a in common],
+                      "--output_model_path", str(tmp_path / "m.bin"), "--total_steps", "2")
+    assert_clean_error(proc, "more.pt has a damaged header", "Rebuild it with preprocess.py")
+

@@ -105,6 +105,7 @@ class DatasetWriter:
             arrays[name] = {"dtype": dtype, "offset": pos, "length": nbytes // np.dtype(dtype).itemsize}
             pos = _align(pos + nbytes)
         for f in self.fields:
+            arrays[f.name]["kind"] = "shared" if f.shared else "ragged" if f.ragged else "fixed"
             if f.offsets_of:
                 arrays[f.name]["offsets"] = f.offsets
             if f.width > 1:
@@ -166,7 +167,48 @@ def read_header(path: str) -> dict:
     if size != header.get("total_bytes"):
         raise UerError(f"dataset {path} is truncated or corrupted: {size} bytes on disk, the "
                        f"header says {header.get('total_bytes')}")
+    problems = header_problems(header, len(MAGIC) + 8 + hlen)
+    if problems:
+        raise UerError(f"dataset {path} has a damaged header: " + "; ".join(problems[:10])
+                       + ". Rebuild it with preprocess.py")
     return header
+
+
+#: header fields every reader relies on, and their types
+REQUIRED = {"instances": int, "arrays": dict, "target": str, "seq_length": int, "vocab_size": int,
+            "vocab_fingerprint": str, "dynamic_masking": bool, "span_masking": bool}
+DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32")
+
+
+def header_problems(header: dict, arrays_start: int) -> list[str]:
+    """What an edited or damaged header gets wrong, checked against the arrays it describes before
+    any is read (a count of instances beyond the arrays would make every batch wait forever)."""
+    p = [f"{k} is {'missing' if k not in header else repr(header[k])}, expected {t.__name__}"
+         for k, t in REQUIRED.items() if type(header.get(k)) is not t]
+    if p:
+        return p
+    n = header["instances"]
+    if n < 0:
+        return [f"instances is {n}"]
+    arrays = header["arrays"]
+    for name, spec in arrays.items():
+        if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES or not all(
+                type(spec.get(k)) is int for k in ("offset", "length")):
+            p.append(f"array {name!r}: {spec!r} is not an array of one of {', '.join(DTYPES)} with an offset and "
+                     "a length")
+            continue
+        end = spec["offset"] + spec["length"] * np.dtype(spec["dtype"]).itemsize
+        if spec["offset"] < arrays_start or spec["length"] < 0 or end > header["total_bytes"]:
+            p.append(f"array {name!r} (offset {spec['offset']}, {spec['length']} values) lies outside the file's "
+                     f"arrays (bytes {arrays_start} to {header['total_bytes']})")
+        width = spec.get("width", 1)
+        if name.endswith(".offsets") and spec["length"] != n + 1:
+            p.append(f"{n} instances, but array {name!r} has the offsets of {spec['length'] - 1}")
+        elif spec.get("kind") == "fixed" and spec["length"] != n * width:
+            p.append(f"{n} instances, but array {name!r} holds {spec['length']} values, {width} an instance")
+        if "offsets" in spec and spec["offsets"] not in arrays:
+            p.append(f"array {name!r} reads through offsets {spec['offsets']!r}, which the file does not have")
+    return p
 
 
 class Dataset:
@@ -186,6 +228,13 @@ class Dataset:
             else:
                 self.arrays[name] = np.memmap(path, dtype=spec["dtype"], mode="r",
                                               offset=spec["offset"], shape=(spec["length"],))
+
+        for name, spec in specs.items():  # each ragged field's offsets span exactly its values
+            offsets = self.arrays.get(self._offsets[name]) if not name.endswith(".offsets") else None
+            if offsets is not None and len(offsets) and (int(offsets[0]) != 0 or int(offsets[-1]) != spec["length"]):
+                raise UerError(f"dataset {path} is corrupted: the offsets of array {name!r} run from "
+                               f"{int(offsets[0])} to {int(offsets[-1])}, but it holds {spec['length']} values. "
+                               "Rebuild it with preprocess.py")
 
     def __len__(self) -> int:
         return int(self.header["instances"])
