@@ -49,7 +49,12 @@ def main(argv=None):
     from uer.vocab import Vocab
 
     args, _ = parse("dynamic_vocab_adapter", argv, __doc__)
+    from uer.api import check_files
+
+    check_files({"--old_model_path": args.old_model_path, "--old_vocab_path": args.old_vocab_path,
+                 "--new_vocab_path": args.new_vocab_path}, {"--new_model_path": args.new_model_path})
     old, new = Vocab.load(args.old_vocab_path), Vocab.load(args.new_vocab_path)
+    new.special_ids()  # a model of this vocabulary must be usable: [PAD], [UNK], [CLS], ... are in it
     state = adapt(map_later_names(read_state_dict(args.old_model_path)), old.tokens, new.tokens, args.seed)
     with atomic_path(args.new_model_path) as tmp:
         torch.save(state, tmp)

@@ -8,8 +8,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uer import components  # noqa: E402
-from uer.api import Pretrained  # noqa: E402
-from uer.errors import UerError, run_cli  # noqa: E402
+from uer.api import Pretrained, check_files, read_lines  # noqa: E402
+from uer.errors import run_cli  # noqa: E402
 from uer.options import parse  # noqa: E402
 from uer.utils import atomic_path  # noqa: E402
 
@@ -19,11 +19,10 @@ def main(argv=None):
 
     components.load()
     args, explicit = parse("extract_features", argv, __doc__)
+    check_files({"--input_path": args.input_path, "--load_model_path": args.load_model_path,
+                 "--vocab_path": args.vocab_path}, {"--output_path": args.output_path})
+    lines = read_lines(args.input_path, "--input_path")
     m = Pretrained.from_args(args, explicit)
-    if not os.path.isfile(args.input_path):
-        raise UerError(f"--input_path {args.input_path}: file not found")
-    with open(args.input_path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
     parts, lengths = [], []
     for i in range(0, len(lines), args.batch_size):
         hidden, seg = m.hidden_states(lines[i:i + args.batch_size], args.seq_length)

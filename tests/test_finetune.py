@@ -40,8 +40,18 @@ def accuracy(line: str) -> float:
 def test_finetune_keeps_the_best_model_and_beats_the_majority_class(tmp_path, data):
     torch.manual_seed(0)
     save_model(build_model(ModelConfig(vocab_size=21128, target="mlm", **TINY)), str(tmp_path / "pre.bin"))
+    # the work directory of a killed fine-tune (a process of this host that is gone) is removed
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".uer-finetune-{socket.gethostname().replace('-', '_')}-{int(dead.stdout)}-x"
+    stale.mkdir()
     proc = finetune(data, tmp_path / "ft.bin", "--epochs_num", "2", "--pretrained_model_path", str(tmp_path / "pre.bin"))
     assert proc.returncode == 0, proc.stderr
+    assert ".uer-finetune" not in proc.stdout + proc.stderr  # no message names a temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft.bin", "pre.bin"]
     lines = proc.stdout.splitlines()
     assert sum(" dev|" in line for line in lines) == 2  # one evaluation per epoch
     test_line = next(line for line in lines if line.startswith("Test accuracy"))

@@ -259,19 +259,29 @@ def test_non_finite_and_negative_option_values_are_refused_at_start(tmp_path, na
     assert_clean_error(proc, "--learning_rate must be a finite number, got inf",
                        "--weight_decay must be a finite number, got inf", "--seed must be >= 0, got -1")
     assert list(tmp_path.iterdir()) == []
+    # a finite rate that explodes the weights in a few steps (1e10 wrote checkpoints of 8e9 weights)
+    proc = run_script("pretrain.py", *common, "--output_model_path", str(tmp_path / "m.bin"), "--learning_rate", "1e10")
+    assert_clean_error(proc, "--learning_rate must be in (0, 1], got 10000000000.0")
     proc = run_script("preprocess.py", "--corpus_path", str(d / "corpus.txt"), "--vocab_path", ZH_VOCAB,
                       "--dataset_path", str(tmp_path / "x.pt"), "--seed", "-1", "--short_seq_prob", "nan")
     assert_clean_error(proc, "--seed must be >= 0, got -1", "--short_seq_prob must be a finite number, got nan")
 
 
 def test_no_checkpoint_with_a_non_finite_weight_is_written(tmp_path, nan_setup):
-    """A finite gradient with a huge learning rate makes the weights overflow: the save refuses."""
-    d, common = nan_setup
+    """A finite gradient with a huge learning rate makes the weights overflow: the save refuses. (The
+    command line refuses such a rate at start; train() from Python takes it.)"""
+    from uer.config import ModelConfig, TrainConfig
+    from uer.train.trainer import train
+
+    d, _ = nan_setup
     out = tmp_path / "m.bin"
-    proc = run_script("pretrain.py", *common, "--output_model_path", str(out), "--total_steps", "4",
-                      "--learning_rate", "3e38", "--warmup", "0", "--save_checkpoint_steps", "1")
-    assert_clean_error(proc, "step 1: the updated weights hold non-finite values; nothing of this step was saved, "
-                             "and no checkpoint was written yet")
+    tcfg = TrainConfig(dataset_path=str(d / "d.pt"), output_model_path=str(out), total_steps=4, batch_size=4,
+                       learning_rate=3e38, warmup=0, save_checkpoint_steps=1)
+    mcfg = ModelConfig(vocab_size=len(VOCAB), target="mlm", embedding="word_pos", emb_size=32, hidden_size=32,
+                       feedforward_size=64, heads_num=4, layers_num=2)
+    with pytest.raises(UerError, match="^step 1: the updated weights hold non-finite values; nothing of this step "
+                                       "was saved, and no checkpoint was written yet"):
+        train(tcfg, mcfg, Dataset(tcfg.dataset_path), VOCAB.special_ids(), log=lambda *_: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -385,3 +395,102 @@ def test_a_dataset_header_is_checked_against_its_arrays(tmp_path, nan_setup):
                       "--output_model_path", str(tmp_path / "m.bin"), "--total_steps", "2")
     assert_clean_error(proc, "more.pt has a damaged header", "Rebuild it with preprocess.py")
 
+
+def test_a_mistyped_label_is_refused_with_its_line(tmp_path):
+    """One label of 1000000 used to train a silent 1,000,001-class head; 4000000000 asked for 512 GB;
+    a 20-digit label was an OverflowError traceback."""
+    book = os.path.join(os.path.dirname(ZH_VOCAB), "..", "datasets", "book_review")
+    rows = open(os.path.join(book, "train.tsv"), encoding="utf-8").read().splitlines()[:41]
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("\n".join(rows[:21]) + "\n", encoding="utf-8")
+
+    def tsv(label, line=5):
+        edited = list(rows)
+        edited[line - 1] = label + "\t" + edited[line - 1].split("\t", 1)[1]
+        path = tmp_path / f"t{label}.tsv"
+        path.write_text("\n".join(edited) + "\n", encoding="utf-8")
+        return path
+
+    def finetune(train, *extra):
+        return run_script("finetune/run_classifier.py", "--vocab_path", ZH_VOCAB, "--train_path", str(train),
+                          "--dev_path", str(dev), "--output_model_path", str(tmp_path / "ft.bin"), *extra)
+
+    proc = finetune(tsv("1000000"))
+    assert_clean_error(proc, f"t1000000.tsv line 5: the label 1000000 would make a head of 1000001 classes",
+                       "--labels_num 1000001")
+    proc = finetune(tsv("4000000000"))
+    assert_clean_error(proc, "t4000000000.tsv line 5: the label '4000000000' is not an integer from 0 to 2147483647")
+    proc = finetune(tsv("3"), "--labels_num", "2")
+    assert_clean_error(proc, "t3.tsv line 5: the label 3 is beyond --labels_num 2")
+    assert not (tmp_path / "ft.bin").exists()
+    # a cls corpus for pretrain: the 20-digit label names its line, and the one beyond --labels_num too
+    corpus = tmp_path / "cls.txt"
+    lines = [r for r in rows[1:]]
+    lines[6] = "12345678901234567890\t" + lines[6].split("\t", 1)[1]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run_script("preprocess.py", "--corpus_path", str(corpus), "--vocab_path", ZH_VOCAB, "--dataset_path",
+                      str(tmp_path / "cls.pt"), "--target", "cls", "--seq_length", "32")
+    assert_clean_error(proc, "line 7", "the label 12345678901234567890 is beyond 2147483647")
+    lines[6] = "1000000\t" + lines[6].split("\t", 1)[1]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run_script("preprocess.py", "--corpus_path", str(corpus), "--vocab_path", ZH_VOCAB, "--dataset_path",
+                      str(tmp_path / "cls.pt"), "--target", "cls", "--seq_length", "32")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_script("pretrain.py", "--dataset_path", str(tmp_path / "cls.pt"), "--vocab_path", ZH_VOCAB,
+                      "--target", "cls", "--labels_num", "2", "--output_model_path", str(tmp_path / "m.bin"),
+                      "--config_path", os.path.join(ROOT, "models", "bert_tiny_config.json"))
+    assert_clean_error(proc, f"has labels up to 1000000 (line 7 of {corpus}), but --labels_num is 2")
+
+
+def test_script_inputs_and_outputs_are_clear_errors(tmp_path, nan_setup):
+    """Tracebacks before: extract_features.py on an empty input or with a directory as output,
+    generate_lm.py on a non-UTF-8 prompt, inference with NaN weights (it wrote `0 nan nan`), a
+    recipe field `true`, dynamic_vocab_adapter.py with a vocabulary lacking the special tokens."""
+    d, common = nan_setup
+    model = ["--load_model_path", str(d / "init.bin"), "--vocab_path", ZH_VOCAB, "--config_path",
+             str(d / "tiny.json"), "--target", "mlm", "--embedding", "word_pos"]
+    (tmp_path / "empty.txt").write_text("\n \n")
+    (tmp_path / "one.txt").write_text("你好\n")
+    (tmp_path / "bad.txt").write_bytes("你好\n".encode() + b"\xff\xfe abc\n")
+    (tmp_path / "outdir").mkdir()
+    features = ("scripts/extract_features.py", *model, "--output_path")
+    assert_clean_error(run_script(*features, str(tmp_path / "f.pt"), "--input_path", str(tmp_path / "empty.txt")),
+                       "empty.txt holds no text")
+    assert_clean_error(run_script(*features, str(tmp_path / "outdir"), "--input_path", str(tmp_path / "one.txt")),
+                       "--output_path", "outdir is a directory")
+    proc = run_script("scripts/generate_lm.py", *model, "--test_path", str(tmp_path / "bad.txt"),
+                      "--prediction_path", str(tmp_path / "p.txt"))
+    assert_clean_error(proc, "bad.txt line 2: not UTF-8 text")
+    proc = run_script(*features, str(tmp_path / "f.pt"), "--input_path", str(tmp_path / "one.txt"))
+    assert proc.returncode == 0, proc.stderr
+    # NaN weights: refused, not turned into NaN outputs
+    state = read_state_dict(str(d / "init.bin"))
+    state["encoder.transformer.0.feed_forward.linear_1.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.bin")
+    nan_model = [str(tmp_path / "nan.bin") if a == str(d / "init.bin") else a for a in features]
+    proc = run_script(*nan_model, str(tmp_path / "g.pt"), "--input_path", str(tmp_path / "one.txt"))
+    assert_clean_error(proc, "nan.bin holds non-finite weights", "feed_forward.linear_1.weight")
+    assert not (tmp_path / "g.pt").exists()
+    # a recipe field of the wrong JSON type
+    (tmp_path / "r.json").write_text('{"hidden_size": true, "dropout": "0.1", "layers_num": 2}')
+    proc = run_script("pretrain.py", *[str(tmp_path / "r.json") if a == str(d / "tiny.json") else a for a in common],
+                      "--output_model_path", str(tmp_path / "m.bin"))
+    assert_clean_error(proc, "field 'hidden_size' is true, expected a whole number",
+                       "field 'dropout' is \"0.1\", expected a number")
+    # a new vocabulary without the special tokens
+    (tmp_path / "v.txt").write_text("你\n好\n", encoding="utf-8")
+    proc = run_script("scripts/dynamic_vocab_adapter.py", "--old_model_path", str(d / "init.bin"), "--old_vocab_path",
+                      ZH_VOCAB, "--new_vocab_path", str(tmp_path / "v.txt"), "--new_model_path", str(tmp_path / "a.bin"))
+    assert_clean_error(proc, "v.txt lacks the special token(s) [PAD]")
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_a_damaged_newest_state_points_to_the_previous_checkpoint(tmp_path, nan_setup):
+    d, common = nan_setup
+    run = ["pretrain.py", *common, "--output_model_path", str(tmp_path / "m.bin"), "--total_steps", "6",
+           "--save_checkpoint_steps", "2"]
+    assert run_script(*run).returncode == 0
+    (tmp_path / "m.bin-6.state").write_bytes(b"\x00" * 100)
+    proc = run_script(*run, "--resume")
+    assert_clean_error(proc, f"cannot read training state {tmp_path}/m.bin-6.state",
+                       f"The previous complete checkpoint is {tmp_path}/m.bin-4 (step 4)")

@@ -387,7 +387,7 @@ def test_dataset_and_model_must_agree(tmp_path, zh_vocab):
     common = ["--dataset_path", ds.path, "--vocab_path", ZH_VOCAB, "--output_model_path", str(tmp_path / "m.bin"),
               "--config_path", os.path.join(ROOT, "models", "bert_tiny_config.json"), "--total_steps", "1"]
     proc = run_script("pretrain.py", *common, "--target", "cls", "--labels_num", "3")
-    assert_clean_error(proc, "has labels up to 4, but --labels_num is 3")
+    assert_clean_error(proc, "has labels up to 4 (line ", "but --labels_num is 3")
     proc = run_script("pretrain.py", *common, "--target", "lm")
     assert_clean_error(proc, "was built for target 'cls', not 'lm'", "sees the future")
 

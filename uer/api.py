@@ -17,8 +17,8 @@ import argparse
 
 import torch
 
-from uer.config import ModelConfig, build_model_config, load_recipe
-from uer.errors import ConfigError
+from uer.config import ModelConfig, build_model_config, input_problems, load_recipe, output_problems
+from uer.errors import ConfigError, UerError
 from uer.options import DEFAULT_CONFIG_PATH
 from uer.vocab import Vocab, load_vocab
 
@@ -48,6 +48,10 @@ class Pretrained:
         model = build_model(cfg)
         if model_path:
             load_model(model, model_path, strict=strict)
+            bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:  # its outputs would be NaN: say so instead of writing them
+                raise UerError(f"{model_path} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s): "
+                               f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; use an earlier checkpoint")
         model.to(device).eval()
         return cls(model, cfg, vocab, build_tokenizer(tokenizer, vocab, spm_model_path, do_lower_case), device)
 
@@ -96,3 +100,31 @@ class Pretrained:
     @torch.no_grad()
     def logits(self, texts: list[str], seq_length: int | None = None) -> dict[str, torch.Tensor]:
         return self.model.logits(self.encode(texts, seq_length))
+
+
+def check_files(inputs: dict[str, str | None], outputs: dict[str, str | None]) -> None:
+    """A script's files, before any model is loaded: each input a file, each output writable and
+    none of the inputs; every problem in one error."""
+    problems = input_problems(inputs)
+    for option, path in outputs.items():
+        if path:
+            problems += output_problems(path, option, inputs)
+    if problems:
+        raise ConfigError(problems)
+
+
+def read_lines(path: str, option: str) -> list[str]:
+    """The lines (stripped) of a script's UTF-8 text input; not UTF-8 or without any text is an
+    error that names the file (and the line)."""
+    lines = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                lines.append(raw.decode("utf-8").strip())
+            except UnicodeDecodeError as e:
+                raise UerError(f"{option} {path} line {n}: not UTF-8 text ({e.reason} at byte {e.start} of the "
+                               "line)") from None
+    if not any(lines):
+        raise UerError(f"{option} {path} holds no text: give one text a line")
+    return lines
+

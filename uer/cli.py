@@ -63,8 +63,10 @@ def dataset_problems(header: dict, path: str, mcfg, vocab, tgt_vocab=None) -> li
             p.append(f"dataset {path} has {name} {n}, beyond the position table of --embedding {emb} "
                      f"(max_seq_length {mcfg.max_seq_length} in the recipe)")
     if target == "cls" and mcfg.labels_num is not None and header.get("labels_num", 0) > mcfg.labels_num:
-        p.append(f"dataset {path} has labels up to {header['labels_num'] - 1}, but --labels_num is "
-                 f"{mcfg.labels_num}")
+        where = (f" (line {header['largest_label_line']} of {header['corpus']['path']})"
+                 if "largest_label_line" in header else "")
+        p.append(f"dataset {path} has labels up to {header['labels_num'] - 1}{where}, but --labels_num is "
+                 f"{mcfg.labels_num}: labels are 0, 1, ..., labels_num - 1")
     return p
 
 

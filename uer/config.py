@@ -110,16 +110,28 @@ def load_recipe(path: str) -> dict:
         raise UerError(f"model recipe {path} is not valid JSON: {e}") from None
     if not isinstance(recipe, dict):
         raise UerError(f"model recipe {path} must hold a JSON object")
-    known = set(f.name for f in fields(ModelConfig)) - {"vocab_size", "tgt_vocab_size"}
+    types = {f.name: f.type for f in fields(ModelConfig) if f.name not in ("vocab_size", "tgt_vocab_size")}
     problems = []
-    for key in recipe:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
+    for key, value in recipe.items():
+        if key not in types:
+            close = difflib.get_close_matches(key, sorted(types), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"{path}: unknown field {key!r}{hint}")
+        elif not RECIPE_TYPES[types[key]][0](value):
+            problems.append(f"{path}: field {key!r} is {json.dumps(value)}, expected {RECIPE_TYPES[types[key]][1]}")
     if problems:
         raise ConfigError(problems, what=f"model recipe {path}")
     return recipe
+
+
+#: a recipe field's type (as ModelConfig declares it): the JSON values it takes, and their name
+RECIPE_TYPES = {
+    "int": (lambda v: type(v) is int, "a whole number"),
+    "int | None": (lambda v: v is None or type(v) is int, "a whole number or null"),
+    "float": (lambda v: type(v) in (int, float), "a number"),
+    "bool": (lambda v: type(v) is bool, "true or false"),
+    "str": (lambda v: type(v) is str, "a string"),
+}
 
 
 def merge(defaults: dict, recipe: dict, cli: dict, explicit: set[str]) -> dict:
@@ -191,7 +203,9 @@ def train_problems(cfg: TrainConfig, other_inputs: dict[str, str | None] | None 
                  "batch_size", "instances_buffer_size", "world_size"):
         v = getattr(cfg, name)
         expect(p, v >= 1, f"--{name} must be at least 1, got {v}")
-    expect(p, cfg.learning_rate > 0, f"--learning_rate must be positive, got {cfg.learning_rate}")
+    # AdamW moves each weight by about the learning rate a step: beyond 1 the weights explode in a
+    # few steps (1e10 wrote checkpoints of 8e9 weights that were finite, so kept as good)
+    expect(p, 0 < cfg.learning_rate <= 1, f"--learning_rate must be in (0, 1], got {cfg.learning_rate}")
     expect(p, 0 <= cfg.warmup <= 1, f"--warmup is a fraction of total_steps in [0, 1], got {cfg.warmup}")
     expect(p, cfg.weight_decay >= 0, f"--weight_decay must be >= 0, got {cfg.weight_decay}")
     expect(p, cfg.max_grad_norm >= 0, f"--max_grad_norm must be >= 0, got {cfg.max_grad_norm}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 
 import torch
@@ -18,13 +19,23 @@ from uer import components
 from uer.config import TrainConfig, build_model_config, load_recipe
 from uer.errors import ConfigError, UerError
 from uer.options import parse
+from uer.utils import owned_temp_dir
 
 
-def read_tsv_header(path: str, need_label: bool = True) -> list[str]:
+#: the most classes a head gets from the labels it sees (without --labels_num): one mistyped
+#: label would otherwise make a head of a million classes
+MAX_INFERRED_LABELS = 10_000
+
+
+def read_tsv(path: str, need_label: bool = True) -> tuple[list[str], tuple[int, int] | None]:
     """Check a TSV: a header naming label (if needed), text_a [, text_b]; every line with as many
-    fields, and an integer label. Errors name the file and the line."""
+    fields, and an integer label. Returns the header and (largest label, its line), or None when
+    the TSV has no labels. Errors name the file and the line."""
+    from uer.data.corpus import MAX_LABEL
+
     if not os.path.isfile(path):
-        raise UerError(f"{path}: file not found")
+        raise UerError(f"{path}: " + ("a directory, not a file" if os.path.isdir(path) else "file not found"))
+    largest = None
     with open(path, encoding="utf-8", errors="strict") as f:
         try:
             header = f.readline().rstrip("\r\n").split("\t")
@@ -43,29 +54,90 @@ def read_tsv_header(path: str, need_label: bool = True) -> list[str]:
                                    f"{len(header)}")
                 if label_at is not None:
                     try:
-                        if int(fields[label_at]) < 0:
+                        label = int(fields[label_at])
+                        if not 0 <= label <= MAX_LABEL:
                             raise ValueError
                     except ValueError:
                         raise UerError(f"{path} line {n}: the label {fields[label_at]!r} is not an integer "
-                                       ">= 0") from None
+                                       f"from 0 to {MAX_LABEL}") from None
+                    if largest is None or label > largest[0]:
+                        largest = (label, n)
         except UnicodeDecodeError as e:
             raise UerError(f"{path}: not UTF-8 text ({e})") from None
-    return header
+    return header, largest
+
+
+def read_tsv_header(path: str, need_label: bool = True) -> list[str]:
+    return read_tsv(path, need_label)[0]
+
+
+def label_problems(largest: dict[str, tuple[int, int] | None], paths: dict[str, str],
+                   labels_num: int | None) -> list[str]:
+    """Labels beyond --labels_num, or, when it is inferred, beyond MAX_INFERRED_LABELS classes;
+    each named with its file and line."""
+    p = []
+    for name, found in largest.items():
+        if found is None:
+            continue
+        label, line = found
+        if labels_num is not None and label >= labels_num:
+            p.append(f"--{name}_path {paths[name]} line {line}: the label {label} is beyond --labels_num "
+                     f"{labels_num} (labels are 0, 1, ..., labels_num - 1)")
+        elif labels_num is None and label >= MAX_INFERRED_LABELS:
+            p.append(f"--{name}_path {paths[name]} line {line}: the label {label} would make a head of "
+                     f"{label + 1} classes; correct the line, or give --labels_num {label + 1} if that many "
+                     "classes are meant")
+    return p
 
 
 def to_cls_corpus(path: str, header: list[str], out_path: str) -> int:
-    """Rewrite a TSV in the cls corpus layout (label first; 0 when the TSV has no label column);
-    returns the number of lines."""
+    """Rewrite a TSV in the cls corpus layout (label first; 0 when the TSV has no label column),
+    line for line: its header and blank lines stay, so that line N of the copy is line N of the
+    TSV. Returns the number of examples."""
     order = [header.index(c) for c in ("label", "text_a", "text_b") if c in header]
     n = 0
     with open(path, encoding="utf-8") as f, open(out_path, "w", encoding="utf-8") as out:
         f.readline()
+        out.write("\t".join(["label", "text_a", "text_b"][:len(order) + ("label" not in header)]) + "\n")
         for line in f:
             if line.strip():
                 fields = line.rstrip("\r\n").split("\t")
                 out.write("\t".join(([] if "label" in header else ["0"]) + [fields[i] for i in order]) + "\n")
                 n += 1
+            else:
+                out.write("\n")
     return n
+
+
+class UserPaths:
+    """Fine-tuning works on files of its own in a temporary directory (removed at the end, or by the
+    next run when this one was killed); its messages name the user's files instead."""
+
+    def __init__(self, out_dir: str, tsv: dict[str, str], pretrained: str | None):
+        self.work = owned_temp_dir(".uer-finetune-", out_dir)
+        self.names = {os.path.join(self.work, "pretrained.bin"): f"(the encoder of) {pretrained}",
+                      os.path.join(self.work, "last.bin"): "the last epoch's model"}
+        for name, path in tsv.items():
+            for ext in (".txt", ".pt"):
+                self.names[os.path.join(self.work, name + ext)] = path
+
+    def __call__(self, text: str) -> str:
+        for temp, user in self.names.items():
+            text = text.replace(temp, user)
+        return text.replace(self.work, "a temporary directory")
+
+    def log(self, line: str) -> None:
+        if os.path.join(self.work, "last.bin") not in line:  # the last epoch's model is not kept
+            print(self(line))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        shutil.rmtree(self.work, ignore_errors=True)
+        if isinstance(error, UerError):
+            error.args = (self(str(error)),) + error.args[1:]
+        return False
 
 
 def build_cls_dataset(tsv: str, header: list[str], workdir: str, name: str, vocab, args) -> str:
@@ -94,6 +166,7 @@ def encoder_only(path: str, out: str) -> None:
 
 
 def run_classifier(argv=None) -> int:
+    from uer.api import check_files
     from uer.data.dataset import Dataset
     from uer.data.loader import BatchLoader
     from uer.checkpoint import load_model
@@ -104,13 +177,20 @@ def run_classifier(argv=None) -> int:
     components.load()
     args, explicit = parse("finetune", argv)
     explicit |= {"target"}
-    headers = {name: read_tsv_header(getattr(args, name + "_path"))
-               for name in ("train", "dev", "test") if getattr(args, name + "_path")}
+    tsv = {name: getattr(args, name + "_path") for name in ("train", "dev", "test") if getattr(args, name + "_path")}
+    check_files({"--pretrained_model_path": args.pretrained_model_path, "--vocab_path": args.vocab_path},
+                {"--output_model_path": args.output_model_path})
+    read = {name: read_tsv(path) for name, path in tsv.items()}
+    headers = {name: r[0] for name, r in read.items()}
+    problems = label_problems({name: r[1] for name, r in read.items()}, tsv, args.labels_num)
+    if problems:
+        raise ConfigError(problems)
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
     vocab.special_ids()
     out_dir = os.path.dirname(os.path.abspath(args.output_model_path))
     os.makedirs(out_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".uer-finetune-", dir=out_dir) as work:
+    with UserPaths(out_dir, tsv, args.pretrained_model_path) as user:
+        work = user.work
         paths = {name: build_cls_dataset(getattr(args, name + "_path"), h, work, name, vocab, args)
                  for name, h in headers.items()}
         train_ds = Dataset(paths["train"])
@@ -118,10 +198,6 @@ def run_classifier(argv=None) -> int:
         options = {**vars(args), "labels_num": labels_num}
         mcfg = build_model_config(load_recipe(args.config_path), options, explicit | {"labels_num"}, len(vocab))
         problems = model_problems(mcfg)
-        for name, q in paths.items():
-            if Dataset(q).header["labels_num"] > labels_num:
-                problems.append(f"--{name}_path has labels up to {Dataset(q).header['labels_num'] - 1}, but "
-                                f"--labels_num is {labels_num}")
         if problems:
             raise ConfigError(problems)
         pretrained = None
@@ -146,7 +222,7 @@ def run_classifier(argv=None) -> int:
         special = vocab.special_ids()
         print(f"Fine-tuning on {len(train_ds)} examples, {labels_num} labels, {args.epochs_num} epochs of "
               f"{steps_per_epoch} steps.")
-        result = train(tcfg, mcfg, train_ds, special)
+        result = train(tcfg, mcfg, train_ds, special, log=user.log)
         devs = [h["dev"]["cls"]["acc"] for h in result["history"] if "dev" in h]
         print(f"Dev accuracy by epoch: {' '.join(f'{a:.4f}' for a in devs)}; best {max(devs):.4f}.")
         if "test" in paths:
@@ -160,13 +236,15 @@ def run_classifier(argv=None) -> int:
 
 
 def run_classifier_infer(argv=None) -> int:
-    from uer.api import Pretrained
+    from uer.api import Pretrained, check_files
     from uer.data.dataset import Dataset
     from uer.data.loader import BatchLoader
 
     components.load()
     args, explicit = parse("infer", argv)
     explicit |= {"target"}
+    check_files({"--load_model_path": args.load_model_path, "--vocab_path": args.vocab_path},
+                {"--prediction_path": args.prediction_path})
     header = read_tsv_header(args.test_path, need_label=False)
     if args.labels_num is None:
         from uer.checkpoint import read_state_dict
@@ -178,8 +256,8 @@ def run_classifier_infer(argv=None) -> int:
     m = Pretrained.from_args(args, explicit | {"labels_num"})
     out = ["label" + ("\tprob" if args.output_prob else "") + "\n"]
     # the same instances as in fine-tuning: the TSV goes through the cls builder
-    with tempfile.TemporaryDirectory(prefix=".uer-infer-") as work:
-        dataset = Dataset(build_cls_dataset(args.test_path, header, work, "test", m.vocab, args))
+    with UserPaths(tempfile.gettempdir(), {"test": args.test_path}, None) as user:
+        dataset = Dataset(build_cls_dataset(args.test_path, header, user.work, "test", m.vocab, args))
         for batch in BatchLoader(dataset, m.special, args.batch_size).ordered():
             batch.pop("tokens")
             with torch.no_grad():

@@ -60,6 +60,10 @@ def init_tokenize_worker(tokenizers_factory, single_thread: bool) -> None:
     _WORKER["tokenizers"] = tokenizers_factory()
 
 
+#: the largest label a dataset stores (labels are 0 .. labels_num - 1)
+MAX_LABEL = 2**31 - 1
+
+
 class LineError(Exception):
     pass
 
@@ -82,6 +86,9 @@ def split_fields(text: str, corpus_format: str, first_line: bool):
         raise LineError(f"the label {fields[0]!r} is not an integer") from None
     if label < 0:
         raise LineError(f"the label {label} is negative; labels are 0, 1, ..., labels_num - 1")
+    if label > MAX_LABEL:
+        raise LineError(f"the label {label} is beyond {MAX_LABEL}, the largest a dataset holds; labels are "
+                        "0, 1, ..., labels_num - 1")
     return fields[1:], label
 
 

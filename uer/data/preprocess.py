@@ -217,6 +217,8 @@ def build_dataset(job: PreprocessJob) -> dict:
                           tgt_vocab_source=os.path.basename(job.tgt_vocab.source))
         if doc_label is not None:
             header["labels_num"] = int(doc_label.max()) + 1
+            # the line of the largest label, for an error that names it (lines count from 1)
+            header["largest_label_line"] = int(np.argmax(lines["label"])) + 1
         header = writer.finish(header)
         writer = None
         header["seconds"] = round(time.time() - t0, 3)
