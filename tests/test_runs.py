@@ -230,3 +230,24 @@ def test_the_ranks_end_when_their_launcher_is_killed(tmp_path, setup):
         for p in ranks + workers:
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_free_space_below_one_checkpoint_is_a_warning_at_start(tmp_path, setup, monkeypatch):
+    import shutil as real_shutil
+
+    import uer.train.trainer as trainer
+    from uer.config import ModelConfig, TrainConfig
+    from uer.data.dataset import Dataset
+    from uer.vocab import Vocab
+
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda _: usage._replace(free=1 << 20))  # 1 MiB free
+    vocab = Vocab.load(ZH_VOCAB)
+    tcfg = TrainConfig(dataset_path=str(setup / "d.pt"), output_model_path=str(tmp_path / "m.bin"), total_steps=1,
+                       batch_size=4)
+    mcfg = ModelConfig(vocab_size=len(vocab), target="mlm", emb_size=32, hidden_size=32, feedforward_size=64,
+                       heads_num=4, layers_num=2)
+    lines = []
+    trainer.train(tcfg, mcfg, Dataset(tcfg.dataset_path), vocab.special_ids(), log=lines.append, worker="none")
+    warning = next(line for line in lines if line.startswith("Warning: "))
+    assert f"{tmp_path} has 1 MiB free, less than one checkpoint needs" in warning, warning

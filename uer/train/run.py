@@ -98,7 +98,6 @@ def apply_to_optimizer(tcfg, optimizer, scheduler) -> None:
         group["betas"] = (tcfg.beta1, tcfg.beta2)
         if group["weight_decay"] != 0.0:  # the no-decay group keeps 0
             group["weight_decay"] = tcfg.weight_decay
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
 
 
 def fingerprint(state: dict) -> list[float]:
