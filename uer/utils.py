@@ -12,7 +12,7 @@ import tempfile
 from uer.errors import UerError
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -31,7 +31,7 @@ def _owned_prefix(prefix: str, directory: str) -> str:
     mine = f"{prefix}{host}-"
     for name in os.listdir(directory):
         pid = name[len(mine):].split("-", 1)[0] if name.startswith(mine) else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             stale = os.path.join(directory, name)
             if os.path.isdir(stale):
                 shutil.rmtree(stale, ignore_errors=True)

@@ -20,6 +20,7 @@ import time
 import uuid
 
 from uer.errors import UerError
+from uer.utils import process_alive
 
 
 # -- identity ---------------------------------------------------------------------------------------
@@ -153,15 +154,7 @@ def _process_start(pid: int) -> str | None:
 
 def _alive(owner: dict) -> bool:
     pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return owner.get("process_start") in (None, _process_start(pid))
+    return isinstance(pid, int) and process_alive(pid) and owner.get("process_start") in (None, _process_start(pid))
 
 
 class OutputLock:
