@@ -57,7 +57,7 @@ def test_a_fresh_run_on_a_used_path_is_refused_unless_told_to_overwrite(tmp_path
     assert_clean_error(proc, "found no complete checkpoint there to continue from", "--overwrite")
     proc = run_script(*args(setup, out, 4, "--overwrite"), timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "--overwrite: removed the earlier run's files" in proc.stdout
+    assert f"--overwrite: removed the earlier run's checkpoints {out}-2, {out}-4; its final model {out} is replaced" in proc.stdout
     assert load_training_state(str(out) + "-4.state")["run"]["id"] != first_id
     assert not os.path.exists(str(out) + ".lock")  # released at the end
 

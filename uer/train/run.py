@@ -133,10 +133,13 @@ def start_problem(output: str, overwrite: bool, resuming: bool, log) -> str | No
                 "continue that run with --resume")
         return (f"--output_model_path {output} already holds another run's files ({shown}): {what}, give "
                 "--overwrite to start a new run that replaces them, or choose another output path")
-    for path in files:
-        if path != output:
-            os.remove(path)
-    log(f"--overwrite: removed the earlier run's files {shown}.")
+    removed = [path for path in files if path != output]
+    for path in removed:
+        os.remove(path)
+    said = [f"removed the earlier run's checkpoints {', '.join(removed)}"] if removed else []
+    if output in files:
+        said.append(f"its final model {output} is replaced at the end")
+    log(f"--overwrite: {'; '.join(said)}.")
     return None
 
 
