@@ -107,12 +107,14 @@ class BertTokenizer(Tokenizer):
         if self._hf() is None:
             return super().encode_batch(texts)
         pieces, owner = cut_long_texts(texts)
-        ids: list[list[int]] = []
+        out: list[list[int]] = []
         for a, b in slices(pieces):
-            ids.extend(e.ids for e in self._encode(pieces[a:b]))
-        out: list[list[int]] = [[] for _ in texts]
-        for i, piece_ids in zip(owner, ids):
-            out[i].extend(piece_ids)
+            out.extend(e.ids for e in self._encode(pieces[a:b]))
+        if owner is not None:  # the pieces' ids joined per text
+            joined: list[list[int]] = [[] for _ in texts]
+            for i, piece_ids in zip(owner, out):
+                joined[i].extend(piece_ids)
+            out = joined
         for i, t in enumerate(texts):
             if self._rust_differs(t):
                 out[i] = self.encode(t)
@@ -146,7 +148,7 @@ class BertTokenizer(Tokenizer):
         if self._hf(marker=True) is None:
             return super().encode_flat(texts)
         pieces, owner = cut_long_texts(texts)
-        if len(pieces) > len(texts):  # the pieces' counts summed per text (the ids are in order)
+        if owner is not None:  # the pieces' counts summed per text (the ids are in order)
             counts, ids = self.encode_flat(pieces)
             return np.bincount(owner, weights=counts, minlength=len(texts)).astype(np.int64), ids
         marker = len(self.vocab)
@@ -195,11 +197,14 @@ def _starts_a_word(ch: str) -> bool:
     return _is_whitespace(ch) or _is_cjk(ord(ch)) or _is_punctuation(ch)
 
 
-def cut_long_texts(texts: list[str], size: int = LONG_TEXT) -> tuple[list[str], list[int]]:
+def cut_long_texts(texts: list[str], size: int = LONG_TEXT) -> tuple[list[str], list[int] | None]:
     """(pieces, index of the text each comes from): texts longer than `size` characters are cut
     just before a character that starts a new token anyway (whitespace, a CJK character, a
     punctuation mark), so that the pieces tokenize to the text's tokens. A run of `size`
-    characters without such a place stays whole (it is one word: one [UNK] beyond 200 characters)."""
+    characters without such a place stays whole (it is one word: one [UNK] beyond 200 characters).
+    (texts, None) when nothing is cut, the usual case."""
+    if all(len(t) <= size for t in texts):
+        return texts, None
     pieces, owner = [], []
     for i, text in enumerate(texts):
         start = 0
@@ -212,7 +217,7 @@ def cut_long_texts(texts: list[str], size: int = LONG_TEXT) -> tuple[list[str], 
             start = cut
         pieces.append(text[start:])
         owner.append(i)
-    return pieces, owner
+    return (texts, None) if len(pieces) == len(texts) else (pieces, owner)
 JOIN_LINES = 32  # texts per HF Encoding in encode_flat
 _SIGMA = "\u03a3"
 _MARKER = "\u2603"  # a symbol: not removed by clean_text, not punctuation, not CJK, so a word alone

@@ -49,9 +49,6 @@ def record(identity: dict, tcfg, mcfg, world_size: int) -> dict:
             "train": {k: _plain(v) for k, v in dataclasses.asdict(tcfg).items()}}
 
 
-#: training options a resumed run applies from the command line: put into the optimizer's groups
-#: after its saved state is loaded (the learning rate through the schedule, which continues)
-APPLIED_TO_OPTIMIZER = ("learning_rate", "weight_decay", "beta1", "beta2")
 #: training options that must be as the run was started (besides the run shape): the precision
 #: changes the optimizer's and scaler's state, the others what the weights were built from or the
 #: batches
@@ -61,27 +58,21 @@ REFUSED = ("fp16", "fp16_opt_level", "bf16", "pretrained_model_path", "strict_lo
 MODEL_APPLIED = ("dropout",)
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    return a == b
-
-
 def resume_changes(saved: dict, tcfg, mcfg, world_size: int) -> tuple[list[str], list[str]]:
     """(refused, applied): every option of this command line that differs from the saved run,
     `name: saved -> now`. Refused ones stop the resume; the rest are used from here on."""
     refused, applied = [], []
     now_shape = run_shape(tcfg, world_size)
     for k, v in now_shape.items():
-        if not _same(saved["shape"].get(k), v):
+        if saved["shape"].get(k) != v:
             refused.append(f"{k}: {saved['shape'].get(k)} -> {v}")
     for k, v in dataclasses.asdict(mcfg).items():
         old = saved["model"].get(k)
-        if not _same(old, _plain(v)):
+        if old != _plain(v):
             (applied if k in MODEL_APPLIED else refused).append(f"{k}: {old} -> {v}")
     for k, v in dataclasses.asdict(tcfg).items():
         old = saved["train"].get(k)
-        if k in now_shape or k in ("resume", "overwrite") or _same(old, _plain(v)):
+        if k in now_shape or k in ("resume", "overwrite") or old == _plain(v):
             continue
         if k == "pretrained_model_path" and old and v and os.path.abspath(old) == os.path.abspath(v):
             continue
@@ -115,10 +106,9 @@ def same_fingerprint(a: list, b: list) -> bool:
 
 def run_files(output: str) -> list[str]:
     """What a run on `output` writes: <out>-<step> checkpoints, their .state files, the final <out>."""
-    pattern = re.compile(re.escape(output) + r"-\d+(\.state)?")
-    found = [p for p in glob.glob(glob.escape(output) + "-*") if pattern.fullmatch(p)]
-    found.sort(key=lambda p: (int(re.search(r"-(\d+)(\.state)?$", p).group(1)), p))
-    return found + ([output] if os.path.exists(output) else [])
+    pattern = re.compile(re.escape(output) + r"-(\d+)(\.state)?")
+    found = [(int(m.group(1)), p) for p in glob.glob(glob.escape(output) + "-*") if (m := pattern.fullmatch(p))]
+    return [p for _, p in sorted(found)] + ([output] if os.path.exists(output) else [])
 
 
 def start_problem(output: str, overwrite: bool, resuming: bool, log) -> str | None:
