@@ -1,4 +1,5 @@
 import math
+import multiprocessing.util
 import os
 import socket
 import subprocess
@@ -23,6 +24,37 @@ MINI_BERT = os.path.join(SHARED, "corpora", "literature_mini_bert.txt")
 MINI_DOC = os.path.join(SHARED, "corpora", "literature_mini.txt")
 # a 2-layer, 32-wide transformer without dropout: the smallest model the tests train
 TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "layers_num": 2, "dropout": 0.0}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """A unit test runs in this process: one that starts Python in a child process (a command,
+    a script, a launcher) is an end-to-end test and must say so with @pytest.mark.e2e, so that
+    `-m "not e2e"` stays the fast in-process run. Fixtures may still build their data that way."""
+    if item.get_closest_marker("e2e") is not None:
+        yield
+        return
+    real = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):
+        first = args if isinstance(args, str) else (list(args) or [""])[0]
+        if os.path.basename(str(first)).startswith(("python", "uer-", "torchrun")):
+            raise AssertionError(f"{item.nodeid} starts {first} in a child process: mark it "
+                                 "@pytest.mark.e2e (an end-to-end test)")
+        real(self, args, *a, **kw)
+
+    def spawned(path, args, passfds):  # multiprocessing's spawn (torch.multiprocessing.spawn)
+        if any("spawn_main" in str(a) for a in args):  # not its resource tracker
+            raise AssertionError(f"{item.nodeid} spawns Python processes: mark it @pytest.mark.e2e "
+                                 "(an end-to-end test)")
+        return spawn(path, args, passfds)
+
+    subprocess.Popen.__init__, spawn = guarded, multiprocessing.util.spawnv_passfds
+    multiprocessing.util.spawnv_passfds = spawned
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__, multiprocessing.util.spawnv_passfds = real, spawn
 
 
 def reported_losses(stdout: str) -> list[float]:

@@ -11,6 +11,8 @@ from uer.config import ModelConfig
 from uer.model import build_model
 from uer.train.checkpoint import load_model, save_model
 
+pytestmark = pytest.mark.e2e  # every test here runs uer in child processes
+
 V, H, L, HEADS, FF = 120, 32, 2, 4, 64
 
 

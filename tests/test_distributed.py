@@ -15,6 +15,8 @@ from uer.train.distributed import Rank, finish, init, run_ranks
 from uer.train.trainer import train
 from uer.vocab import Vocab
 
+pytestmark = pytest.mark.e2e  # every test here runs uer in child processes
+
 
 def _worker(rank: Rank, tcfg, mcfg, path, out_dir):
     init(rank, tcfg)

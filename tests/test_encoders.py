@@ -241,6 +241,7 @@ def test_recipe_activation_and_layernorm(act, ln):
     assert encode(model, torch.randint(5, 97, (1, 4)), torch.ones(1, 4, dtype=torch.long)).isfinite().all()
 
 
+@pytest.mark.e2e
 def test_invalid_combinations_are_listed_together(tmp_path, bert_dataset):
     """One clear message that lists every problem, before any training."""
     bad = tmp_path / "bad.json"

@@ -11,6 +11,8 @@ from uer.config import ModelConfig
 from uer.model import build_model
 from uer.train.checkpoint import save_model
 
+pytestmark = pytest.mark.e2e  # every test here runs uer in child processes
+
 BOOK = os.path.join(SHARED, "datasets", "book_review")
 TINY = {"emb_size": 64, "hidden_size": 64, "feedforward_size": 128, "heads_num": 4, "layers_num": 2,
         "dropout": 0.1}

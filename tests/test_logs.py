@@ -11,6 +11,7 @@ import pytest
 from conftest import MINI_DOC, ROOT, ZH_VOCAB, assert_clean_error, run_script
 
 
+@pytest.mark.e2e
 def test_log_file_metrics_csv_dev_and_plot(tmp_path):
     for name, corpus in (("train", os.path.join(ROOT, "..", "shared", "corpora", "CLUECorpusSmall_sampled.txt")),
                          ("dev", MINI_DOC)):
@@ -100,6 +101,7 @@ def run_in_terminal(args, timeout=300):
     return p.wait(), out, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.e2e
 def test_progress_bars_on_a_terminal_only(tmp_path):
     ds = tmp_path / "d.pt"
     pre = ["preprocess.py", "--corpus_path", MINI_DOC, "--vocab_path", ZH_VOCAB, "--dataset_path", str(ds),
@@ -128,6 +130,7 @@ def test_progress_bars_on_a_terminal_only(tmp_path):
     assert proc.returncode == 0 and "tokenize" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.e2e
 def test_console_commands_are_installed():
     """pip install gives uer-preprocess, uer-pretrain, uer-finetune and uer-infer, each a working command."""
     import shutil

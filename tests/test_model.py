@@ -179,6 +179,7 @@ def test_self_attention_with_one_qkv_gemm_equals_three():
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.e2e
 def test_the_model_package_imports_no_data_training_or_option_module():
     """The layers of DESIGN.md: uer.model stands on config alone, and a checkpoint is read through
     uer.checkpoint, outside the training package (a fresh interpreter, as a user's script)."""

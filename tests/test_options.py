@@ -154,6 +154,7 @@ def test_builder_settings_round_trip_through_the_dataset_header():
         seq_length=64, dup_factor=2, full_sentences=True, dynamic_masking=True, masking=MaskingConfig(True, 0.5, 4))
 
 
+@pytest.mark.e2e
 def test_options_and_config_import_no_component_module():
     """The options/config floor of DESIGN.md stands on the ground floor alone."""
     import subprocess

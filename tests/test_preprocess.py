@@ -97,6 +97,7 @@ def test_trim_pair_closed_form():
     assert abs(np.mean(fronts) - 50) < 1.0
 
 
+@pytest.mark.e2e
 def test_manual_command_and_format_errors(tmp_path):
     # a one-document-a-line corpus given to the bert target
     proc = run_script("preprocess.py", "--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB,
@@ -120,6 +121,7 @@ def test_manual_command_and_format_errors(tmp_path):
     assert_clean_error(proc, "--vocab_path nope.txt: file not found", "--seq_length must be at least 8")
 
 
+@pytest.mark.e2e
 def test_existing_dataset_survives_a_failed_run(tmp_path, zh_vocab):
     out = tmp_path / "d.pt"
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))
@@ -196,6 +198,7 @@ def test_a_daemonic_process_builds_its_batches_itself(tmp_path, zh_vocab):
     child.join(timeout=60)
 
 
+@pytest.mark.e2e
 def test_the_worker_reports_errors_and_deaths_and_ends_with_its_consumer(tmp_path, zh_vocab):
     out = tmp_path / "d.pt"
     build_dataset(job(MINI_BERT, out, "bert", 1, zh_vocab, dup_factor=1))

@@ -110,6 +110,7 @@ def test_a_5mb_single_line(tmp_path, capsys):
     assert rc == 0, err
 
 
+@pytest.mark.e2e
 def test_a_killed_preprocess_leaves_no_complete_looking_dataset(tmp_path):
     out = tmp_path / "dataset.pt"
     rng = np.random.default_rng()
@@ -159,6 +160,7 @@ def nan_setup(tmp_path_factory):
     return d, common
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("world,report,save", [(1, 1, 1), (2, 1, 1), (1, 7, 2)])
 def test_non_finite_gradients_stop_training_and_keep_the_last_good_checkpoint(tmp_path, nan_setup, world, report,
                                                                               save):
@@ -220,6 +222,7 @@ def test_a_non_finite_step_is_caught_on_the_device_and_no_later_step_moves_the_w
         guard(precision, tcfg)
 
 
+@pytest.mark.e2e
 def test_damaged_datasets_are_refused_before_or_at_the_first_batch(tmp_path, nan_setup):
     d, common = nan_setup
     data = (d / "d.pt").read_bytes()
@@ -252,6 +255,7 @@ def test_damaged_datasets_are_refused_before_or_at_the_first_batch(tmp_path, nan
 
 # -- round two (#32) ------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_non_finite_and_negative_option_values_are_refused_at_start(tmp_path, nan_setup):
     d, common = nan_setup
     proc = run_script("pretrain.py", *common, "--output_model_path", str(tmp_path / "m.bin"), "--total_steps", "2",
@@ -299,6 +303,7 @@ def test_the_weights_guard_reads_every_parameter():
         guard_weights(model, 5, tcfg)
 
 
+@pytest.mark.e2e
 def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, nan_setup):
     d, common = nan_setup
     corpus = tmp_path / "corpus.txt"
@@ -322,6 +327,7 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, nan_
                        read_state_dict(str(d / "init.bin"))["embedding.word_embedding.weight"])
 
 
+@pytest.mark.e2e
 def test_an_unwritable_output_directory_is_found_at_start(tmp_path, nan_setup):
     d, common = nan_setup
     (tmp_path / "a_file").write_text("x")
@@ -347,6 +353,7 @@ def test_a_failed_write_names_the_path_and_the_free_space_and_keeps_the_earlier_
     assert path.read_bytes() == b"earlier" and os.listdir(tmp_path) == ["m.bin"]
 
 
+@pytest.mark.e2e
 def test_a_vocabulary_with_a_byte_order_mark_and_a_directory_as_corpus(tmp_path):
     bom = tmp_path / "vocab.txt"
     bom.write_bytes(b"\xef\xbb\xbf" + open(ZH_VOCAB, "rb").read())
@@ -356,6 +363,7 @@ def test_a_vocabulary_with_a_byte_order_mark_and_a_directory_as_corpus(tmp_path)
     assert_clean_error(proc, f"--corpus_path {tmp_path}: a directory, not a file")
 
 
+@pytest.mark.e2e
 def test_a_dataset_header_is_checked_against_its_arrays(tmp_path, nan_setup):
     """An edited header (more instances than the arrays hold, a foreign dtype, an array beyond the
     file, a missing key) is an error naming the dataset before any batch is read, never a hang or
@@ -396,6 +404,7 @@ def test_a_dataset_header_is_checked_against_its_arrays(tmp_path, nan_setup):
     assert_clean_error(proc, "more.pt has a damaged header", "Rebuild it with preprocess.py")
 
 
+@pytest.mark.e2e
 def test_a_mistyped_label_is_refused_with_its_line(tmp_path):
     """One label of 1000000 used to train a silent 1,000,001-class head; 4000000000 asked for 512 GB;
     a 20-digit label was an OverflowError traceback."""
@@ -442,6 +451,7 @@ def test_a_mistyped_label_is_refused_with_its_line(tmp_path):
     assert_clean_error(proc, f"has labels up to 1000000 (line 7 of {corpus}), but --labels_num is 2")
 
 
+@pytest.mark.e2e
 def test_script_inputs_and_outputs_are_clear_errors(tmp_path, nan_setup):
     """Tracebacks before: extract_features.py on an empty input or with a directory as output,
     generate_lm.py on a non-UTF-8 prompt, inference with NaN weights (it wrote `0 nan nan`), a
@@ -485,6 +495,7 @@ def test_script_inputs_and_outputs_are_clear_errors(tmp_path, nan_setup):
     assert not (tmp_path / "a.bin").exists()
 
 
+@pytest.mark.e2e
 def test_a_damaged_newest_state_points_to_the_previous_checkpoint(tmp_path, nan_setup):
     d, common = nan_setup
     run = ["pretrain.py", *common, "--output_model_path", str(tmp_path / "m.bin"), "--total_steps", "6",

@@ -44,6 +44,7 @@ def assert_same_model(a, b):
         assert torch.equal(sa[k], sb[k]), k
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("world", [1, 2])
 def test_resume_after_step_k_equals_an_uninterrupted_run(tmp_path, setup, world):
     dist = [] if world == 1 else ["--world_size", "2", "--gpu_ranks", "0", "1", "--backend", "gloo"]
@@ -69,6 +70,7 @@ def test_resume_after_step_k_equals_an_uninterrupted_run(tmp_path, setup, world)
     assert_same_model(full, part)
 
 
+@pytest.mark.e2e
 def test_killed_at_a_random_moment_then_resumed(tmp_path, setup):
     """SIGKILL while training (perhaps while a checkpoint is written), resume: the same final model."""
     full = tmp_path / "full" / "m.bin"
@@ -96,6 +98,7 @@ def test_killed_at_a_random_moment_then_resumed(tmp_path, setup):
     assert_same_model(full, out)
 
 
+@pytest.mark.e2e
 def test_resume_refuses_a_different_run(tmp_path, setup):
     out = tmp_path / "m.bin"
     assert run_script(*args(setup, out, 4), timeout=300).returncode == 0
@@ -157,6 +160,7 @@ def test_partial_load_initialises_what_is_missing(tmp_path):
     assert 0.01 < w.std().item() < 0.03 and abs(w.mean().item()) < 0.01  # N(0, 0.02), not torch's default
 
 
+@pytest.mark.e2e
 def test_strict_load_option(tmp_path, setup):
     """A bert checkpoint into an mlm model: refused by default (naming the keys); with
     --strict_load false it loads what fits and says what it left."""
@@ -181,6 +185,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.e2e
 def test_a_training_state_cannot_run_code(tmp_path, setup):
     """An empty <out>-99999 and a .state that unpickles to a command, newer than the real
     checkpoints: --resume refuses the file by name and runs nothing."""
@@ -194,6 +199,7 @@ def test_a_training_state_cannot_run_code(tmp_path, setup):
     assert not marker.exists()
 
 
+@pytest.mark.e2e
 def test_a_training_state_of_another_model_is_refused(tmp_path, setup):
     """The model file of this run beside the .state of a run with a wider (or narrower) feed-forward:
     a clear error naming the mis-shaped moments, never taken silently and never a crash."""

@@ -42,6 +42,7 @@ def reported_lrs(stdout):
                                                                     stdout)}
 
 
+@pytest.mark.e2e
 def test_a_fresh_run_on_a_used_path_is_refused_unless_told_to_overwrite(tmp_path, setup):
     out = tmp_path / "m.bin"
     assert run_script(*args(setup, out, 4), timeout=300).returncode == 0
@@ -79,6 +80,7 @@ def copy_half(full, to):
     return to / "m.bin"
 
 
+@pytest.mark.e2e
 def test_resume_says_which_run_and_refuses_other_model_options(tmp_path, setup, halfway):
     full, _ = halfway
     run_id = load_training_state(str(full) + "-4.state")["run"]["id"]
@@ -95,6 +97,7 @@ def test_resume_says_which_run_and_refuses_other_model_options(tmp_path, setup, 
     assert load_training_state(str(part) + "-8.state")["run"]["id"] == run_id  # the identity goes on
 
 
+@pytest.mark.e2e
 def test_a_changed_learning_rate_is_applied_with_the_schedule_continued(tmp_path, setup, halfway):
     full, full_stdout = halfway
     part = copy_half(full, tmp_path / "part")
@@ -111,6 +114,7 @@ def test_a_changed_learning_rate_is_applied_with_the_schedule_continued(tmp_path
     assert saved["optimizer"]["param_groups"][0]["initial_lr"] == 5e-4
 
 
+@pytest.mark.e2e
 def test_a_model_file_swapped_under_its_state_is_refused(tmp_path, setup, halfway):
     full, _ = halfway
     part = copy_half(full, tmp_path / "part")
@@ -119,6 +123,7 @@ def test_a_model_file_swapped_under_its_state_is_refused(tmp_path, setup, halfwa
     assert_clean_error(proc, f"{part}-4 holds other weights than the ones its training state")
 
 
+@pytest.mark.e2e
 def test_the_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path):
     out = str(tmp_path / "m.bin")
     lines = []
@@ -146,6 +151,7 @@ def test_the_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path):
         OutputLock(out, new_identity()).acquire(lines.append)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the batch worker through /proc")
 def test_two_runs_on_one_output_path(tmp_path, setup):
     """The second is refused while the first lives; after the first is killed, --resume takes over its
@@ -206,6 +212,7 @@ def gone(pids):
     return False
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks through /proc")
 def test_the_ranks_end_when_their_launcher_is_killed(tmp_path, setup):
     out, ranks, workers = tmp_path / "m.bin", [], []

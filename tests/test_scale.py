@@ -28,6 +28,7 @@ def check(rows):
     assert big["pretrain_peak_mib"] < sample["pretrain_peak_mib"] * 1.15 + index_mib, rows
 
 
+@pytest.mark.e2e
 def test_memory_flat_in_corpus_size_20mb(tmp_path):
     check(scale(tmp_path, 20))
 

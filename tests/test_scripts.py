@@ -56,6 +56,7 @@ def test_sampling_filters():
     assert len(out) == 12 and out[:2] == [101, 800]
 
 
+@pytest.mark.e2e
 def test_generate_and_cloze_scripts(tmp_path, recipe):
     save_model(lm_model(), str(tmp_path / "lm.bin"))
     (tmp_path / "prompts.txt").write_text("今天天气\n我们\n", encoding="utf-8")
@@ -81,6 +82,7 @@ def test_generate_and_cloze_scripts(tmp_path, recipe):
     assert_clean_error(proc, "does not fit the model")
 
 
+@pytest.mark.e2e
 def test_features_embeddings_and_averaging(tmp_path, recipe):
     torch.manual_seed(0)
     a = build_model(ModelConfig(vocab_size=21128, target="mlm", **TINY))
@@ -114,6 +116,7 @@ def test_features_embeddings_and_averaging(tmp_path, recipe):
         torch.testing.assert_close(mean[k], (v + b.state_dict()[k]) / 2)
 
 
+@pytest.mark.e2e
 def test_dynamic_vocab_adapter_keeps_rows_and_ties(tmp_path):
     old = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]
     new = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "c", "x", "a", "y"]
@@ -138,6 +141,7 @@ def test_dynamic_vocab_adapter_keeps_rows_and_ties(tmp_path):
         assert state[out + ".bias"].shape == (len(new),)
 
 
+@pytest.mark.e2e
 def test_word_based_workflow_of_the_manual(tmp_path):
     """jieba-segment a shared corpus (BERT layout), build a word vocabulary, train a small word model,
     adapt it to a vocabulary built on more text, then continue pre-training from the adapted model."""
@@ -183,6 +187,7 @@ def test_word_based_workflow_of_the_manual(tmp_path):
                        old_state["embedding.word_embedding.weight"][old_vocab.index(word)])
 
 
+@pytest.mark.e2e
 def test_the_quickstart_s_python_snippets_run():
     """scripts/quickstart.sh (the README's first command) asks Python questions with `python3 -c`:
     each runs against this tree (a moved function broke one once, with no test failing)."""

@@ -146,6 +146,7 @@ def test_cls_layout_labels_and_header(tmp_path, zh_vocab):
     ("cls", "\n\n", "holds no line of the form label<TAB>text"),
     ("albert", "一\n二\n三\n", "no blank line separates documents"),
 ])
+@pytest.mark.e2e
 def test_format_errors_name_the_line(tmp_path, target, text, needle):
     corpus = tmp_path / "c.txt"
     corpus.write_text(text, encoding="utf-8")
@@ -156,12 +157,14 @@ def test_format_errors_name_the_line(tmp_path, target, text, needle):
     assert not (tmp_path / "d.pt").exists()
 
 
+@pytest.mark.e2e
 def test_mt_without_a_target_vocabulary(tmp_path):
     proc = run_script("preprocess.py", "--corpus_path", MT_CORPUS, "--vocab_path", EN_VOCAB,
                       "--dataset_path", str(tmp_path / "d.pt"), "--target", "mt")
     assert_clean_error(proc, "--tgt_vocab_path")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("target", ["lm", "bilm", "mlm", "t5"])
 def test_degenerate_corpora_do_not_hang(tmp_path, target):
     """One-token and empty lines, sequences far longer than the documents: an answer, quickly."""
@@ -343,6 +346,7 @@ def model_of(argv: list[str]):
     return build_model(build_model_config(recipe, vars(args), explicit, len(vocab), len(tgt) if tgt else None))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("system", ["BERT", "ELMo"])
 def test_bf16_pretraining_runs_on_any_cpu(tmp_path, system):
     """--bf16 end to end (a transformer, and an LSTM, which needs the fp32 fallback on CPUs without
@@ -352,6 +356,7 @@ def test_bf16_pretraining_runs_on_any_cpu(tmp_path, system):
     assert len(losses) == 4 and all(np.isfinite(losses)), proc.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("system", list(SYSTEMS))
 def test_documented_system_trains(tmp_path, system):
     steps = (*SYSTEMS[system], 40)[4]
@@ -382,6 +387,7 @@ def test_readme_documents_every_system():
             assert text in readme, f"{name}: {text}"
 
 
+@pytest.mark.e2e
 def test_dataset_and_model_must_agree(tmp_path, zh_vocab):
     ds = build(tmp_path, "1\t一二\n4\t三\n", "cls", zh_vocab, seq_length=8)
     common = ["--dataset_path", ds.path, "--vocab_path", ZH_VOCAB, "--output_model_path", str(tmp_path / "m.bin"),
@@ -392,6 +398,7 @@ def test_dataset_and_model_must_agree(tmp_path, zh_vocab):
     assert_clean_error(proc, "was built for target 'cls', not 'lm'", "sees the future")
 
 
+@pytest.mark.e2e
 def test_word_based_bert_with_its_own_vocabulary(tmp_path):
     """The manual's word-based flow: a space-separated corpus in the BERT layout, a word vocabulary
     from scripts/build_vocab.py --tokenizer space, then bert with --tokenizer space."""

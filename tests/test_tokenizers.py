@@ -140,6 +140,7 @@ def test_long_texts_are_cut_where_a_token_starts_anyway(zh, en, monkeypatch):
         assert (counts.tolist(), ids.tolist()) == _flat(tok, texts)
 
 
+@pytest.mark.e2e
 def test_the_memory_for_one_long_line_is_bounded(tmp_path):
     """An 8 MB line used to take about 170x its size (1.4 GB); now the tokenizer's own use stays in
     a few hundred MB whatever the line's length."""

@@ -76,12 +76,8 @@ def test_weight_decay_groups():
     assert opt.param_groups[0]["weight_decay"] == 0.01 and opt.param_groups[1]["weight_decay"] == 0.0
 
 
-def test_optimizer_is_torch_fused_adamw_without_the_dynamo_import():
-    """uer's AdamW steps exactly as torch's fused AdamW, and a fresh process that builds and
-    steps it does not import torch._dynamo (a second of start-up)."""
-    import subprocess
-    import sys
-
+def test_optimizer_is_torch_fused_adamw():
+    """uer's AdamW steps exactly as torch's fused AdamW."""
     from uer.model import build_model
 
     def trained(make):
@@ -169,6 +165,7 @@ def test_bf16_on_a_cpu_that_emulates_it_warns(tmp_path, zh_vocab, monkeypatch, n
     assert any(line.startswith("|") for line in lines)  # and it trains
 
 
+@pytest.mark.e2e
 def test_manual_first_example_end_to_end(tmp_path, bert_dataset):
     """The manual's first pretrain command as written (data paths pointing at real files)."""
     os.makedirs(tmp_path / "models")
@@ -206,6 +203,7 @@ def test_manual_first_example_end_to_end(tmp_path, bert_dataset):
     assert_clean_error(proc, "mis-shaped key(s)", "embedding.word_embedding.weight: checkpoint (21128, 384)")
 
 
+@pytest.mark.e2e
 def test_pretrain_errors_are_clear(tmp_path, zh_vocab, bert_dataset):
     common = ["--vocab_path", ZH_VOCAB, "--output_model_path", str(tmp_path / "m.bin"),
               "--config_path", os.path.join(ROOT, "models", "bert_tiny_config.json"), "--total_steps", "1"]
@@ -242,6 +240,7 @@ def test_pretrain_errors_are_clear(tmp_path, zh_vocab, bert_dataset):
     assert_clean_error(proc, "truncated")
 
 
+@pytest.mark.e2e
 def test_compile_trains_as_eager_does(tmp_path, eight):
     """--compile, in two processes (DDP, gloo) with two micro-batches each: the same losses and the
     same saved weights as the eager run of one process with the same global batch (all 8 instances;

@@ -23,6 +23,7 @@ def test_paired_mfu_pairs_each_window_with_the_better_peak_around_it():
     assert paired_mfu(flops, secs, [(0, 10.0)]) == []
 
 
+@pytest.mark.e2e
 def test_the_training_benchmark_runs_and_reports_paired_mfu(tmp_path):
     out = tmp_path / "rows.json"
     proc = run_script(os.path.join(ROOT, "bench", "train_speed.py"), "--recipes", "tiny", "--targets", "mlm",
