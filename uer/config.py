@@ -15,6 +15,9 @@ import tempfile
 from dataclasses import dataclass, fields
 
 from uer.errors import ConfigError, UerError
+
+# the largest Adam beta without --adam_bias_correction (see uer.train.optim.STEP_OFFSET)
+MAX_BETA = 0.99999
 from uer.options import OPTIONS, POOLINGS, default as _d  # noqa: F401  (POOLINGS: for the cls target)
 
 
@@ -84,6 +87,7 @@ class TrainConfig:
     max_grad_norm: float = _d("max_grad_norm")
     beta1: float = _d("beta1")
     beta2: float = _d("beta2")
+    adam_bias_correction: bool = _d("adam_bias_correction")
     fp16: bool = _d("fp16")
     fp16_opt_level: str = _d("fp16_opt_level")
     bf16: bool = _d("bf16")
@@ -211,7 +215,11 @@ def train_problems(cfg: TrainConfig, other_inputs: dict[str, str | None] | None 
     expect(p, cfg.max_grad_norm >= 0, f"--max_grad_norm must be >= 0, got {cfg.max_grad_norm}")
     for name in ("beta1", "beta2"):
         v = getattr(cfg, name)
-        expect(p, 0 <= v < 1, f"--{name} must be in [0, 1), got {v}")
+        if cfg.adam_bias_correction:
+            expect(p, 0 <= v < 1, f"--{name} must be in [0, 1), got {v}")
+        else:
+            expect(p, 0 <= v <= MAX_BETA,
+                   f"--{name} must be in [0, {MAX_BETA}] without --adam_bias_correction, got {v}")
     expect(p, not (cfg.fp16 and cfg.bf16), "--fp16 and --bf16 exclude each other")
     expect(p, re.fullmatch(r"tcp://[^:/\s]+:\d{1,5}", cfg.master_ip) is not None,
            f"--master_ip must look like tcp://host:port, got {cfg.master_ip!r}")

@@ -217,6 +217,7 @@ def run_classifier(argv=None) -> int:
                            total_steps=steps_per_epoch * args.epochs_num, report_steps=args.report_steps,
                            save_checkpoint_steps=10**9, batch_size=args.batch_size, seed=args.seed,
                            learning_rate=args.learning_rate, warmup=args.warmup, bf16=args.bf16,
+                           adam_bias_correction=args.adam_bias_correction,
                            dev_dataset_path=paths["dev"], dev_steps=steps_per_epoch,
                            best_model_path=args.output_model_path)
         special = vocab.special_ids()

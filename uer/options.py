@@ -154,6 +154,10 @@ _DECLARED = [
     Option("max_grad_norm", "Clip the global gradient norm (0 disables).", 1.0, float),
     Option("beta1", "Adam beta1.", 0.9, float),
     Option("beta2", "Adam beta2.", 0.999, float),
+    Option("adam_bias_correction", "torch's bias-corrected AdamW update. Default: UER-py's and Google BERT's update, "
+                                   "without bias correction (p -= lr*m/(sqrt(v)+eps)), for which the manual's "
+                                   "learning rates were tuned; the corrected one takes 3-5x smaller steps early "
+                                   "on.", flag=True),
     # precision and devices
     Option("fp16", "fp16 autocast with a gradient scaler (CUDA).", flag=True),
     Option("fp16_opt_level", "O0 disables --fp16; O1/O2 autocast; O3 also keeps weights in fp16.", "O1",
@@ -241,7 +245,7 @@ COMMANDS: dict[str, Command] = {
         ("training", "total_steps save_checkpoint_steps report_steps accumulation_steps batch_size "
                      "instances_buffer_size length_buckets labels_num dropout seed"),
         ("model", MODEL), ("masking", MASKING),
-        ("optimizer", "learning_rate warmup weight_decay max_grad_norm beta1 beta2"),
+        ("optimizer", "learning_rate warmup weight_decay max_grad_norm beta1 beta2 adam_bias_correction"),
         ("precision and devices", "fp16 fp16_opt_level bf16 compile kernels batch_worker keep_freed_memory "
                                   "progress_bar world_size gpu_ranks master_ip backend dist_timeout")),
         {"output_model_path": {"required": True,
@@ -249,7 +253,8 @@ COMMANDS: dict[str, Command] = {
     "finetune": Command("run_classifier.py", "Fine-tune a pre-trained model as a classifier: train on --train_path, "
                                              "keep the best model on --dev_path, score --test_path.", (
         ("files", "pretrained_model_path output_model_path train_path dev_path test_path"),
-        ("training", "epochs_num learning_rate warmup report_steps seed bf16 seq_length batch_size"),
+        ("training", "epochs_num learning_rate warmup adam_bias_correction report_steps seed bf16 seq_length "
+                      "batch_size"),
         ("model", f"config_path {VOCAB} tokenizer labels_num {MODEL}")),
         {"pretrained_model_path": {"help": "Pre-trained checkpoint; its embedding and encoder are loaded "
                                            "(none: random init)."},

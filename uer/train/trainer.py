@@ -179,7 +179,8 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
     with loader.prefetch(tcfg.instances_buffer_size, worker) as batches:
         precision = Precision(tcfg.bf16, tcfg.fp16, tcfg.fp16_opt_level, device)
         model, forward, kernels = build_for_training(tcfg, mcfg, rank, device, precision, log)
-        optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2))
+        optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2),
+                                    bias_correction=tcfg.adam_bias_correction)
         scheduler = build_scheduler(optimizer, tcfg.total_steps, tcfg.warmup)
         run = record(identity, tcfg, mcfg, rank.world_size)
         if found:
