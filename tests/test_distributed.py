@@ -1,7 +1,9 @@
 """Several processes on the CPU (gloo): the same result as one process with the same global batch,
 identical ranks, metrics summed over ranks, two "nodes" on one machine, torchrun, and clear errors
 for every misconfiguration, a missing peer included."""
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -90,8 +92,16 @@ def test_misconfigurations_are_clear_errors(tmp_path, eight):
     assert_clean_error(run("--world_size", "2", "--gpu_ranks", "0", "--master_ip", "127.0.0.1:80"),
                        "--master_ip must look like tcp://host:port")
     if not torch.cuda.is_available():
-        assert_clean_error(run("--world_size", "2", "--gpu_ranks", "0", "1"), "--backend nccl needs CUDA")
+        proc = run("--world_size", "8", "--gpu_ranks", *map(str, range(8)))
+        assert_clean_error(proc, "--backend nccl (the default) needs CUDA", "add --backend gloo")
+        assert "problem)" in proc.stderr  # one problem: no contradicting second hint
+        for backend in ("nccl", "gloo"):  # one process: --gpu_ranks 3 is GPU 3 whatever the backend
+            assert_clean_error(run("--gpu_ranks", "3", "--backend", backend),
+                               "--gpu_ranks 3 asks for GPU 3, but CUDA is not available here")
         assert_clean_error(run("--fp16"), "--fp16 needs a GPU")
+        from uer.train.distributed import launch_problems  # --fp16_opt_level O0: fp32, as --help says
+        assert not launch_problems(TrainConfig(dataset_path="d", output_model_path="o", fp16=True,
+                                               fp16_opt_level="O0"))
     assert not (tmp_path / "m.bin").exists()
 
 
@@ -100,3 +110,72 @@ def test_a_peer_that_never_comes_is_a_timeout(tmp_path, eight):
                                       "0", "--backend", "gloo", "--master_ip", f"tcp://127.0.0.1:{free_port()}",
                                       "--dist_timeout", "3"), timeout=120)
     assert_clean_error(proc, "did not all meet", "within --dist_timeout 3s")
+
+
+
+def nodes(eight, out, layout, extras):
+    """The manual's multi-node launch on one machine: one pretrain.py command per node in `layout`
+    (the global ranks of each), node i given extras[i]; returns each command's (rc, stdout, stderr)."""
+    master = f"tcp://127.0.0.1:{free_port()}"
+    recipe = os.path.join(os.path.dirname(out), "tiny.json")
+    with open(recipe, "w") as f:
+        json.dump(TINY, f)
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "pretrain.py"), "--dataset_path", eight, "--vocab_path", ZH_VOCAB,
+         "--config_path", recipe, "--target", "mlm", "--output_model_path", str(out), "--total_steps", "6",
+         "--batch_size", "2", "--world_size", str(sum(len(r) for r in layout)), "--gpu_ranks", *map(str, ranks),
+         "--backend", "gloo", "--master_ip", master, "--dist_timeout", "120", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for ranks, extra in zip(layout, extras)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [(p.returncode, *o) for p, o in zip(procs, outs)]
+
+
+@pytest.mark.parametrize("layout", [((0,), (1,)), ((0,), (1, 2))], ids=["2 processes", "3 processes"])
+def test_options_given_on_node_0_only_are_taken_by_every_rank(tmp_path, eight, layout):
+    """The manual: the report and checkpoint intervals (and the dev set) need only be given on
+    Node-0. The run ends with the same weights as one where every node had them."""
+    node0 = ["--report_steps", "2", "--save_checkpoint_steps", "3", "--dev_dataset_path", eight, "--dev_steps", "3"]
+    every = nodes(eight, tmp_path / "every.bin", layout, [node0] * len(layout))
+    only = nodes(eight, tmp_path / "only.bin", layout, [node0] + [[]] * (len(layout) - 1))
+    for runs in (every, only):
+        assert [rc for rc, _, _ in runs] == [0] * len(layout), runs
+    lines = [line for line in only[0][1].splitlines() if " steps|" in line]
+    assert [line.split("/")[0].strip("| ") for line in lines if "dev|" not in line] == ["2", "4", "6"]
+    assert [line.split(" steps")[0].strip("| ") for line in lines if "dev|" in line] == ["3", "6"]
+    assert (tmp_path / "only.bin-3").exists() and (tmp_path / "only.bin-6").exists()
+    a, b = torch.load(tmp_path / "every.bin"), torch.load(tmp_path / "only.bin")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_options_that_must_agree_stop_every_rank_with_one_message(tmp_path, eight):
+    wider = tmp_path / "wider.json"
+    wider.write_text(json.dumps({**TINY, "hidden_size": 64, "emb_size": 64}))
+    runs = nodes(eight, tmp_path / "m.bin", ((0,), (1,)), [["--total_steps", "4"], ["--config_path", str(wider)]])
+    for rc, out, err in runs:
+        assert rc != 0 and "Traceback" not in err, err
+        assert "cannot train together" in err, err
+        assert "--total_steps: rank 0: 4; rank 1: 6" in err, err
+        assert "model hidden_size: rank 0: 32; rank 1: 64" in err, err
+    assert not list(tmp_path.glob("m.bin*"))
+
+
+def test_peers_say_what_they_wait_for(tmp_path, eight):
+    """Rank 0 says once whom it waits for; a rank whose master never comes says so in one line
+    (no C++ stack trace, no retry after the timeout); a port in use is named as such."""
+    def node(rank, master, *extra):
+        return run_script(*pretrain_args(eight, tmp_path / f"n{rank}.bin", "--world_size", "2", "--gpu_ranks",
+                                         str(rank), "--backend", "gloo", "--master_ip", master, "--dist_timeout",
+                                         "3", *extra), timeout=120)
+
+    proc = node(1, f"tcp://127.0.0.1:{free_port()}")
+    assert_clean_error(proc, "rank 1: nothing answered at tcp://127.0.0.1:", "within --dist_timeout 3s")
+    assert "frame #" not in proc.stderr and "retrying" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+    proc = node(0, f"tcp://127.0.0.1:{free_port()}")
+    assert proc.stdout.count("Rank 0 waits up to 3s (--dist_timeout) for the 2 processes to meet at") == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = node(0, f"tcp://127.0.0.1:{port}")
+    assert_clean_error(proc, f"port {port} is in use", "give --master_ip another port")

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, assert_clean_error, free_port, run_script
+from conftest import DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, free_port, run_script
 from uer.config import ModelConfig
 from uer.model import build_model
 from uer.train.checkpoint import latest_checkpoint, load_model, read_state_dict, save_model
@@ -161,18 +161,43 @@ def test_partial_load_initialises_what_is_missing(tmp_path):
 
 
 @pytest.mark.e2e
-def test_strict_load_option(tmp_path, setup):
-    """A bert checkpoint into an mlm model: refused by default (naming the keys); with
-    --strict_load false it loads what fits and says what it left."""
+def test_a_checkpoint_of_another_target_continues(tmp_path, setup):
+    """A bert checkpoint (the zoo's carry the NSP head) continued as mlm, RoBERTa-style, and as
+    albert: the embedding and encoder load strictly, the target's keys where they fit (the MLM
+    head), and the rest is listed in one line. An encoder that does not fit is still refused,
+    and the message names --strict_load false."""
     import json
 
+    from uer.data.builders import BuilderConfig
+    from uer.data.preprocess import PreprocessJob, build_dataset
+    from uer.vocab import Vocab
+
     cfg = ModelConfig(vocab_size=21128, target="bert", **json.loads(TINY_RECIPE))
-    save_model(build_model(cfg), str(tmp_path / "bert.bin"))
-    base = args(setup, tmp_path / "m.bin", 1) + ["--pretrained_model_path", str(tmp_path / "bert.bin")]
-    assert_clean_error(run_script(*base, timeout=300), "4 unexpected key(s)", "target.nsp_linear_1.weight")
-    proc = run_script(*base, "--strict_load", "false", timeout=300)
+    bert = build_model(cfg)
+    save_model(bert, str(tmp_path / "bert.bin"))
+    build_dataset(PreprocessJob(corpus_path=MINI_BERT, dataset_path=str(tmp_path / "albert.pt"), target="albert",
+                                tokenizer="bert", vocab=Vocab.load(ZH_VOCAB), spm_model_path=None,
+                                builder=BuilderConfig(seq_length=32)))
+    mlm = args(setup, tmp_path / "mlm.bin", 1, "--pretrained_model_path", str(tmp_path / "bert.bin"))
+    albert = [*args(setup, tmp_path / "albert.bin", 1, "--pretrained_model_path", str(tmp_path / "bert.bin")),
+              "--target", "albert", "--dataset_path", str(tmp_path / "albert.pt")]
+    for command, left in ((mlm, "4 unexpected (target.nsp_linear_1.weight"), (albert, "4 missing (target.sop_")):
+        proc = run_script(*command, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        line = next(line for line in proc.stdout.splitlines() if line.startswith("Partial load"))
+        assert left in line and "target.mlm" not in line and "encoder." not in line, line
+    trained, start = read_state_dict(str(tmp_path / "mlm.bin")), bert.state_dict()
+    assert not torch.equal(trained["target.mlm_linear_2.weight"], start["target.mlm_linear_2.weight"])  # trained on
+    torch.testing.assert_close(trained["target.mlm_linear_2.weight"], start["target.mlm_linear_2.weight"],
+                               atol=5e-3, rtol=0)  # one step away from the checkpoint's head, not a new one
+    wider = tmp_path / "wider.json"
+    wider.write_text(json.dumps({**json.loads(TINY_RECIPE), "feedforward_size": 128}))
+    assert_clean_error(run_script(*mlm, "--config_path", str(wider), "--overwrite", timeout=300),
+                       "mis-shaped key(s)", "encoder.transformer.0.feed_forward.linear_1.weight",
+                       "--strict_load false")
+    proc = run_script(*mlm, "--config_path", str(wider), "--strict_load", "false", "--overwrite", timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "Partial load" in proc.stdout and "4 unexpected" in proc.stdout
+    assert "Partial load" in proc.stdout and "mis-shaped" in proc.stdout
 
 
 class _Payload:

@@ -77,10 +77,12 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(model: nn.Module, path: str, strict: bool = True) -> dict:
+def load_model(model: nn.Module, path: str, strict: bool = True, any_target: bool = False) -> dict:
     """Load `path` into `model` (reference or later key names). Strict: any missing, unexpected or
     mis-shaped key is an error that lists them all. Not strict: the mismatches are returned and
-    the missing parameters keep their N(0, 0.02) init."""
+    the missing parameters keep their N(0, 0.02) init. any_target (continuing a checkpoint of
+    another target, e.g. bert as mlm): strict for the embedding and encoder, while the target's
+    keys load where they fit and the others are only returned."""
     state = read_state_dict(path)
     own = model.state_dict()
     target = getattr(model, "target", None)
@@ -91,7 +93,8 @@ def load_model(model: nn.Module, path: str, strict: bool = True) -> dict:
     misshaped = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
                  for k in own if k in state and state[k].shape != own[k].shape]
     report = {"missing": missing, "unexpected": unexpected, "misshaped": misshaped}
-    if strict and (missing or unexpected or misshaped):
+    blocking = [k for k in missing + unexpected + misshaped if not (any_target and k.startswith("target."))]
+    if strict and blocking:
         lines = [f"checkpoint {path} does not fit the model built from these options:"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if keys:
@@ -99,7 +102,8 @@ def load_model(model: nn.Module, path: str, strict: bool = True) -> dict:
                 lines.append(f"  {len(keys)} {title} key(s):")
                 lines += [f"    {k}" for k in shown]
         lines.append("Check --config_path, --embedding, --encoder and --target against the "
-                     "options the checkpoint was trained with.")
+                     "options the checkpoint was trained with (pretrain.py --strict_load false loads only "
+                     "the keys that fit).")
         raise UerError("\n".join(lines))
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fitting, strict=False)

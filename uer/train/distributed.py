@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.distributed as dist
@@ -46,7 +48,9 @@ def from_torchrun() -> bool:
 
 
 def _uses_cuda(cfg: TrainConfig) -> bool:
-    return bool(cfg.gpu_ranks) and (cfg.backend == "nccl" or torch.cuda.is_available())
+    """One process with --gpu_ranks N is GPU N; several are GPU processes unless gloo runs them
+    on a machine without CUDA."""
+    return bool(cfg.gpu_ranks) and (cfg.world_size == 1 or cfg.backend == "nccl" or torch.cuda.is_available())
 
 
 def launch_problems(cfg: TrainConfig) -> list[str]:
@@ -55,8 +59,9 @@ def launch_problems(cfg: TrainConfig) -> list[str]:
     torchrun = from_torchrun()
     world = int(os.environ["WORLD_SIZE"]) if torchrun else cfg.world_size
     if world > 1 and cfg.backend == "nccl" and not torch.cuda.is_available():
-        p.append("--backend nccl needs CUDA, which is not available here; use --backend gloo to "
-                 "train with several processes on the CPU")
+        p.append(f"--backend nccl (the default) needs CUDA, which is not available here: add --backend gloo to "
+                 f"run the {world} processes on the CPU, or leave out --world_size and --gpu_ranks to train in "
+                 "one process")
     if not torchrun:
         if cfg.world_size > 1 and not cfg.gpu_ranks:
             p.append(f"--world_size {cfg.world_size} needs --gpu_ranks: the global ranks of the processes "
@@ -67,14 +72,15 @@ def launch_problems(cfg: TrainConfig) -> list[str]:
         if _uses_cuda(cfg):
             visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if not torch.cuda.is_available():
-                p.append(f"--gpu_ranks {' '.join(map(str, cfg.gpu_ranks))} asks for GPUs, but CUDA is not "
-                         "available here; leave out --gpu_ranks to train on the CPU")
+                if cfg.world_size == 1:  # (several processes: the nccl message says what works)
+                    p.append(f"--gpu_ranks {cfg.gpu_ranks[0]} asks for GPU {cfg.gpu_ranks[0]}, but CUDA is not "
+                             "available here; leave out --gpu_ranks to train on the CPU")
             elif cfg.world_size == 1 and cfg.gpu_ranks[0] >= visible:
                 p.append(f"--gpu_ranks {cfg.gpu_ranks[0]}: only {visible} GPU(s) are visible")
             elif cfg.world_size > 1 and len(cfg.gpu_ranks) > visible:
                 p.append(f"--gpu_ranks starts {len(cfg.gpu_ranks)} processes on this node, one per GPU, but "
                          f"only {visible} GPU(s) are visible (CUDA_VISIBLE_DEVICES)")
-    if cfg.fp16 and not any(r.device.startswith("cuda") for r in local_ranks(cfg)):
+    if cfg.fp16 and cfg.fp16_opt_level != "O0" and not any(r.device.startswith("cuda") for r in local_ranks(cfg)):
         p.append("--fp16 needs a GPU (--gpu_ranks); on the CPU use --bf16")
     return p
 
@@ -104,6 +110,8 @@ def init(rank: Rank, cfg: TrainConfig) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank.local_count))
     if not rank.distributed:
         return
+    if rank.init_method.startswith("tcp://"):  # (torchrun's agent holds its own store)
+        meeting_point(rank, cfg.dist_timeout)
     timeout = datetime.timedelta(seconds=cfg.dist_timeout)
     try:
         dist.init_process_group(cfg.backend, init_method=rank.init_method, world_size=rank.world_size,
@@ -115,6 +123,87 @@ def init(rank: Rank, cfg: TrainConfig) -> None:
                        f"within --dist_timeout {cfg.dist_timeout}s ({type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''}). Start every node with the same "
                        "--world_size and --master_ip, and ranks that together cover 0..world_size-1.") from None
+
+
+# Options only rank 0 acts on (it reports, saves, writes the logs): the manual gives them on Node-0
+# only, so every rank takes rank 0's; the dev set is evaluated by all, on rank 0's settings.
+FROM_RANK_0 = ("report_steps", "save_checkpoint_steps", "log_path", "metrics_path", "dev_dataset_path",
+               "dev_steps", "best_model_path", "output_model_path", "resume", "overwrite")
+# Options that may differ between processes: where this node's files are, how it runs here.
+LOCAL = ("dataset_path", "pretrained_model_path", "strict_load", "instances_buffer_size", "kernels",
+         "gpu_ranks", "master_ip", "backend", "dist_timeout")
+
+
+def _by_rank(values: list) -> str:
+    groups: dict[str, list[int]] = {}
+    for r, v in enumerate(values):
+        groups.setdefault(repr(v), []).append(r)
+    return "; ".join(f"{'rank' if len(rs) == 1 else 'ranks'} {', '.join(map(str, rs))}: {v}"
+                     for v, rs in groups.items())
+
+
+def agree(rank: Rank, tcfg: TrainConfig, facts: dict[str, dict], problem: str | None = None) -> TrainConfig:
+    """Right after the rendezvous: every rank takes rank 0's FROM_RANK_0 options, and compares the
+    ones that must be equal (every other option but LOCAL, and facts: the model, the dataset, ...)
+    and whether each could open its files (problem). Any difference or problem stops every rank
+    with one message that lists them all, before any collective could mismatch."""
+    if not rank.distributed:
+        return tcfg
+    mine = {f.name: getattr(tcfg, f.name) for f in fields(tcfg)}
+    everyone = [None] * rank.world_size
+    dist.all_gather_object(everyone, (mine, facts, problem))
+    first = everyone[0][0]
+    found = [f"rank {r}: {p}" for r, (_, _, p) in enumerate(everyone) if p]
+    for k in mine:
+        values = [opts[k] for opts, _, _ in everyone]
+        if k not in FROM_RANK_0 and k not in LOCAL and len({repr(v) for v in values}) > 1:
+            found.append(f"--{k}: {_by_rank(values)}")
+    for name in facts:
+        for key in facts[name]:
+            values = [f[name].get(key) for _, f, _ in everyone]
+            if len({repr(v) for v in values}) > 1:
+                found.append(f"{name} {key}: {_by_rank(values)}")
+    tcfg = replace(tcfg, **{k: first[k] for k in FROM_RANK_0})
+    if not found:  # rank 0's files must be there for every rank (the dev set is read by all)
+        missing = tcfg.dev_dataset_path if tcfg.dev_dataset_path and not os.path.isfile(tcfg.dev_dataset_path) \
+            else None
+        gone = [None] * rank.world_size
+        dist.all_gather_object(gone, missing)
+        found = [f"rank {r}: --dev_dataset_path {m} (rank 0's) is not a file here" for r, m in enumerate(gone) if m]
+    if found:
+        raise UerError(f"the {rank.world_size} processes cannot train together (start every node with the same "
+                       "options and files; the report, checkpoint, log and dev options are taken from rank 0):\n  "
+                       + "\n  ".join(found))
+    return tcfg
+
+
+def meeting_point(rank: Rank, seconds: int) -> None:
+    """Before torch's rendezvous, in plain words: rank 0 says that it waits and for whom, and a
+    port in use is an error at once; another rank waits, once, up to the timeout, for rank 0's
+    port to answer (torch's client would retry after its timeout and log C++ stack traces)."""
+    host, port = rank.init_method[len("tcp://"):].rsplit(":", 1)
+    if rank.is_main:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("", int(port)))
+            except OSError as e:
+                raise UerError(f"rank 0: cannot listen at {rank.init_method}: port {port} is in use "
+                               f"({e.strerror}); give --master_ip another port") from None
+        print(f"Rank 0 waits up to {seconds}s (--dist_timeout) for the {rank.world_size} processes to meet at "
+              f"{rank.init_method}.", flush=True)
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=min(2.0, seconds)).close()
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise UerError(f"rank {rank.rank}: nothing answered at {rank.init_method} within --dist_timeout "
+                               f"{seconds}s: start rank 0 (Node-0) with the same --master_ip, and check that this "
+                               "machine can reach it") from None
+            time.sleep(0.5)
 
 
 def finish(rank: Rank) -> None:

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -29,7 +29,7 @@ from uer.errors import UerError
 from uer.model import build_model, count_parameters
 from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_model, \
     save_training_state, state_path, state_problems
-from uer.train.distributed import Rank, end_with_launcher, finish, from_torchrun, init
+from uer.train.distributed import Rank, agree, end_with_launcher, finish, from_torchrun, init
 from uer.kernels import use_kernels
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.train.precision import NonFinite, Precision, autocast
@@ -255,11 +255,13 @@ def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device:
     set_seed(tcfg.seed)  # the same initial weights on every rank
     model = build_model(mcfg)
     if tcfg.pretrained_model_path:
-        report = load_model(model, tcfg.pretrained_model_path, strict=tcfg.strict_load)
-        if rank.is_main and not tcfg.strict_load and any(report.values()):
+        # the embedding and encoder must fit; a head of another target (bert's NSP continued as
+        # mlm) is left out, a new one initialised, and both listed
+        report = load_model(model, tcfg.pretrained_model_path, strict=tcfg.strict_load, any_target=True)
+        if rank.is_main and any(report.values()):
             log(f"Partial load of {tcfg.pretrained_model_path}: " + "; ".join(
-                f"{len(v)} {k} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})" for k, v in report.items() if v)
-                + ". Missing parameters keep their N(0, 0.02) init.")
+                f"{len(v)} {k.replace('misshaped', 'mis-shaped')} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"
+                for k, v in report.items() if v) + ". Missing parameters keep their N(0, 0.02) init.")
     model.to(device)
     for warning in precision.prepare(model):
         log(warning)
@@ -496,21 +498,34 @@ def _silent(*_args, **_kw) -> None:
 def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_path: str, special: SpecialIds,
                     masking: MaskingConfig | None, process: dict) -> None:
     """One process of a command-line run: take the process-wide settings the command line chose
-    (process: keep_freed_memory, batch_worker, progress_bar), join the other ranks, open the
-    dataset (memory-mapped; only this rank's share is read), train, leave."""
+    (process: keep_freed_memory, batch_worker, progress_bar), join the other ranks and agree with
+    them on the options, open the dataset (memory-mapped; only this rank's share is read), train,
+    leave."""
     if process["keep_freed_memory"]:
         retain_freed_memory()
     if from_torchrun():  # torchrun's agent is the launcher
         end_with_launcher(rank.rank)
     init(rank, tcfg)
-    bar, log = None, print
-    if process["progress_bar"] and rank.is_main and sys.stderr.isatty():  # only for a person watching
-        from tqdm import tqdm
-
-        bar = tqdm(total=tcfg.total_steps, unit="step", dynamic_ncols=True, leave=False)
-        log = tqdm.write  # report lines above the bar
+    bar = None
     try:
-        train(tcfg, mcfg, Dataset(dataset_path), special, masking, log=log, rank=rank, progress=bar,
+        dataset, problem = None, None
+        try:
+            dataset = Dataset(dataset_path)
+        except UerError as e:
+            problem = str(e)
+        described = {k: v for k, v in dataset.header.items() if k not in ("corpus", "vocab_source", "arrays")} \
+            if dataset is not None else {}
+        tcfg = agree(rank, tcfg, {"model": asdict(mcfg), "dataset": described,
+                                  "masking": asdict(masking) if masking else {}}, problem)
+        if problem:  # one process: nobody to agree with
+            raise UerError(problem)
+        log = print
+        if process["progress_bar"] and rank.is_main and sys.stderr.isatty():  # only for a person watching
+            from tqdm import tqdm
+
+            bar = tqdm(total=tcfg.total_steps, unit="step", dynamic_ncols=True, leave=False)
+            log = tqdm.write  # report lines above the bar
+        train(tcfg, mcfg, dataset, special, masking, log=log, rank=rank, progress=bar,
               worker=process["batch_worker"])
     finally:
         if bar is not None:
