@@ -15,10 +15,10 @@ import tempfile
 from dataclasses import dataclass, fields
 
 from uer.errors import ConfigError, UerError
+from uer.options import OPTIONS, POOLINGS, default as _d  # noqa: F401  (POOLINGS: for the cls target)
 
 # the largest Adam beta without --adam_bias_correction (see uer.train.optim.STEP_OFFSET)
 MAX_BETA = 0.99999
-from uer.options import OPTIONS, POOLINGS, default as _d  # noqa: F401  (POOLINGS: for the cls target)
 
 
 @dataclass(frozen=True)

@@ -149,21 +149,16 @@ def agree(rank: Rank, tcfg: TrainConfig, facts: dict[str, dict], problem: str | 
     with one message that lists them all, before any collective could mismatch."""
     if not rank.distributed:
         return tcfg
-    mine = {f.name: getattr(tcfg, f.name) for f in fields(tcfg)}
+    compared = {f"--{f.name}": getattr(tcfg, f.name) for f in fields(tcfg) if f.name not in FROM_RANK_0 + LOCAL}
+    compared.update({f"{name} {key}": v for name, values in facts.items() for key, v in values.items()})
     everyone = [None] * rank.world_size
-    dist.all_gather_object(everyone, (mine, facts, problem))
-    first = everyone[0][0]
+    dist.all_gather_object(everyone, ({k: getattr(tcfg, k) for k in FROM_RANK_0}, compared, problem))
     found = [f"rank {r}: {p}" for r, (_, _, p) in enumerate(everyone) if p]
-    for k in mine:
-        values = [opts[k] for opts, _, _ in everyone]
-        if k not in FROM_RANK_0 and k not in LOCAL and len({repr(v) for v in values}) > 1:
-            found.append(f"--{k}: {_by_rank(values)}")
-    for name in facts:
-        for key in facts[name]:
-            values = [f[name].get(key) for _, f, _ in everyone]
-            if len({repr(v) for v in values}) > 1:
-                found.append(f"{name} {key}: {_by_rank(values)}")
-    tcfg = replace(tcfg, **{k: first[k] for k in FROM_RANK_0})
+    for what in compared:
+        values = [c.get(what) for _, c, _ in everyone]
+        if len({repr(v) for v in values}) > 1:
+            found.append(f"{what}: {_by_rank(values)}")
+    tcfg = replace(tcfg, **everyone[0][0])
     if not found:  # rank 0's files must be there for every rank (the dev set is read by all)
         missing = tcfg.dev_dataset_path if tcfg.dev_dataset_path and not os.path.isfile(tcfg.dev_dataset_path) \
             else None

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 
-
 def no_decay(name: str) -> bool:
     leaf = name.rsplit(".", 1)[-1]
     return leaf in ("bias", "gamma", "beta") or "layer_norm" in name
