@@ -10,7 +10,9 @@ the shared CLUE sample; the reference runs a plain PyTorch loop (AdamW, clipping
 autocast) over the very same batches:
   bert -> BertForPreTraining, mlm -> BertForMaskedLM, with the MLM head applied only to the masked
           positions ("sparse"), and the plain HF call with -100 labels ("dense");
-  lm   -> GPT2LMHeadModel (full-vocabulary logits at every position, as HF computes them).
+  lm   -> GPT2LMHeadModel (full-vocabulary logits at every position, as HF computes them);
+  llama -> LlamaForCausalLM: uer's LLaMA-style model (RMSNorm, SwiGLU, RoPE, no biases, half as many
+          key/value heads as query heads) at the recipe's sizes, on the lm dataset.
 Reported: real (non-pad) tokens/s, padded tokens/s, step time, model-FLOPs utilisation (real
 tokens only; 6 x parameters-in-matmuls per token plus attention and the heads at the predicted
 positions; for uer's bert and mlm, whose last layer runs only at the positions the loss reads, the
@@ -53,7 +55,7 @@ from common import ROOT, SHARED, table  # noqa: E402
 
 VOCAB = os.path.join(SHARED, "models", "google_zh_vocab.txt")
 CORPORA = {"bert": "CLUECorpusSmall_bert_sampled.txt", "mlm": "CLUECorpusSmall_sampled.txt",
-           "lm": "CLUECorpusSmall_sampled.txt"}
+           "lm": "CLUECorpusSmall_sampled.txt", "llama": "CLUECorpusSmall_sampled.txt"}
 RECIPES = {"tiny": "bert_tiny_config.json", "small": "bert_small_config.json", "base": "bert_base_config.json"}
 
 
@@ -129,11 +131,13 @@ def model_flops(cfg, lengths: list[int], predicted: int, rows: int, last_rows: l
     last_rows: the positions per row at which the last layer runs (uer with a target that reads
     only some positions); None: all of them."""
     H, F, L, V = cfg.hidden_size, cfg.feedforward_size, cfg.layers_num, cfg.vocab_size
+    kv = H * (cfg.local_kv_heads_num or cfg.heads_num) // cfg.heads_num  # K and V widths
+    ffn = (3 if cfg.feed_forward == "gated" else 2) * H * F
     fwd = 0.0
     for i, n in enumerate(lengths):
         u = n if last_rows is None else last_rows[i]
-        fwd += 2 * (L - 1) * (4 * H * H + 2 * H * F) * n + 4 * (L - 1) * H * n * n  # linears; QK^T and AV
-        fwd += 4 * H * H * n + (4 * H * H + 4 * H * F) * u + 4 * H * u * n  # last layer: K, V at every position
+        fwd += 2 * (L - 1) * (2 * H * H + 2 * H * kv + ffn) * n + 4 * (L - 1) * H * n * n  # linears; QK^T, AV
+        fwd += 4 * H * kv * n + 2 * (2 * H * H + ffn) * u + 4 * H * u * n  # last layer: K, V at every position
     if cfg.target in ("bert", "mlm"):
         fwd += 2 * (H * H + H * V) * predicted  # transform + output layer at the masked positions
         if cfg.target == "bert":
@@ -147,6 +151,7 @@ def build_dataset(target: str, seq_length: int, work: str) -> str:
     from uer.cli import preprocess_main
 
     path = os.path.join(work, f"{target}.pt")
+    target = "lm" if target == "llama" else target
     extra = ["--dynamic_masking"] if target != "lm" else []
     if target == "mlm":
         extra.append("--full_sentences")
@@ -210,6 +215,12 @@ def hf_model(mcfg, target: str):
     import transformers as tf
 
     H, L = mcfg.hidden_size, mcfg.layers_num
+    if target == "llama":
+        conf = tf.LlamaConfig(vocab_size=mcfg.vocab_size, hidden_size=H, intermediate_size=mcfg.feedforward_size,
+                              num_hidden_layers=L, num_attention_heads=mcfg.heads_num,
+                              num_key_value_heads=mcfg.local_kv_heads_num, max_position_embeddings=512,
+                              rms_norm_eps=mcfg.layernorm_eps, attn_implementation="sdpa")
+        return tf.LlamaForCausalLM(conf)
     if target == "lm":
         conf = tf.GPT2Config(vocab_size=mcfg.vocab_size, n_embd=H, n_layer=L, n_head=mcfg.heads_num,
                              n_inner=mcfg.feedforward_size, n_positions=512, attn_implementation="sdpa")
@@ -223,7 +234,7 @@ def hf_model(mcfg, target: str):
 def hf_loss(model, target: str, b: dict, sparse: bool) -> torch.Tensor:
     ce = torch.nn.functional.cross_entropy
     mask = (b["src"] != 0).long()
-    if target == "lm":
+    if target in ("lm", "llama"):
         logits = model(input_ids=b["src"], attention_mask=mask).logits
         return ce(logits.reshape(-1, logits.shape[-1])[b["lm_pos"]].float(), b["lm_tgt"])
     types = (b["seg"] == 2).long()
@@ -280,7 +291,9 @@ SYSTEMS = {  # name -> ("uer", length_buckets[, --compile, --kernels]) or ("hf",
     "HF sparse MLM head": ("hf", True, False), "HF sparse MLM head + uer's malloc setting": ("hf", True, True),
     "HF plain (dense head)": ("hf", False, False),
     "HF GPT2LMHeadModel": ("hf", True, False), "HF GPT2LMHeadModel + uer's malloc setting": ("hf", True, True),
+    "HF LlamaForCausalLM": ("hf", True, False), "HF LlamaForCausalLM + uer's malloc setting": ("hf", True, True),
 }
+REFERENCES = {"lm": "HF GPT2LMHeadModel", "llama": "HF LlamaForCausalLM"}
 
 
 def model_config(recipe: str, target: str, vocab_size: int):
@@ -290,6 +303,12 @@ def model_config(recipe: str, target: str, vocab_size: int):
     if target == "lm":  # GPT-2 layout, as GPT2LMHeadModel
         options.update(mask="causal", embedding="word_pos", remove_embedding_layernorm=True,
                        layernorm_positioning="pre", tie_weights=True)
+    if target == "llama":  # LLaMA layout at the recipe's sizes, as LlamaForCausalLM
+        with open(os.path.join(ROOT, "models", "llama_tiny_config.json"), encoding="utf-8") as f:
+            blocks = {k: v for k, v in json.load(f).items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+        sizes = load_recipe(os.path.join(ROOT, "models", RECIPES[recipe]))
+        options = {**blocks, "dropout": 0.0, "layernorm_eps": 1e-6, "local_kv_heads_num": sizes["heads_num"] // 2}
+        return build_model_config(sizes, options, set(options), vocab_size)
     return build_model_config(load_recipe(os.path.join(ROOT, "models", RECIPES[recipe])), options, set(options),
                               vocab_size)
 
@@ -345,8 +364,8 @@ def run_job(job: dict, argv: list[str]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipes", nargs="+", default=["tiny"], choices=sorted(RECIPES), help="Model sizes.")
-    p.add_argument("--targets", nargs="+", default=["bert", "mlm", "lm"], choices=["bert", "mlm", "lm"],
-                   help="Pre-training targets.")
+    p.add_argument("--targets", nargs="+", default=["bert", "mlm", "lm"], choices=["bert", "mlm", "lm", "llama"],
+                   help="Pre-training targets (llama: the lm target on a LLaMA-style model).")
     p.add_argument("--steps", type=int, default=64, help="Timed optimizer steps per run (64: one bucket window).")
     p.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
     p.add_argument("--batch_size", type=int, default=32, help="Instances per step.")
@@ -406,13 +425,13 @@ def main(argv=None) -> int:
                 mcfg = model_config(recipe, target, len(vocab))
                 plain = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed)
                 bucketed = batches(ds, special, args.batch_size, args.warmup + args.steps, args.seed, True)
-                ref_name = "HF GPT2LMHeadModel" if target == "lm" else "HF sparse MLM head"
+                ref_name = REFERENCES.get(target, "HF sparse MLM head")
                 names = (["uer"] + ["uer --kernels stock"] * args.stock_row
                          + ["uer --length_buckets false"] * (not args.no_unbucketed)
                          + ["uer --compile"] * args.compile + [ref_name])
                 if not args.no_retain_row:
                     names.append(ref_name + " + uer's malloc setting")
-                if target != "lm" and not args.no_dense:
+                if target in ("bert", "mlm") and not args.no_dense:
                     names.append("HF plain (dense head)")
                 stats, step_flops = {}, {}
                 for name in names:

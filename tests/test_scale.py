@@ -34,5 +34,6 @@ def test_memory_flat_in_corpus_size_20mb(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_one_gigabyte_corpus(tmp_path):
     check(scale(tmp_path, 1024))

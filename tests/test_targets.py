@@ -269,6 +269,15 @@ SYSTEMS = {
     "GPT-2": (DOC_CORPUS, "--target lm",
               "--config_path models/bert_base_config.json --embedding word_pos --remove_embedding_layernorm "
               "--encoder transformer --mask causal --layernorm_positioning pre --target lm --tie_weights", {}),
+    "LLaMA-style": (DOC_CORPUS, "--target lm",
+                    "--config_path models/llama_tiny_config.json --embedding word --remove_embedding_layernorm "
+                    "--encoder transformer --mask causal --layernorm_positioning pre --layernorm rms "
+                    "--feed_forward gated --hidden_act silu --remove_transformer_bias --rotary_position_embedding "
+                    "--local_kv_heads_num 2 --target lm", {}),
+    "Modern encoder (mlm)": (DOC_CORPUS, "--target mlm --dynamic_masking --full_sentences",
+                             "--config_path models/modern_bert_tiny_config.json --embedding word --encoder transformer "
+                             "--mask fully_visible --layernorm_positioning pre --feed_forward gated --hidden_act gelu "
+                             "--remove_transformer_bias --rotary_position_embedding --target mlm", {}),
     "ELMo": (DOC_CORPUS, "--target bilm",
              "--config_path models/birnn_config.json --embedding word --encoder bilstm --target bilm",
              {"hidden_size": 64}),

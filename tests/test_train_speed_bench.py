@@ -59,3 +59,21 @@ def test_the_step_clock_times_each_step_without_its_probes(monkeypatch):
         clock.mark()
     assert [timed for timed, _ in clock.probes] == [0, 2, 4, 5]
     assert clock.step_s == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("target", ["lm", "llama"])
+def test_model_flops_count_every_linear_of_the_model(target):
+    """The FLOPs the bench charges a step: 2 per weight of every encoder linear and per token (GQA's
+    narrower K and V, the gated feed-forward's third matrix), attention's products, the output
+    layer at the predicted positions; 3x for forward + backward."""
+    from train_speed import model_config, model_flops
+    from uer.model import build_model
+
+    cfg = model_config("tiny", target, 1000)
+    assert (cfg.feed_forward, cfg.local_kv_heads_num) == (("gated", 3) if target == "llama" else ("dense", None))
+    with torch.device("meta"):
+        model = build_model(cfg, init=False)
+    linear = sum(m.weight.numel() for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
+    n, predicted = 50, 49
+    want = 3 * (2 * linear * n + 4 * cfg.layers_num * cfg.hidden_size * n * n + 2 * cfg.hidden_size * 1000 * predicted)
+    assert model_flops(cfg, [n], predicted, 1) == want

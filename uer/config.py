@@ -29,11 +29,16 @@ class ModelConfig:
     feedforward_size: int = 3072
     heads_num: int = 12
     layers_num: int = 12
-    hidden_act: str = "gelu"
+    hidden_act: str = _d("hidden_act")
     dropout: float = _d("dropout")
     max_seq_length: int = 512
-    layernorm: str = "torch"          # "torch" (F.layer_norm) or "uer" (the reference formula)
+    layernorm: str = _d("layernorm")  # "torch" (F.layer_norm), "uer" (the reference formula), "rms"
     layernorm_eps: float = 1e-6
+    feed_forward: str = _d("feed_forward")
+    remove_transformer_bias: bool = _d("remove_transformer_bias")
+    rotary_position_embedding: bool = _d("rotary_position_embedding")
+    rope_base: float = _d("rope_base")
+    local_kv_heads_num: int | None = _d("local_kv_heads_num")
     kernel_size: int = 3
     block_size: int = 2
     embedding: str = _d("embedding")
@@ -57,7 +62,8 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
 
-HIDDEN_ACTS = ("gelu", "gelu_fast", "relu")  # the recipe's hidden_act
+HIDDEN_ACTS = OPTIONS["hidden_act"].choices
+LAYERNORMS = OPTIONS["layernorm"].choices
 
 
 @dataclass(frozen=True)

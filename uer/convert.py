@@ -1,6 +1,7 @@
 """Checkpoint conversion between uer (the reference key names, SPEC 4) and HuggingFace transformers,
-both directions, for BERT (BertForPreTraining / BertForMaskedLM), GPT-2 (GPT2LMHeadModel) and ALBERT
-(AlbertForPreTraining). Sizes are read from the tensors; nothing is hard-coded.
+both directions, for BERT (BertForPreTraining / BertForMaskedLM), GPT-2 (GPT2LMHeadModel), ALBERT
+(AlbertForPreTraining) and LLaMA (LlamaForCausalLM, as a model directory with its config.json).
+Sizes are read from the tensors; nothing is hard-coded.
 
 Each family is a table of (uer key, HF key) pairs, `{i}` standing for a layer index, plus the few
 tensors that need a transform (the pad row of the segment table, GPT-2's fused and transposed
@@ -211,6 +212,226 @@ def gpt2_to_hf(uer: dict, layers_num: int | None = None) -> dict:
     out[t + "ln_f.bias"] = _take(uer, "encoder.layer_norm.beta", "uer GPT-2")
     out["lm_head.weight"] = _take(uer, "target.output_layer.weight", "uer GPT-2")
     return out
+
+
+# -- LLaMA --------------------------------------------------------------------------------------
+# A directory both ways: config.json (transformers' LlamaConfig fields) and model.safetensors. RoPE
+# uses the same (rotate-half) feature layout in uer and transformers, so q and k need no permutation.
+
+LLAMA_LAYER = [
+    ("self_attn.linear_layers.0", "self_attn.q_proj"), ("self_attn.linear_layers.1", "self_attn.k_proj"),
+    ("self_attn.linear_layers.2", "self_attn.v_proj"), ("self_attn.final_linear", "self_attn.o_proj"),
+    ("feed_forward.linear_gate", "mlp.gate_proj"), ("feed_forward.linear_1", "mlp.up_proj"),
+    ("feed_forward.linear_2", "mlp.down_proj"),
+]
+#: uer's activation -> transformers' hidden_act (and the names transformers uses for the same function)
+HF_ACTS = {"silu": ("silu", "swish"), "gelu": ("gelu",), "gelu_fast": ("gelu_pytorch_tanh", "gelu_new"),
+           "relu": ("relu",)}
+#: what a uer model must be to be a LlamaForCausalLM: (field, required value)
+LLAMA_SHAPE = [("embedding", "word"), ("remove_embedding_layernorm", True), ("encoder", "transformer"),
+               ("mask", "causal"), ("layernorm_positioning", "pre"), ("layernorm", "rms"),
+               ("feed_forward", "gated"), ("rotary_position_embedding", True), ("target", "lm"),
+               ("has_lmtarget_bias", False), ("parameter_sharing", False),
+               ("factorized_embedding_parameterization", False)]
+
+
+def llama_pairs(layers_num: int, bias: bool) -> list[tuple[str, str]]:
+    pairs = [("embedding.word_embedding.weight", "model.embed_tokens.weight"),
+             ("encoder.layer_norm.gamma", "model.norm.weight"),
+             ("target.output_layer.weight", "lm_head.weight")]
+    for i in range(layers_num):
+        u, h = f"encoder.transformer.{i}.", f"model.layers.{i}."
+        pairs += [(u + "layer_norm_1.gamma", h + "input_layernorm.weight"),
+                  (u + "layer_norm_2.gamma", h + "post_attention_layernorm.weight")]
+        for uk, hk in LLAMA_LAYER:
+            pairs += [(f"{u}{uk}.{p}", f"{h}{hk}.{p}") for p in (("weight", "bias") if bias else ("weight",))]
+    return pairs
+
+
+def llama_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
+    """transformers' LlamaConfig fields -> a uer recipe; what uer cannot build exactly is refused,
+    every reason in one error."""
+    p = []
+    if conf.get("model_type") != "llama":
+        p.append(f"{where}: model_type is {conf.get('model_type')!r}, expected 'llama'")
+    H, heads = conf.get("hidden_size"), conf.get("num_attention_heads")
+    missing = [k for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers",
+                           "vocab_size") if not isinstance(conf.get(k), int)]
+    if missing:
+        raise UerError(f"{where}: no whole-number {', '.join(missing)}")
+    head_dim = conf.get("head_dim") or H // heads
+    if head_dim * heads != H:
+        p.append(f"{where}: head_dim {head_dim} x num_attention_heads {heads} differs from hidden_size {H} "
+                 "(uer's heads split the hidden size)")
+    rope = conf.get("rope_parameters") or conf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        p.append(f"{where}: RoPE scaling {rope_type!r} is not available in uer (only the default RoPE)")
+    theta = rope.get("rope_theta", conf.get("rope_theta", 10000.0))
+    if conf.get("attention_bias", False) != conf.get("mlp_bias", False):
+        p.append(f"{where}: attention_bias {conf.get('attention_bias')} and mlp_bias {conf.get('mlp_bias')} "
+                 "differ; uer's --remove_transformer_bias removes both or neither")
+    act = conf.get("hidden_act", "silu")
+    ours = [u for u, names in HF_ACTS.items() if act in names]
+    if not ours:
+        p.append(f"{where}: hidden_act {act!r} is not one of uer's activations "
+                 f"({', '.join(n for names in HF_ACTS.values() for n in names)})")
+    if p:
+        raise UerError("cannot convert this LLaMA model to uer:\n  " + "\n  ".join(p))
+    kv = conf.get("num_key_value_heads") or heads
+    recipe = {"emb_size": H, "hidden_size": H, "feedforward_size": conf["intermediate_size"], "heads_num": heads,
+              "layers_num": conf["num_hidden_layers"], "hidden_act": ours[0], "dropout": 0.0,
+              "max_seq_length": conf.get("max_position_embeddings", 2048),
+              "layernorm": "rms", "layernorm_eps": conf.get("rms_norm_eps", 1e-6), "feed_forward": "gated",
+              "remove_transformer_bias": not conf.get("attention_bias", False),
+              "rotary_position_embedding": True, "rope_base": float(theta), "embedding": "word",
+              "remove_embedding_layernorm": True, "encoder": "transformer", "mask": "causal",
+              "layernorm_positioning": "pre", "target": "lm", "tie_weights": bool(conf.get("tie_word_embeddings"))}
+    if kv != heads:
+        recipe["local_kv_heads_num"] = kv
+    return recipe
+
+
+def llama_config_to_hf(cfg) -> dict:
+    """A uer ModelConfig (LLaMA-shaped) -> transformers' LlamaConfig fields (config.json)."""
+    wrong = [f"{k} is {getattr(cfg, k)!r}, LlamaForCausalLM needs {want!r}" for k, want in LLAMA_SHAPE
+             if getattr(cfg, k) != want]
+    if cfg.emb_size != cfg.hidden_size:
+        wrong.append(f"emb_size {cfg.emb_size} differs from hidden_size {cfg.hidden_size}")
+    if wrong:
+        raise UerError("this model is not a LLaMA-style model:\n  " + "\n  ".join(wrong))
+    bias = not cfg.remove_transformer_bias
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.feedforward_size,
+            "num_hidden_layers": cfg.layers_num, "num_attention_heads": cfg.heads_num,
+            "num_key_value_heads": cfg.local_kv_heads_num or cfg.heads_num,
+            "head_dim": cfg.hidden_size // cfg.heads_num, "hidden_act": HF_ACTS[cfg.hidden_act][0],
+            "max_position_embeddings": cfg.max_seq_length, "rms_norm_eps": cfg.layernorm_eps,
+            # both spellings: transformers 5 reads rope_parameters, 4.x rope_theta
+            "rope_theta": cfg.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+            "attention_bias": bias, "mlp_bias": bias, "attention_dropout": 0.0,
+            "tie_word_embeddings": cfg.tie_weights, "initializer_range": 0.02, "torch_dtype": "float32"}
+
+
+def llama_from_hf(hf: dict, recipe: dict) -> dict:
+    bias = not recipe["remove_transformer_bias"]
+    hf = dict(hf)
+    if recipe["tie_weights"] or "lm_head.weight" not in hf:
+        hf["lm_head.weight"] = _take(hf, "model.embed_tokens.weight", "HF LLaMA")
+    n = _check_layers(recipe["layers_num"], count_layers(hf, r"model\.layers\.(\d+)\."))
+    return _ordered({u: _take(hf, h, "HF LLaMA") for u, h in llama_pairs(n, bias)})
+
+
+def llama_to_hf(uer: dict, cfg) -> dict:
+    n = _check_layers(cfg.layers_num, count_layers(uer, r"encoder\.transformer\.(\d+)\."))
+    out = {h: _take(uer, u, "uer LLaMA") for u, h in llama_pairs(n, not cfg.remove_transformer_bias)}
+    if cfg.tie_weights:
+        del out["lm_head.weight"]  # transformers ties it to embed_tokens
+    return out
+
+
+def read_hf_dir(path: str) -> tuple[dict, dict]:
+    """(config.json, the state dict) of a transformers model directory: model.safetensors, its
+    shards (model.safetensors.index.json) or pytorch_model.bin."""
+    import json
+    import os
+
+    from uer.checkpoint import read_state_dict
+
+    conf_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise UerError(f"--input_dir {path}: not a directory")
+    if not os.path.isfile(conf_path):
+        raise UerError(f"--input_dir {path} has no config.json: is it a transformers model directory?")
+    try:
+        with open(conf_path, encoding="utf-8") as f:
+            conf = json.load(f)
+    except ValueError as e:
+        raise UerError(f"{conf_path} is not valid JSON: {e}") from None
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(read_state_dict(os.path.join(path, shard)))
+        return conf, state
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(path, name)):
+            return conf, read_state_dict(os.path.join(path, name))
+    raise UerError(f"--input_dir {path} holds no model.safetensors, model.safetensors.index.json or "
+                   "pytorch_model.bin")
+
+
+def write_hf_dir(path: str, conf: dict, state: dict) -> None:
+    """config.json and model.safetensors into the directory `path`, each file written atomically."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    from uer.utils import atomic_path
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UerError(f"--output_dir {path} is a file; give a directory")
+    os.makedirs(path, exist_ok=True)
+    with atomic_path(os.path.join(path, "model.safetensors")) as tmp:
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, tmp, metadata={"format": "pt"})
+    with atomic_path(os.path.join(path, "config.json")) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(conf, f, indent=2)
+            f.write("\n")
+
+
+def llama_cli(direction: str, argv=None) -> int:
+    """The body of scripts/convert_llama_from_<a>_to_<b>.py."""
+    from uer.errors import run_cli
+
+    def main(argv):
+        import json
+        import os
+
+        from uer.options import parse
+
+        args, _ = parse(f"convert_llama_{direction}", argv)
+        from uer.checkpoint import read_state_dict
+        from uer.utils import atomic_path
+
+        if direction == "from_huggingface_to_uer":
+            conf, hf = read_hf_dir(args.input_dir)
+            recipe = llama_recipe_from_hf(conf, os.path.join(args.input_dir, "config.json"))
+            out = llama_from_hf(hf, recipe)
+            with atomic_path(args.output_model_path) as tmp:
+                if args.output_model_path.endswith(".safetensors"):
+                    from safetensors.torch import save_file
+
+                    save_file({k: v.contiguous().clone() for k, v in out.items()}, tmp)
+                else:
+                    torch.save(out, tmp)
+            recipe_path = args.output_config_path or os.path.splitext(args.output_model_path)[0] + "_config.json"
+            with atomic_path(recipe_path) as tmp:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(recipe, f, indent=2)
+                    f.write("\n")
+            print(f"Wrote {args.output_model_path}: {len(out)} tensors, and its recipe {recipe_path} "
+                  f"(give it as --config_path).")
+            return 0
+        from uer.config import build_model_config, load_recipe
+        from uer.model import model_problems
+
+        state = read_state_dict(args.input_model_path)
+        vocab_size = _take(state, "embedding.word_embedding.weight", "uer LLaMA").shape[0]
+        cfg = build_model_config(load_recipe(args.config_path), {}, set(), vocab_size)
+        problems = model_problems(cfg)
+        if problems:
+            from uer.errors import ConfigError
+
+            raise ConfigError(problems, what=f"model recipe {args.config_path}")
+        write_hf_dir(args.output_dir, llama_config_to_hf(cfg), llama_to_hf(state, cfg))
+        print(f"Wrote {args.output_dir}: config.json and model.safetensors (LlamaForCausalLM).")
+        return 0
+
+    return run_cli(main, argv)
 
 
 def _ordered(state: dict) -> dict:

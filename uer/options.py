@@ -92,6 +92,10 @@ _DECLARED = [
     Option("output_model_path", "Where the model goes."),
     Option("load_model_path", "The model checkpoint."),
     Option("input_model_path", "The checkpoint to read."),
+    Option("input_dir", "A transformers model directory (config.json and model.safetensors or its shards)."),
+    Option("output_dir", "Where the transformers model directory goes (config.json, model.safetensors)."),
+    Option("output_config_path", "Where the uer recipe of the converted model goes (default: "
+                                 "<output_model_path without extension>_config.json)."),
     Option("log_path", "Also append every log line to this file (rank 0)."),
     Option("metrics_path", "CSV of the metrics (step, split, term, loss, acc, ppl, count, tokens_per_s, lr); "
                            "scripts/plot_log.py draws it."),
@@ -125,6 +129,19 @@ _DECLARED = [
     Option("mask", "Transformer attention mask.", "fully_visible", choices=("fully_visible", "causal")),
     Option("layernorm_positioning", "LayerNorm before (GPT-2) or after (BERT) each sub-layer.", "post",
            choices=("pre", "post")),
+    Option("layernorm", "Normalisation: torch (F.layer_norm), uer (the reference formula with the unbiased std "
+                        "added to eps), rms (RMSNorm, LLaMA's).", "torch", choices=("torch", "uer", "rms")),
+    Option("hidden_act", "Feed-forward activation (with --feed_forward gated: silu gives SwiGLU, gelu GeGLU).",
+           "gelu", choices=("gelu", "gelu_fast", "relu", "silu")),
+    Option("feed_forward", "Transformer feed-forward: dense (linear, activation, linear) or gated "
+                           "(act(linear_gate(x)) * linear_1(x), then linear_2).", "dense",
+           choices=("dense", "gated")),
+    Option("remove_transformer_bias", "No bias in the transformer layers' linear layers and LayerNorms.", flag=True),
+    Option("rotary_position_embedding", "Rotary position embedding (RoPE) on each layer's queries and keys; "
+                                        "takes an embedding without positions (--embedding word).", flag=True),
+    Option("rope_base", "RoPE's base (LLaMA: 10000; LLaMA 3: 500000).", 10000.0, float),
+    Option("local_kv_heads_num", "Key/value heads (grouped-query attention; must divide heads_num; default: "
+                                 "heads_num).", None, int),
     Option("bidirectional", "Bidirectional rnn/lstm/gru.", flag=True),
     Option("factorized_embedding_parameterization", "Embedding size E projected to hidden size H (ALBERT).",
            flag=True),
@@ -223,7 +240,8 @@ class Command:
 
 
 VOCAB = "vocab_path spm_model_path tgt_vocab_path tgt_spm_model_path"
-MODEL = ("embedding remove_embedding_layernorm encoder mask layernorm_positioning bidirectional "
+MODEL = ("embedding remove_embedding_layernorm encoder mask layernorm_positioning layernorm hidden_act "
+         "feed_forward remove_transformer_bias rotary_position_embedding rope_base local_kv_heads_num bidirectional "
          "factorized_embedding_parameterization parameter_sharing tgt_embedding decoder pooling target "
          "tie_weights has_lmtarget_bias")
 INFERENCE = (("model", f"load_model_path config_path {VOCAB} tokenizer labels_num {MODEL}"),)
@@ -318,6 +336,19 @@ for _family in ("bert", "gpt2", "albert"):
             {"input_model_path": {"required": True}, "output_model_path": {"required": True},
              "target": {"registry": None, "choices": ("bert", "mlm"),
                         "help": "bert: BertForPreTraining (MLM + NSP); mlm: BertForMaskedLM."}})
+
+
+COMMANDS["convert_llama_from_huggingface_to_uer"] = Command(
+    "convert_llama_from_huggingface_to_uer.py", "Convert a transformers LlamaForCausalLM directory to a uer model "
+                                                "file and its recipe.",
+    (("files", "input_dir output_model_path output_config_path"),),
+    {"input_dir": {"required": True}, "output_model_path": {"required": True}})
+COMMANDS["convert_llama_from_uer_to_huggingface"] = Command(
+    "convert_llama_from_uer_to_huggingface.py", "Convert a LLaMA-style uer model to a transformers "
+                                                "LlamaForCausalLM directory.",
+    (("files", "input_model_path config_path output_dir"),),
+    {"input_model_path": {"required": True}, "output_dir": {"required": True},
+     "config_path": {"required": True, "help": "The model's recipe (JSON)."}})
 
 
 def build_parser(command: str, description: str | None = None) -> argparse.ArgumentParser:

@@ -152,6 +152,9 @@ class CpuAttention(ops.Attention):
         threshold = cpu_threshold(self.p, self.training)
         if threshold is None:
             return super().forward(q, k, v, attn_mask, is_causal)
+        if k.shape[2] != q.shape[2]:  # grouped-query attention: each K/V head for its query heads
+            group = q.shape[2] // k.shape[2]
+            k, v = k.repeat_interleave(group, 2), v.repeat_interleave(group, 2)
         mask = additive_mask(attn_mask, is_causal, q.shape[1], k.shape[1], q.device)
         if q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
             return _CpuAttention.apply(q, k, v, mask, threshold)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from uer.config import ModelConfig
-from uer.model.layers import LayerNorm, MultiHeadedAttention, PositionwiseFeedForward
+from uer.model.layers import feed_forward, layer_norm, self_attention
 from uer.registry import DECODERS, register
 
 
@@ -15,13 +15,12 @@ class TransformerDecoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        H = cfg.hidden_size
-        self.self_attn = MultiHeadedAttention(H, cfg.heads_num, 0.0)
-        self.context_attn = MultiHeadedAttention(H, cfg.heads_num, 0.0)
-        self.layer_norm_1 = LayerNorm(H, cfg.layernorm_eps, cfg.layernorm)
-        self.layer_norm_2 = LayerNorm(H, cfg.layernorm_eps, cfg.layernorm)
-        self.layer_norm_3 = LayerNorm(H, cfg.layernorm_eps, cfg.layernorm)
-        self.feed_forward = PositionwiseFeedForward(H, cfg.feedforward_size, cfg.hidden_act)
+        self.self_attn = self_attention(cfg, 0.0)
+        self.context_attn = self_attention(cfg, 0.0)
+        self.layer_norm_1 = layer_norm(cfg)
+        self.layer_norm_2 = layer_norm(cfg)
+        self.layer_norm_3 = layer_norm(cfg)
+        self.feed_forward = feed_forward(cfg)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm_1(x)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uer.config import ModelConfig
-from uer.model.layers import LayerNorm, TransformerLayer
+from uer.model.layers import TransformerLayer, layer_norm
 from uer.model.ops import Dropout
 from uer.registry import ENCODERS, register
 
@@ -42,17 +42,12 @@ class TransformerEncoder(Encoder):
         if cfg.factorized_embedding_parameterization:
             self.linear = nn.Linear(cfg.emb_size, cfg.hidden_size)
 
-        def layer():
-            return TransformerLayer(cfg.hidden_size, cfg.heads_num, cfg.feedforward_size, cfg.hidden_act,
-                                    cfg.dropout, cfg.layernorm_positioning, cfg.layernorm,
-                                    cfg.layernorm_eps)
-
         if cfg.parameter_sharing:
-            self.transformer = layer()
+            self.transformer = TransformerLayer(cfg)
         else:
-            self.transformer = nn.ModuleList([layer() for _ in range(cfg.layers_num)])
+            self.transformer = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.layers_num)])
         if cfg.layernorm_positioning == "pre":
-            self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layernorm_eps, cfg.layernorm)
+            self.layer_norm = layer_norm(cfg)
 
     def forward(self, emb: torch.Tensor, seg: torch.Tensor, caches: list[dict] | None = None,
                 rows: tuple | None = None) -> torch.Tensor:
@@ -83,8 +78,25 @@ class TransformerEncoder(Encoder):
         p = []
         if cfg.hidden_act not in HIDDEN_ACTS:
             p.append(f"hidden_act must be one of {', '.join(HIDDEN_ACTS)}, got {cfg.hidden_act!r}")
-        if not (isinstance(cfg.heads_num, int) and cfg.heads_num > 0 and cfg.hidden_size % cfg.heads_num == 0):
+        heads_ok = isinstance(cfg.heads_num, int) and cfg.heads_num > 0 and cfg.hidden_size % cfg.heads_num == 0
+        if not heads_ok:
             p.append(f"hidden_size {cfg.hidden_size} must be a multiple of heads_num {cfg.heads_num}")
+        kv = cfg.local_kv_heads_num
+        if kv is not None and not (isinstance(kv, int) and kv > 0 and heads_ok and cfg.heads_num % kv == 0):
+            p.append(f"--local_kv_heads_num {kv} must be a positive divisor of heads_num {cfg.heads_num} "
+                     "(each key/value head serves heads_num / local_kv_heads_num query heads)")
+        if cfg.rotary_position_embedding:
+            from uer.registry import EMBEDDINGS
+
+            emb = EMBEDDINGS.get(cfg.embedding)
+            if emb is not None and emb.use_position:
+                p.append(f"--rotary_position_embedding puts the positions into attention, but --embedding "
+                         f"{cfg.embedding} adds positions too: use --embedding word")
+            if heads_ok and (cfg.hidden_size // cfg.heads_num) % 2:
+                p.append(f"--rotary_position_embedding rotates pairs of features: the head size hidden_size / "
+                         f"heads_num = {cfg.hidden_size // cfg.heads_num} must be even")
+            if not cfg.rope_base > 1:
+                p.append(f"--rope_base must be greater than 1, got {cfg.rope_base}")
         if not (isinstance(cfg.feedforward_size, int) and cfg.feedforward_size > 0):
             p.append(f"feedforward_size must be a positive integer, got {cfg.feedforward_size!r}")
         if not cfg.factorized_embedding_parameterization and cfg.emb_size != cfg.hidden_size:

@@ -5,27 +5,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uer.config import ModelConfig
 from uer.model.ops import Attention, Dropout
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with parameters named gamma/beta (the checkpoint layout).
+    """A normalisation with parameters named gamma/beta (the checkpoint layout).
 
     kind "torch": F.layer_norm (biased variance, eps inside the square root).
     kind "uer":   the reference formula gamma * (x - mean) / (std + eps) + beta with the unbiased std.
+    kind "rms":   RMSNorm, gamma * x / sqrt(mean(x^2) + eps) (LLaMA, T5); no beta.
+    bias False: no beta either (--remove_transformer_bias).
     """
 
-    def __init__(self, size: int, eps: float = 1e-6, kind: str = "torch"):
+    def __init__(self, size: int, eps: float = 1e-6, kind: str = "torch", bias: bool = True):
         super().__init__()
         self.size, self.eps, self.kind = size, eps, kind
         self.gamma = nn.Parameter(torch.ones(size))
-        self.beta = nn.Parameter(torch.zeros(size))
+        self.beta = nn.Parameter(torch.zeros(size)) if bias and kind != "rms" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rms":
+            return F.rms_norm(x, (self.size,), self.gamma, self.eps)
         if self.kind == "uer":
             mean = x.mean(-1, keepdim=True)
             std = x.std(-1, keepdim=True)
-            return self.gamma * (x - mean) / (std + self.eps) + self.beta
+            out = self.gamma * (x - mean) / (std + self.eps)
+            return out if self.beta is None else out + self.beta
         return F.layer_norm(x, (self.size,), self.gamma, self.beta, self.eps)
 
 
@@ -36,41 +42,81 @@ def activation(name: str):
         return lambda x: F.gelu(x, approximate="tanh")
     if name == "relu":
         return F.relu
+    if name == "silu":
+        return F.silu
     raise ValueError(f"unknown activation {name}")
 
 
-class MultiHeadedAttention(nn.Module):
-    """Q, K, V projections (linear_layers.0/1/2), attention (ops.Attention), final_linear."""
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE) of q or k [B, L, heads, d] at the given positions ([L] or
+    [B, L]): feature pairs (i, i + d/2) rotated by the angle position * base^(-2i/d), the layout
+    of transformers' LLaMA (so its q/k weights need no permutation). No parameters, no buffers:
+    the angles are computed in fp32 for the positions at hand."""
 
-    def __init__(self, hidden_size: int, heads_num: int, dropout: float):
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        self.head_dim, self.base = head_dim, base
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        d = self.head_dim
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, d, 2, device=x.device).float() / d))
+        angles = positions.float()[..., None] * inv_freq  # [(B,) L, d/2]
+        angles = torch.cat([angles, angles], -1).unsqueeze(-2)  # [(B,) L, 1, d]
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., :d // 2], x[..., d // 2:]
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, base={self.base}"
+
+
+class MultiHeadedAttention(nn.Module):
+    """Q, K, V projections (linear_layers.0/1/2), attention (ops.Attention), final_linear.
+    kv_heads < heads_num: grouped-query attention, K and V have kv_heads heads, each shared by
+    heads_num / kv_heads query heads. rope_base: RoPE on the queries and keys (self-attention)."""
+
+    def __init__(self, hidden_size: int, heads_num: int, dropout: float, kv_heads: int | None = None,
+                 bias: bool = True, rope_base: float | None = None):
         super().__init__()
         self.heads_num = heads_num
+        self.kv_heads = kv_heads or heads_num
         self.per_head = hidden_size // heads_num
-        self.linear_layers = nn.ModuleList([nn.Linear(hidden_size, hidden_size) for _ in range(3)])
+        kv_size = self.kv_heads * self.per_head
+        self.linear_layers = nn.ModuleList([nn.Linear(hidden_size, size, bias=bias)
+                                            for size in (hidden_size, kv_size, kv_size)])
+        self.rotary = RotaryEmbedding(self.per_head, rope_base) if rope_base else None
         self.attention = Attention(dropout)
-        self.final_linear = nn.Linear(hidden_size, hidden_size)
+        self.final_linear = nn.Linear(hidden_size, hidden_size, bias=bias)
 
     def _project(self, x: torch.Tensor, first: int, n: int) -> list[torch.Tensor]:
         """linear_layers[first : first + n] applied to x as one GEMM (fewer, wider products; the
         checkpoint keeps the layers apart): n tensors [B, L, heads, d]."""
         layers = self.linear_layers[first:first + n]
         weight = torch.cat([m.weight for m in layers]) if n > 1 else layers[0].weight
-        bias = torch.cat([m.bias for m in layers]) if n > 1 else layers[0].bias
-        return F.linear(x, weight, bias).view(*x.shape[:2], n, self.heads_num, self.per_head).unbind(2)
+        bias = None if layers[0].bias is None else torch.cat([m.bias for m in layers]) if n > 1 else layers[0].bias
+        out = F.linear(x, weight, bias).split([m.out_features for m in layers], -1)
+        return [t.view(*x.shape[:2], -1, self.per_head) for t in out]
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                cache: dict | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+                cache: dict | None = None, keep: torch.Tensor | None = None,
+                q_positions: torch.Tensor | None = None) -> torch.Tensor:
         """cache (self-attention while generating): the keys and values of earlier positions,
         extended in place; the new queries see them all and, causally, each other. keep: only
-        these rows of the flattened [B * Lq] output are projected and returned ([len(keep), H])."""
+        these rows of the flattened [B * Lq] output are projected and returned ([len(keep), H]).
+        q_positions: the queries' positions ([B, Lq]) for RoPE when they are not 0..Lq-1 (or the
+        positions after the cache's)."""
         if query is key_value:
             q, k, v = self._project(query, 0, 3)
         else:
             (q,), (k, v) = self._project(query, 0, 1), self._project(key_value, 1, 2)
+        past = cache["k"].shape[1] if cache is not None and "k" in cache else 0
+        if self.rotary is not None:
+            new = torch.arange(past, past + k.shape[1], device=k.device)
+            q = self.rotary(q, new[:q.shape[1]] if q_positions is None else q_positions)
+            k = self.rotary(k, new)
         if cache is not None:
-            if "k" in cache:
-                past = cache["k"].shape[1]
+            if past:
                 k, v = torch.cat([cache["k"], k], 1), torch.cat([cache["v"], v], 1)
                 if is_causal:  # new position i sees the past and new positions <= i
                     attn_mask = torch.ones(q.shape[1], past + q.shape[1], dtype=torch.bool,
@@ -84,30 +130,64 @@ class MultiHeadedAttention(nn.Module):
 
 
 class PositionwiseFeedForward(nn.Module):
-    def __init__(self, hidden_size: int, feedforward_size: int, hidden_act: str):
+    """linear_2(act(linear_1(x)))."""
+
+    def __init__(self, hidden_size: int, feedforward_size: int, hidden_act: str, bias: bool = True):
         super().__init__()
-        self.linear_1 = nn.Linear(hidden_size, feedforward_size)
-        self.linear_2 = nn.Linear(feedforward_size, hidden_size)
+        self.linear_1 = nn.Linear(hidden_size, feedforward_size, bias=bias)
+        self.linear_2 = nn.Linear(feedforward_size, hidden_size, bias=bias)
         self.act = activation(hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+class GatedFeedForward(nn.Module):
+    """linear_2(act(linear_gate(x)) * linear_1(x)): SwiGLU with silu, GeGLU with gelu."""
+
+    def __init__(self, hidden_size: int, feedforward_size: int, hidden_act: str, bias: bool = True):
+        super().__init__()
+        self.linear_gate = nn.Linear(hidden_size, feedforward_size, bias=bias)
+        self.linear_1 = nn.Linear(hidden_size, feedforward_size, bias=bias)
+        self.linear_2 = nn.Linear(feedforward_size, hidden_size, bias=bias)
+        self.act = activation(hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_gate(x)) * self.linear_1(x))
+
+
+FEED_FORWARDS = {"dense": PositionwiseFeedForward, "gated": GatedFeedForward}
+
+
+def feed_forward(cfg: ModelConfig) -> nn.Module:
+    return FEED_FORWARDS[cfg.feed_forward](cfg.hidden_size, cfg.feedforward_size, cfg.hidden_act,
+                                           bias=not cfg.remove_transformer_bias)
+
+
+def layer_norm(cfg: ModelConfig, size: int | None = None) -> LayerNorm:
+    """A transformer layer's normalisation (no beta with --remove_transformer_bias)."""
+    return LayerNorm(size or cfg.hidden_size, cfg.layernorm_eps, cfg.layernorm, bias=not cfg.remove_transformer_bias)
+
+
+def self_attention(cfg: ModelConfig, dropout: float, rope: bool = False) -> MultiHeadedAttention:
+    return MultiHeadedAttention(cfg.hidden_size, cfg.heads_num, dropout, cfg.local_kv_heads_num,
+                                bias=not cfg.remove_transformer_bias,
+                                rope_base=cfg.rope_base if rope and cfg.rotary_position_embedding else None)
+
+
 class TransformerLayer(nn.Module):
     """Post-LN (BERT): LN(x + Drop(Attn(x))), LN(h + Drop(FFN(h))).
-    Pre-LN (GPT-2): x + Drop(Attn(LN(x))), h + Drop(FFN(LN(h)))."""
+    Pre-LN (GPT-2, LLaMA): x + Drop(Attn(LN(x))), h + Drop(FFN(LN(h)))."""
 
-    def __init__(self, hidden_size: int, heads_num: int, feedforward_size: int, hidden_act: str,
-                 dropout: float, layernorm_positioning: str, ln_kind: str, ln_eps: float):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.pre = layernorm_positioning == "pre"
-        self.self_attn = MultiHeadedAttention(hidden_size, heads_num, dropout)
-        self.layer_norm_1 = LayerNorm(hidden_size, ln_eps, ln_kind)
-        self.feed_forward = PositionwiseFeedForward(hidden_size, feedforward_size, hidden_act)
-        self.layer_norm_2 = LayerNorm(hidden_size, ln_eps, ln_kind)
-        self.dropout_1 = Dropout(dropout)
-        self.dropout_2 = Dropout(dropout)
+        self.pre = cfg.layernorm_positioning == "pre"
+        self.self_attn = self_attention(cfg, cfg.dropout, rope=True)
+        self.layer_norm_1 = layer_norm(cfg)
+        self.feed_forward = feed_forward(cfg)
+        self.layer_norm_2 = layer_norm(cfg)
+        self.dropout_1 = Dropout(cfg.dropout)
+        self.dropout_2 = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool,
                 cache: dict | None = None, rows: tuple | None = None) -> torch.Tensor:
@@ -115,13 +195,14 @@ class TransformerLayer(nn.Module):
         positions, [U, H]. Keys and values still come from every position; the queries are
         those of `query`, and everything after attention runs on the U rows alone."""
         h = self.layer_norm_1(x) if self.pre else x  # what attention reads
-        query, residual, keep = h, x, None
+        query, residual, keep, q_positions = h, x, None, None
         if rows is not None:
             query_pos, keep, flat = rows
             H = x.shape[-1]
             query = h.reshape(-1, H).index_select(0, query_pos.reshape(-1)).view(*query_pos.shape, H)
             residual = x.reshape(-1, H).index_select(0, flat)
-        attended = self.self_attn(query, h, attn_mask, is_causal, cache, keep=keep)
+            q_positions = query_pos % x.shape[1]
+        attended = self.self_attn(query, h, attn_mask, is_causal, cache, keep=keep, q_positions=q_positions)
         if self.pre:
             x = self.dropout_1(attended, residual)
             return self.dropout_2(self.feed_forward(self.layer_norm_2(x)), x)

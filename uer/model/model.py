@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uer.config import ModelConfig, expect
+from uer.config import LAYERNORMS, ModelConfig, expect
 from uer.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS
 
 
@@ -139,15 +139,26 @@ def model_problems(cfg: ModelConfig) -> list[str]:
     if p:
         return p  # the checks below read these
     expect(p, 0.0 <= cfg.dropout < 1.0, f"dropout must be in [0, 1), got {cfg.dropout}")
-    expect(p, cfg.layernorm in ("torch", "uer"), f"layernorm must be 'torch' or 'uer', got {cfg.layernorm!r}")
+    expect(p, cfg.layernorm in LAYERNORMS, f"layernorm must be one of {', '.join(LAYERNORMS)}, got {cfg.layernorm!r}")
+    expect(p, cfg.feed_forward in ("dense", "gated"),
+           f"feed_forward must be 'dense' or 'gated', got {cfg.feed_forward!r}")
     expect(p, cfg.layernorm_eps > 0, f"layernorm_eps must be positive, got {cfg.layernorm_eps}")
     p += EMBEDDINGS[cfg.embedding].problems(cfg) + ENCODERS[cfg.encoder].problems(cfg)
     target = TARGETS[cfg.target]
     p += target.problems(cfg)
     if cfg.encoder != "transformer":
-        for flag in ("factorized_embedding_parameterization", "parameter_sharing"):
+        for flag in ("factorized_embedding_parameterization", "parameter_sharing", "rotary_position_embedding",
+                     "remove_transformer_bias"):
             expect(p, not getattr(cfg, flag), f"--{flag} applies to --encoder transformer only, "
                                               f"not {cfg.encoder}")
+        expect(p, cfg.feed_forward == "dense", f"--feed_forward gated applies to --encoder transformer only, "
+                                               f"not {cfg.encoder}")
+        expect(p, cfg.local_kv_heads_num is None, f"--local_kv_heads_num applies to --encoder transformer "
+                                                  f"only, not {cfg.encoder}")
+    if cfg.target in ("mt", "t5"):
+        expect(p, not cfg.rotary_position_embedding,
+               f"--rotary_position_embedding applies to the encoder, and --target {cfg.target}'s decoder takes "
+               f"its positions from --tgt_embedding {cfg.tgt_embedding}: not available with a decoder yet")
     expect(p, not cfg.bidirectional or cfg.encoder in ("rnn", "lstm", "gru"),
            f"--bidirectional applies to --encoder rnn, lstm or gru, not {cfg.encoder} "
            "(birnn, bilstm and bigru are bidirectional by design)")

@@ -26,8 +26,9 @@ class Dropout(nn.Module):
 
 class Attention(nn.Module):
     """softmax(Q K^T / sqrt(d) + mask) V, with dropout p on the probabilities while training, for
-    q [B, Lq, heads, d] and k, v [B, Lk, heads, d]; a boolean mask (True = may attend) broadcasts
-    to [B, heads, Lq, Lk]. Returns [B, Lq, heads * d]."""
+    q [B, Lq, heads, d] and k, v [B, Lk, kv_heads, d] (kv_heads dividing heads: each K/V head
+    serves heads / kv_heads consecutive query heads); a boolean mask (True = may attend)
+    broadcasts to [B, heads, Lq, Lk]. Returns [B, Lq, heads * d]."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -38,7 +39,8 @@ class Attention(nn.Module):
         B, Lq, h, d = q.shape
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=attn_mask, is_causal=is_causal,
-                                             dropout_p=self.p if self.training else 0.0)
+                                             dropout_p=self.p if self.training else 0.0,
+                                             enable_gqa=k.shape[2] != h)
         return out.transpose(1, 2).reshape(B, Lq, h * d)
 
     def extra_repr(self) -> str:

@@ -66,8 +66,11 @@ def resume_changes(saved: dict, tcfg, mcfg, world_size: int) -> tuple[list[str],
     for k, v in now_shape.items():
         if saved["shape"].get(k) != v:
             refused.append(f"{k}: {saved['shape'].get(k)} -> {v}")
+    added_later = {f.name: f.default for f in dataclasses.fields(mcfg) if f.name not in saved["model"]}
     for k, v in dataclasses.asdict(mcfg).items():
         old = saved["model"].get(k)
+        if k in added_later and v == added_later[k]:
+            continue  # a field newer than the saved run, at its default: the model the run built
         if old != _plain(v):
             (applied if k in MODEL_APPLIED else refused).append(f"{k}: {old} -> {v}")
     for k, v in dataclasses.asdict(tcfg).items():
