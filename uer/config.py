@@ -81,6 +81,7 @@ class TrainConfig:
     metrics_path: str | None = _d("metrics_path")  # CSV: one row per term per report or dev evaluation
     total_steps: int = _d("total_steps")
     save_checkpoint_steps: int = _d("save_checkpoint_steps")
+    keep_checkpoints: int = _d("keep_checkpoints")  # 0: all
     report_steps: int = _d("report_steps")
     accumulation_steps: int = _d("accumulation_steps")
     batch_size: int = _d("batch_size")
@@ -209,6 +210,7 @@ def train_problems(cfg: TrainConfig, other_inputs: dict[str, str | None] | None 
     the outputs must not overwrite either."""
     p: list[str] = finite_problems(dataclasses.asdict(cfg))
     expect(p, cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
+    expect(p, cfg.keep_checkpoints >= 0, f"--keep_checkpoints must be >= 0 (0 keeps all), got {cfg.keep_checkpoints}")
     for name in ("total_steps", "save_checkpoint_steps", "report_steps", "accumulation_steps",
                  "batch_size", "instances_buffer_size", "world_size"):
         v = getattr(cfg, name)

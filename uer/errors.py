@@ -25,8 +25,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         return main(argv) or 0
     except UerError as e:
         prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "uer"
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        code = getattr(e, "code", 2)  # a requested stop (uer.train.stop.Stopped): 128 + the signal
+        print(f"{prog}: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -157,6 +157,8 @@ _DECLARED = [
     # training
     Option("total_steps", "Optimizer steps.", 100000, int),
     Option("save_checkpoint_steps", "Save every N steps.", 10000, int),
+    Option("keep_checkpoints", "Keep only the newest N step checkpoints (model and .state); older ones are removed "
+                               "once a newer one is complete. 0: keep all.", 0, int),
     Option("report_steps", "Report every N steps.", 100, int),
     Option("dev_steps", "Evaluate the dev dataset every N steps (default: --save_checkpoint_steps).", None, int),
     Option("accumulation_steps", "Micro-batches per optimizer step.", 1, int),
@@ -260,7 +262,7 @@ COMMANDS: dict[str, Command] = {
         ("files", f"dataset_path {VOCAB} pretrained_model_path strict_load resume overwrite output_model_path "
                   "config_path "
                   "dev_dataset_path dev_steps log_path metrics_path"),
-        ("training", "total_steps save_checkpoint_steps report_steps accumulation_steps batch_size "
+        ("training", "total_steps save_checkpoint_steps keep_checkpoints report_steps accumulation_steps batch_size "
                      "instances_buffer_size length_buckets labels_num dropout seed"),
         ("model", MODEL), ("masking", MASKING),
         ("optimizer", "learning_rate warmup weight_decay max_grad_norm beta1 beta2 adam_bias_correction"),

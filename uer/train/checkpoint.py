@@ -38,6 +38,23 @@ def latest_checkpoint(output_model_path: str, before: int | None = None) -> tupl
     return best
 
 
+def prune_checkpoints(output_model_path: str, keep: int) -> list[str]:
+    """Remove the complete step checkpoints older than the newest `keep` (the .state first, so a
+    half-removed one is never taken as complete); returns the model paths removed. Called after a
+    checkpoint is complete, so the newest one is never the one at risk."""
+    found = []
+    for model_path in glob.glob(glob.escape(output_model_path) + "-*"):
+        m = re.fullmatch(re.escape(output_model_path) + r"-(\d+)", model_path)
+        if m and os.path.isfile(state_path(model_path)):
+            found.append((int(m.group(1)), model_path))
+    removed = []
+    for _, model_path in sorted(found)[:-keep]:
+        os.remove(state_path(model_path))
+        os.remove(model_path)
+        removed.append(model_path)
+    return removed
+
+
 #: what every training state holds (see the trainer's save)
 STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "rng", "run", "weights")
 

@@ -127,8 +127,8 @@ def init(rank: Rank, cfg: TrainConfig) -> None:
 
 # Options only rank 0 acts on (it reports, saves, writes the logs): the manual gives them on Node-0
 # only, so every rank takes rank 0's; the dev set is evaluated by all, on rank 0's settings.
-FROM_RANK_0 = ("report_steps", "save_checkpoint_steps", "log_path", "metrics_path", "dev_dataset_path",
-               "dev_steps", "best_model_path", "output_model_path", "resume", "overwrite")
+FROM_RANK_0 = ("report_steps", "save_checkpoint_steps", "keep_checkpoints", "log_path", "metrics_path",
+               "dev_dataset_path", "dev_steps", "best_model_path", "output_model_path", "resume", "overwrite")
 # Options that may differ between processes: where this node's files are, how it runs here.
 LOCAL = ("dataset_path", "pretrained_model_path", "strict_load", "instances_buffer_size", "kernels",
          "gpu_ranks", "master_ip", "backend", "dist_timeout")
@@ -220,6 +220,8 @@ def _worker(index: int, ranks: list[Rank], fn, args) -> None:
     try:
         fn(ranks[index], *args)
     except UerError as e:
+        if hasattr(e, "code"):  # a requested stop, its checkpoint written (uer.train.stop)
+            raise SystemExit(e.code)
         print(f"error (rank {ranks[index].rank}): {e}", file=sys.stderr, flush=True)
         raise SystemExit(2)
 
@@ -231,12 +233,35 @@ def run_ranks(cfg: TrainConfig, fn, *args) -> None:
     if len(ranks) == 1:
         fn(ranks[0], *args)
         return
+    import signal
+
     import torch.multiprocessing as mp
 
+    from uer.train.stop import Stopped
+
+    context = mp.spawn(_worker, args=(ranks, fn, args), nprocs=len(ranks), join=False)
+
+    def forward(signum, frame):  # SIGTERM to the launcher: every rank stops after a checkpoint
+        for p in context.processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    # Ctrl-C reaches every process of the terminal's group: the ranks act on it, the launcher waits
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+           signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
     try:
-        mp.spawn(_worker, args=(ranks, fn, args), nprocs=len(ranks), join=True)
+        while not context.join():
+            pass
     except mp.ProcessExitedException as e:
+        if e.exit_code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+            for p in context.processes:
+                p.join()
+            raise Stopped(f"stopped by {signal.Signals(e.exit_code - 128).name}; the checkpoint of the step "
+                          "the ranks stopped after is written (continue with --resume)", e.exit_code - 128) from None
         raise UerError(f"process {e.error_index} (rank {ranks[e.error_index].rank}) stopped with exit code "
                        f"{e.exit_code}; its message is above") from None
     except mp.ProcessRaisedException as e:
         raise UerError(f"a training process failed:\n{e}") from None
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)

@@ -73,8 +73,11 @@ def resume_changes(saved: dict, tcfg, mcfg, world_size: int) -> tuple[list[str],
             continue  # a field newer than the saved run, at its default: the model the run built
         if old != _plain(v):
             (applied if k in MODEL_APPLIED else refused).append(f"{k}: {old} -> {v}")
+    train_later = {f.name: f.default for f in dataclasses.fields(tcfg) if f.name not in saved["train"]}
     for k, v in dataclasses.asdict(tcfg).items():
         old = saved["train"].get(k)
+        if k in train_later and v == train_later[k]:
+            continue
         if k in now_shape or k in ("resume", "overwrite") or old == _plain(v):
             continue
         if k == "pretrained_model_path" and old and v and os.path.abspath(old) == os.path.abspath(v):

@@ -27,12 +27,13 @@ from uer.data.loader import BatchLoader
 from uer.data.masking import MaskingConfig
 from uer.errors import UerError
 from uer.model import build_model, count_parameters
-from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_model, \
-    save_training_state, state_path, state_problems
+from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, prune_checkpoints, \
+    save_model, save_training_state, state_path, state_problems
 from uer.train.distributed import Rank, agree, end_with_launcher, finish, from_torchrun, init
 from uer.kernels import use_kernels
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.train.precision import NonFinite, Precision, autocast
+from uer.train.stop import StopRequest, Stopped, signal_name
 from uer.train.run import OutputLock, apply_to_optimizer, fingerprint, new_identity, record, resume_changes, \
     same_fingerprint, start_problem
 from uer.utils import retain_freed_memory, set_seed
@@ -176,7 +177,7 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
     loader.seek(start * tcfg.accumulation_steps)
     # the worker starts before the model exists: a forked one shares none of its memory, and
     # builds the first batches while the model is built
-    with loader.prefetch(tcfg.instances_buffer_size, worker) as batches:
+    with loader.prefetch(tcfg.instances_buffer_size, worker) as batches, contextlib.ExitStack() as loop_exit:
         precision = Precision(tcfg.bf16, tcfg.fp16, tcfg.fp16_opt_level, device)
         model, forward, kernels = build_for_training(tcfg, mcfg, rank, device, precision, log)
         optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2),
@@ -195,6 +196,7 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
         dev = DevEvaluation(tcfg, special, masking, rank, device) if tcfg.dev_dataset_path else None
         window, history, t_start = Window(), [], time.perf_counter()
         model.train()
+        stop = loop_exit.enter_context(StopRequest(rank, device))
         for step in range(start + 1, tcfg.total_steps + 1):
             micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
             totals = global_counts(target, micro, rank, device)  # each term's predictions in the step
@@ -233,6 +235,9 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
                 model.train()
             if checkpoint:
                 save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run)
+            if (signum := stop.now()) and step < tcfg.total_steps:
+                stop_here(signum, step, checkpoint, model, optimizer, scheduler, precision, tcfg, rank, device,
+                          run, log)
     guard(precision, tcfg)
     guard_weights(model, tcfg.total_steps, tcfg)
     if rank.is_main:
@@ -332,9 +337,26 @@ def restore(path: str, step: int, tcfg: TrainConfig, mcfg: ModelConfig, rank: Ra
     return record({k: run[k] for k in ("id", "host", "started")}, tcfg, mcfg, rank.world_size)
 
 
+def stop_here(signum: int, step: int, saved: bool, model, optimizer, scheduler, precision, tcfg, rank, device,
+              run, log) -> None:
+    """A requested stop (uer.train.stop): the checkpoint of this step (unless it was just written),
+    then Stopped, whose exit status names the signal."""
+    guard(precision, tcfg)
+    if not saved:
+        save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run)
+    if rank.distributed:
+        dist.barrier()  # no rank exits before rank 0 has written the checkpoint
+    path = f"{tcfg.output_model_path}-{step}"
+    log(f"Stopped by {signal_name(signum)} after step {step}: saved {path} and its .state; continue with "
+        "--resume.")
+    raise Stopped(f"stopped by {signal_name(signum)} after step {step}; {path} holds the run so far "
+                  "(continue with --resume)", signum)
+
+
 def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision, tcfg: TrainConfig,
                     rank: Rank, device: torch.device, run: dict) -> None:
-    """<output_model_path>-<step> and its training state (rank 0; every rank sends its RNG)."""
+    """<output_model_path>-<step> and its training state (rank 0; every rank sends its RNG); then,
+    with --keep_checkpoints N, the older complete checkpoints beyond the newest N are removed."""
     rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
     guard_weights(model, step, tcfg)
     if rank.is_main:
@@ -344,6 +366,8 @@ def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision
             "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run, "weights": fingerprint(weights),
             "batches_consumed_per_rank": step * tcfg.accumulation_steps})
+        if tcfg.keep_checkpoints:
+            prune_checkpoints(tcfg.output_model_path, tcfg.keep_checkpoints)
 
 
 def warn_free_space(output: str, model, log) -> None:
