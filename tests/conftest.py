@@ -112,6 +112,22 @@ def bert_dataset(tmp_path_factory):
     return str(out)
 
 
+TINY_RECIPE = '{"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "layers_num": 2, ' \
+              '"dropout": 0.1}'
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory):
+    """A directory with tiny.json (a 2-layer recipe, dropout on) and d.pt (a dynamic-masking mlm
+    dataset of the real corpus, seq 32): the runs of the resume and stop tests."""
+    d = tmp_path_factory.mktemp("tiny_mlm")
+    (d / "tiny.json").write_text(TINY_RECIPE)
+    proc = run_script("preprocess.py", "--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB, "--dataset_path",
+                      str(d / "d.pt"), "--target", "mlm", "--dynamic_masking", "--seq_length", "32")
+    assert proc.returncode == 0, proc.stderr
+    return d
+
+
 @pytest.fixture(scope="session")
 def eight(tmp_path_factory):
     """A dataset of exactly 8 instances with static masks: every global batch of 8 is all of it."""

@@ -17,7 +17,6 @@ from uer.errors import UerError
 from uer.generate import Generator
 from uer.model import build_model, count_parameters, model_problems
 from uer.model.layers import LayerNorm, MultiHeadedAttention, RotaryEmbedding
-from uer.train.checkpoint import load_model, save_model
 
 V, H, L, HEADS, KV, FF = 96, 32, 2, 4, 2, 48
 LLAMA = dict(vocab_size=V, emb_size=H, hidden_size=H, feedforward_size=FF, heads_num=HEADS, local_kv_heads_num=KV,

@@ -11,23 +11,16 @@ import time
 import pytest
 import torch
 
-from conftest import DOC_CORPUS, MINI_BERT, ROOT, ZH_VOCAB, assert_clean_error, free_port, run_script
+from conftest import MINI_BERT, ROOT, TINY_RECIPE, ZH_VOCAB, assert_clean_error, free_port, run_script
 from uer.config import ModelConfig
 from uer.model import build_model
 from uer.train.checkpoint import latest_checkpoint, load_model, read_state_dict, save_model
 
-TINY_RECIPE = '{"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "layers_num": 2, ' \
-              '"dropout": 0.1}'
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("resume")
-    (d / "tiny.json").write_text(TINY_RECIPE)
-    proc = run_script("preprocess.py", "--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB, "--dataset_path",
-                      str(d / "d.pt"), "--target", "mlm", "--dynamic_masking", "--seq_length", "32")
-    assert proc.returncode == 0, proc.stderr
-    return d
+def setup(tiny_mlm):
+    return tiny_mlm
 
 
 def args(d, out, steps=8, *extra):

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import DOC_CORPUS, ZH_VOCAB, assert_clean_error, free_port, run_script
+from conftest import ZH_VOCAB, assert_clean_error, free_port, run_script
 from test_resume import args, assert_same_model
 from uer.errors import UerError
 from uer.train.checkpoint import load_training_state
@@ -23,14 +23,8 @@ from uer.train.run import OutputLock, new_identity
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runs")
-    (d / "tiny.json").write_text('{"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, '
-                                 '"layers_num": 2, "dropout": 0.1}')
-    proc = run_script("preprocess.py", "--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB, "--dataset_path",
-                      str(d / "d.pt"), "--target", "mlm", "--dynamic_masking", "--seq_length", "32")
-    assert proc.returncode == 0, proc.stderr
-    return d
+def setup(tiny_mlm):
+    return tiny_mlm
 
 
 def files_of(directory):

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import DOC_CORPUS, ROOT, ZH_VOCAB, free_port, run_script
+from conftest import ROOT, ZH_VOCAB, free_port
 from uer.train.checkpoint import latest_checkpoint, prune_checkpoints, read_state_dict
 from uer.train.distributed import Rank
 from uer.train.stop import StopRequest
@@ -46,14 +45,8 @@ def test_a_signal_is_remembered_until_the_step_ends():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("stop")
-    (d / "tiny.json").write_text('{"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, '
-                                 '"layers_num": 2, "dropout": 0.1}')
-    proc = run_script("preprocess.py", "--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB, "--dataset_path",
-                      str(d / "d.pt"), "--target", "mlm", "--dynamic_masking", "--seq_length", "32")
-    assert proc.returncode == 0, proc.stderr
-    return d
+def data(tiny_mlm):
+    return tiny_mlm
 
 
 def args(d, out, world=1, *extra):

@@ -114,11 +114,9 @@ def load_recipe(path: str) -> dict:
     """Read a JSON recipe; unknown keys are an error (with a suggestion)."""
     if not os.path.isfile(path):
         raise UerError(f"model recipe not found: --config_path {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = json.load(f)
-    except ValueError as e:
-        raise UerError(f"model recipe {path} is not valid JSON: {e}") from None
+    from uer.utils import read_json  # here: importing the configs loads nothing else
+
+    recipe = read_json(path, "model recipe")
     if not isinstance(recipe, dict):
         raise UerError(f"model recipe {path} must hold a JSON object")
     types = {f.name: f.type for f in fields(ModelConfig) if f.name not in ("vocab_size", "tgt_vocab_size")}

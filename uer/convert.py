@@ -337,17 +337,14 @@ def read_hf_dir(path: str) -> tuple[dict, dict]:
     import os
 
     from uer.checkpoint import read_state_dict
+    from uer.utils import read_json
 
     conf_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
         raise UerError(f"--input_dir {path}: not a directory")
     if not os.path.isfile(conf_path):
         raise UerError(f"--input_dir {path} has no config.json: is it a transformers model directory?")
-    try:
-        with open(conf_path, encoding="utf-8") as f:
-            conf = json.load(f)
-    except ValueError as e:
-        raise UerError(f"{conf_path} is not valid JSON: {e}") from None
+    conf = read_json(conf_path, "the transformers config")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:

@@ -136,3 +136,13 @@ def exit_with_parent(message: str | None = None, code: int = 3) -> None:
 
     threading.Thread(target=watch, daemon=True, name="uer-parent-watch").start()
 
+
+def read_json(path: str, what: str):
+    """The JSON value in the file `path`; invalid JSON is a UerError naming `what` and the file."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:
+        raise UerError(f"{what} {path} is not valid JSON: {e}") from None
