@@ -16,19 +16,24 @@ from uer.utils import atomic_path
 
 
 def save_model(model: nn.Module, path: str) -> dict[str, torch.Tensor]:
-    """The unwrapped model's state dict (torch.save, or safetensors for a .safetensors path), via a
-    temporary file renamed when complete; returns what was written (on the CPU)."""
+    """The unwrapped model's state dict, written by write_state_dict; returns what was written (on
+    the CPU)."""
     module = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    write_state_dict(state, path)
+    return state
+
+
+def write_state_dict(state: dict[str, torch.Tensor], path: str) -> None:
+    """torch.save, or safetensors for a .safetensors path, via a temporary file renamed when complete."""
     with atomic_path(path) as tmp:
         if path.endswith(".safetensors"):
             from safetensors.torch import save_file
 
             # tied weights share storage, which safetensors refuses: each key gets its own copy
-            save_file({k: v.clone().contiguous() for k, v in state.items()}, tmp)
+            save_file({k: v.clone().contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt"})
         else:
             torch.save(state, tmp)
-    return state
 
 
 #: later UER key names (SPEC 4.5) -> the reference names used here

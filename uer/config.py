@@ -64,6 +64,7 @@ class ModelConfig:
 
 HIDDEN_ACTS = OPTIONS["hidden_act"].choices
 LAYERNORMS = OPTIONS["layernorm"].choices
+FEED_FORWARDS = OPTIONS["feed_forward"].choices
 
 
 @dataclass(frozen=True)

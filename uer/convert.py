@@ -362,22 +362,16 @@ def read_hf_dir(path: str) -> tuple[dict, dict]:
 
 def write_hf_dir(path: str, conf: dict, state: dict) -> None:
     """config.json and model.safetensors into the directory `path`, each file written atomically."""
-    import json
     import os
 
-    from safetensors.torch import save_file
-
-    from uer.utils import atomic_path
+    from uer.checkpoint import write_state_dict
+    from uer.utils import write_json
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise UerError(f"--output_dir {path} is a file; give a directory")
     os.makedirs(path, exist_ok=True)
-    with atomic_path(os.path.join(path, "model.safetensors")) as tmp:
-        save_file({k: v.contiguous().clone() for k, v in state.items()}, tmp, metadata={"format": "pt"})
-    with atomic_path(os.path.join(path, "config.json")) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(conf, f, indent=2)
-            f.write("\n")
+    write_state_dict(state, os.path.join(path, "model.safetensors"))
+    write_json(conf, os.path.join(path, "config.json"))
 
 
 def llama_cli(direction: str, argv=None) -> int:
@@ -385,31 +379,21 @@ def llama_cli(direction: str, argv=None) -> int:
     from uer.errors import run_cli
 
     def main(argv):
-        import json
         import os
 
         from uer.options import parse
 
         args, _ = parse(f"convert_llama_{direction}", argv)
-        from uer.checkpoint import read_state_dict
-        from uer.utils import atomic_path
+        from uer.checkpoint import read_state_dict, write_state_dict
+        from uer.utils import write_json
 
         if direction == "from_huggingface_to_uer":
             conf, hf = read_hf_dir(args.input_dir)
             recipe = llama_recipe_from_hf(conf, os.path.join(args.input_dir, "config.json"))
             out = llama_from_hf(hf, recipe)
-            with atomic_path(args.output_model_path) as tmp:
-                if args.output_model_path.endswith(".safetensors"):
-                    from safetensors.torch import save_file
-
-                    save_file({k: v.contiguous().clone() for k, v in out.items()}, tmp)
-                else:
-                    torch.save(out, tmp)
+            write_state_dict(out, args.output_model_path)
             recipe_path = args.output_config_path or os.path.splitext(args.output_model_path)[0] + "_config.json"
-            with atomic_path(recipe_path) as tmp:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(recipe, f, indent=2)
-                    f.write("\n")
+            write_json(recipe, recipe_path)
             print(f"Wrote {args.output_model_path}: {len(out)} tensors, and its recipe {recipe_path} "
                   f"(give it as --config_path).")
             return 0
@@ -449,20 +433,13 @@ def convert_cli(family: str, direction: str, argv=None) -> int:
         from uer.options import parse
 
         args, _ = parse(f"convert_{family}_{direction}", argv)
-        from uer.checkpoint import read_state_dict
-        from uer.utils import atomic_path
+        from uer.checkpoint import read_state_dict, write_state_dict
 
         state = read_state_dict(args.input_model_path)
         kw = {k: v for k, v in vars(args).items() if k in ("layers_num", "target", "max_seq_length")}
         from_hf, to_hf = FAMILIES[family]
         out = from_hf(state, **kw) if direction == "from_huggingface_to_uer" else to_hf(state, **kw)
-        with atomic_path(args.output_model_path) as tmp:
-            if args.output_model_path.endswith(".safetensors"):
-                from safetensors.torch import save_file
-
-                save_file({k: v.contiguous().clone() for k, v in out.items()}, tmp)
-            else:
-                torch.save(out, tmp)
+        write_state_dict(out, args.output_model_path)
         print(f"Wrote {args.output_model_path}: {len(out)} tensors.")
         return 0
 

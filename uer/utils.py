@@ -137,6 +137,16 @@ def exit_with_parent(message: str | None = None, code: int = 3) -> None:
     threading.Thread(target=watch, daemon=True, name="uer-parent-watch").start()
 
 
+def write_json(value, path: str) -> None:
+    """`value` as indented JSON, written atomically (atomic_path)."""
+    import json
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=2)
+            f.write("\n")
+
+
 def read_json(path: str, what: str):
     """The JSON value in the file `path`; invalid JSON is a UerError naming `what` and the file."""
     import json

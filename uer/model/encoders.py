@@ -8,7 +8,7 @@ from torch import nn
 from uer.config import ModelConfig
 from uer.model.layers import TransformerLayer, layer_norm
 from uer.model.ops import Dropout
-from uer.registry import ENCODERS, register
+from uer.registry import EMBEDDINGS, ENCODERS, register
 
 
 class Encoder(nn.Module):
@@ -86,8 +86,6 @@ class TransformerEncoder(Encoder):
             p.append(f"--local_kv_heads_num {kv} must be a positive divisor of heads_num {cfg.heads_num} "
                      "(each key/value head serves heads_num / local_kv_heads_num query heads)")
         if cfg.rotary_position_embedding:
-            from uer.registry import EMBEDDINGS
-
             emb = EMBEDDINGS.get(cfg.embedding)
             if emb is not None and emb.use_position:
                 p.append(f"--rotary_position_embedding puts the positions into attention, but --embedding "

@@ -57,13 +57,19 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.head_dim, self.base = head_dim, base
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def angles(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) [(B,) L, 1, d] for these positions, computed in fp32, given in `dtype`."""
         d = self.head_dim
-        inv_freq = 1.0 / (self.base ** (torch.arange(0, d, 2, device=x.device).float() / d))
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, d, 2, device=positions.device).float() / d))
         angles = positions.float()[..., None] * inv_freq  # [(B,) L, d/2]
-        angles = torch.cat([angles, angles], -1).unsqueeze(-2)  # [(B,) L, 1, d]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        x1, x2 = x[..., :d // 2], x[..., d // 2:]
+        angles = torch.cat([angles, angles], -1).unsqueeze(-2)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
+                cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x rotated at `positions`, or by the angles already computed (cos_sin)."""
+        cos, sin = cos_sin if cos_sin is not None else self.angles(positions, x.dtype)
+        x1, x2 = x[..., :self.head_dim // 2], x[..., self.head_dim // 2:]
         return x * cos + torch.cat([-x2, x1], -1) * sin
 
     def extra_repr(self) -> str:
@@ -111,10 +117,12 @@ class MultiHeadedAttention(nn.Module):
         else:
             (q,), (k, v) = self._project(query, 0, 1), self._project(key_value, 1, 2)
         past = cache["k"].shape[1] if cache is not None and "k" in cache else 0
-        if self.rotary is not None:
-            new = torch.arange(past, past + k.shape[1], device=k.device)
-            q = self.rotary(q, new[:q.shape[1]] if q_positions is None else q_positions)
-            k = self.rotary(k, new)
+        if self.rotary is not None:  # one set of angles when the queries are the new keys' positions
+            k_angles = self.rotary.angles(torch.arange(past, past + k.shape[1], device=k.device), k.dtype)
+            same = q_positions is None and q.shape[1] == k.shape[1]
+            q = self.rotary(q, q_positions if q_positions is not None else
+                            torch.arange(past, past + q.shape[1], device=q.device), k_angles if same else None)
+            k = self.rotary(k, cos_sin=k_angles)
         if cache is not None:
             if past:
                 k, v = torch.cat([cache["k"], k], 1), torch.cat([cache["v"], v], 1)
@@ -164,9 +172,9 @@ def feed_forward(cfg: ModelConfig) -> nn.Module:
                                            bias=not cfg.remove_transformer_bias)
 
 
-def layer_norm(cfg: ModelConfig, size: int | None = None) -> LayerNorm:
+def layer_norm(cfg: ModelConfig) -> LayerNorm:
     """A transformer layer's normalisation (no beta with --remove_transformer_bias)."""
-    return LayerNorm(size or cfg.hidden_size, cfg.layernorm_eps, cfg.layernorm, bias=not cfg.remove_transformer_bias)
+    return LayerNorm(cfg.hidden_size, cfg.layernorm_eps, cfg.layernorm, bias=not cfg.remove_transformer_bias)
 
 
 def self_attention(cfg: ModelConfig, dropout: float, rope: bool = False) -> MultiHeadedAttention:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uer.config import LAYERNORMS, ModelConfig, expect
+from uer.config import FEED_FORWARDS, LAYERNORMS, ModelConfig, expect
 from uer.registry import DECODERS, EMBEDDINGS, ENCODERS, TARGETS
 
 
@@ -140,8 +140,8 @@ def model_problems(cfg: ModelConfig) -> list[str]:
         return p  # the checks below read these
     expect(p, 0.0 <= cfg.dropout < 1.0, f"dropout must be in [0, 1), got {cfg.dropout}")
     expect(p, cfg.layernorm in LAYERNORMS, f"layernorm must be one of {', '.join(LAYERNORMS)}, got {cfg.layernorm!r}")
-    expect(p, cfg.feed_forward in ("dense", "gated"),
-           f"feed_forward must be 'dense' or 'gated', got {cfg.feed_forward!r}")
+    expect(p, cfg.feed_forward in FEED_FORWARDS,
+           f"feed_forward must be one of {', '.join(FEED_FORWARDS)}, got {cfg.feed_forward!r}")
     expect(p, cfg.layernorm_eps > 0, f"layernorm_eps must be positive, got {cfg.layernorm_eps}")
     p += EMBEDDINGS[cfg.embedding].problems(cfg) + ENCODERS[cfg.encoder].problems(cfg)
     target = TARGETS[cfg.target]
@@ -155,10 +155,6 @@ def model_problems(cfg: ModelConfig) -> list[str]:
                                                f"not {cfg.encoder}")
         expect(p, cfg.local_kv_heads_num is None, f"--local_kv_heads_num applies to --encoder transformer "
                                                   f"only, not {cfg.encoder}")
-    if cfg.target in ("mt", "t5"):
-        expect(p, not cfg.rotary_position_embedding,
-               f"--rotary_position_embedding applies to the encoder, and --target {cfg.target}'s decoder takes "
-               f"its positions from --tgt_embedding {cfg.tgt_embedding}: not available with a decoder yet")
     expect(p, not cfg.bidirectional or cfg.encoder in ("rnn", "lstm", "gru"),
            f"--bidirectional applies to --encoder rnn, lstm or gru, not {cfg.encoder} "
            "(birnn, bilstm and bigru are bidirectional by design)")

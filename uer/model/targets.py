@@ -302,6 +302,10 @@ class Seq2SeqTarget(Target):
         if cfg.emb_size != cfg.hidden_size:
             p.append(f"--target {cfg.target}: the decoder reads its embedding directly, so emb_size "
                      f"{cfg.emb_size} must equal hidden_size {cfg.hidden_size}")
+        if cfg.rotary_position_embedding:
+            p.append(f"--rotary_position_embedding applies to the encoder, and --target {cfg.target}'s decoder "
+                     f"takes its positions from --tgt_embedding {cfg.tgt_embedding}: not available with a "
+                     "decoder yet")
         return p
 
     def decode(self, hidden, batch):

@@ -26,29 +26,28 @@ def save_training_state(path: str, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def latest_checkpoint(output_model_path: str, before: int | None = None) -> tuple[int, str] | None:
-    """(step, model path) of the newest complete intermediate checkpoint (before step `before`), or None."""
-    best = None
+def complete_checkpoints(output_model_path: str) -> list[tuple[int, str]]:
+    """(step, model path) of every complete intermediate checkpoint (with its .state), oldest first."""
+    found = []
     for model_path in glob.glob(glob.escape(output_model_path) + "-*"):
         m = re.fullmatch(re.escape(output_model_path) + r"-(\d+)", model_path)
         if m and os.path.isfile(state_path(model_path)):
-            step = int(m.group(1))
-            if (before is None or step < before) and (best is None or step > best[0]):
-                best = (step, model_path)
-    return best
+            found.append((int(m.group(1)), model_path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_model_path: str, before: int | None = None) -> tuple[int, str] | None:
+    """(step, model path) of the newest complete intermediate checkpoint (before step `before`), or None."""
+    earlier = [c for c in complete_checkpoints(output_model_path) if before is None or c[0] < before]
+    return earlier[-1] if earlier else None
 
 
 def prune_checkpoints(output_model_path: str, keep: int) -> list[str]:
     """Remove the complete step checkpoints older than the newest `keep` (the .state first, so a
     half-removed one is never taken as complete); returns the model paths removed. Called after a
     checkpoint is complete, so the newest one is never the one at risk."""
-    found = []
-    for model_path in glob.glob(glob.escape(output_model_path) + "-*"):
-        m = re.fullmatch(re.escape(output_model_path) + r"-(\d+)", model_path)
-        if m and os.path.isfile(state_path(model_path)):
-            found.append((int(m.group(1)), model_path))
     removed = []
-    for _, model_path in sorted(found)[:-keep]:
+    for _, model_path in complete_checkpoints(output_model_path)[:-keep]:
         os.remove(state_path(model_path))
         os.remove(model_path)
         removed.append(model_path)

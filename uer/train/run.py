@@ -58,6 +58,13 @@ REFUSED = ("fp16", "fp16_opt_level", "bf16", "pretrained_model_path", "strict_lo
 MODEL_APPLIED = ("dropout",)
 
 
+def as_saved(cfg, saved: dict) -> dict:
+    """cfg's fields, less those newer than the saved run that are at their default (the run was
+    trained as if with that default)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.name in saved or getattr(cfg, f.name) != f.default}
+
+
 def resume_changes(saved: dict, tcfg, mcfg, world_size: int) -> tuple[list[str], list[str]]:
     """(refused, applied): every option of this command line that differs from the saved run,
     `name: saved -> now`. Refused ones stop the resume; the rest are used from here on."""
@@ -66,18 +73,12 @@ def resume_changes(saved: dict, tcfg, mcfg, world_size: int) -> tuple[list[str],
     for k, v in now_shape.items():
         if saved["shape"].get(k) != v:
             refused.append(f"{k}: {saved['shape'].get(k)} -> {v}")
-    added_later = {f.name: f.default for f in dataclasses.fields(mcfg) if f.name not in saved["model"]}
-    for k, v in dataclasses.asdict(mcfg).items():
+    for k, v in as_saved(mcfg, saved["model"]).items():
         old = saved["model"].get(k)
-        if k in added_later and v == added_later[k]:
-            continue  # a field newer than the saved run, at its default: the model the run built
         if old != _plain(v):
             (applied if k in MODEL_APPLIED else refused).append(f"{k}: {old} -> {v}")
-    train_later = {f.name: f.default for f in dataclasses.fields(tcfg) if f.name not in saved["train"]}
-    for k, v in dataclasses.asdict(tcfg).items():
+    for k, v in as_saved(tcfg, saved["train"]).items():
         old = saved["train"].get(k)
-        if k in train_later and v == train_later[k]:
-            continue
         if k in now_shape or k in ("resume", "overwrite") or old == _plain(v):
             continue
         if k == "pretrained_model_path" and old and v and os.path.abspath(old) == os.path.abspath(v):

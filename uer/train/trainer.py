@@ -177,7 +177,7 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
     loader.seek(start * tcfg.accumulation_steps)
     # the worker starts before the model exists: a forked one shares none of its memory, and
     # builds the first batches while the model is built
-    with loader.prefetch(tcfg.instances_buffer_size, worker) as batches, contextlib.ExitStack() as loop_exit:
+    with loader.prefetch(tcfg.instances_buffer_size, worker) as batches, StopRequest(rank, device) as stop:
         precision = Precision(tcfg.bf16, tcfg.fp16, tcfg.fp16_opt_level, device)
         model, forward, kernels = build_for_training(tcfg, mcfg, rank, device, precision, log)
         optimizer = build_optimizer(model, tcfg.learning_rate, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2),
@@ -196,7 +196,6 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
         dev = DevEvaluation(tcfg, special, masking, rank, device) if tcfg.dev_dataset_path else None
         window, history, t_start = Window(), [], time.perf_counter()
         model.train()
-        stop = loop_exit.enter_context(StopRequest(rank, device))
         for step in range(start + 1, tcfg.total_steps + 1):
             micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
             totals = global_counts(target, micro, rank, device)  # each term's predictions in the step
