@@ -1,47 +1,11 @@
 #!/usr/bin/env python3
-"""Element-wise mean of several checkpoints with the same keys and shapes (e.g. the last few
-<output_model_path>-<step> files), written atomically."""
+"""The uer-average-models command from a checkout (the code: uer/tools/average_models.py). See --help."""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uer.errors import UerError, run_cli  # noqa: E402
-from uer.options import parse  # noqa: E402
-
-
-def main(argv=None):
-    import torch
-
-    from uer.checkpoint import read_state_dict
-    from uer.config import output_problems
-    from uer.errors import ConfigError
-    from uer.utils import atomic_path
-
-    args, _ = parse("average_models", argv, __doc__)
-    problems = output_problems(args.output_model_path, "--output_model_path",
-                               {f"--model_list_path[{i}]": p for i, p in enumerate(args.model_list_path)})
-    if problems:
-        raise ConfigError(problems)
-    total, first = None, None
-    for path in args.model_list_path:
-        state = read_state_dict(path)
-        if total is None:
-            total, first = {k: v.double().clone() for k, v in state.items()}, path
-            continue
-        if state.keys() != total.keys():
-            diff = sorted(set(state) ^ set(total))[:5]
-            raise UerError(f"{path} and {first} have different keys (e.g. {', '.join(diff)})")
-        for k, v in state.items():
-            if v.shape != total[k].shape:
-                raise UerError(f"{k}: {tuple(v.shape)} in {path}, {tuple(total[k].shape)} in {first}")
-            total[k] += v.double()
-    dtypes = {k: v.dtype for k, v in read_state_dict(first).items()}
-    mean = {k: (v / len(args.model_list_path)).to(dtypes[k]) for k, v in total.items()}
-    with atomic_path(args.output_model_path) as tmp:
-        torch.save(mean, tmp)
-    print(f"Wrote the mean of {len(args.model_list_path)} checkpoints to {args.output_model_path}.")
-
+from uer.tools.average_models import cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

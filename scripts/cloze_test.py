@@ -1,46 +1,11 @@
 #!/usr/bin/env python3
-"""Mask one random token of each line of --input_path and write the model's top-n predictions for
-it (an mlm, bert or albert model). Output lines: text<TAB>masked token<TAB>prediction prediction ..."""
+"""The uer-cloze-test command from a checkout (the code: uer/tools/cloze_test.py). See --help."""
 import os
-import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uer import components  # noqa: E402
-from uer.api import Pretrained, check_files, read_lines  # noqa: E402
-from uer.errors import UerError, run_cli  # noqa: E402
-from uer.options import parse  # noqa: E402
-from uer.utils import atomic_write_text  # noqa: E402
-
-
-def main(argv=None):
-    import torch
-
-    components.load()
-    args, explicit = parse("cloze_test", argv, __doc__)
-    check_files({"--input_path": args.input_path, "--load_model_path": args.load_model_path,
-                 "--vocab_path": args.vocab_path}, {"--output_path": args.output_path})
-    lines = read_lines(args.input_path, "--input_path")
-    m = Pretrained.from_args(args, explicit | {"target"})
-    if m.cfg.target not in ("mlm", "bert", "albert"):
-        raise UerError(f"--target {m.cfg.target}: cloze_test.py needs a masked LM (mlm, bert or albert)")
-    rng = random.Random(args.seed)
-    out = []
-    for text in lines:
-        ids = m.tokenizer.encode(text)[:args.seq_length - 2]
-        if not ids:
-            continue
-        k = rng.randrange(len(ids))
-        original = ids[k]
-        src = torch.tensor([[m.special.cls] + ids[:k] + [m.special.mask] + ids[k + 1:] + [m.special.sep]])
-        with torch.no_grad():
-            scores = m.model.logits({"src": src, "seg": torch.ones_like(src)})["mlm"][0, k + 1]
-        best = scores.topk(args.topn).indices.tolist()
-        out.append(f"{text}\t{m.vocab.tokens[original]}\t{' '.join(m.vocab.tokens[i] for i in best)}\n")
-    atomic_write_text(args.output_path, "".join(out))
-    print(f"Wrote {len(out)} cloze predictions to {args.output_path}.")
-
+from uer.tools.cloze_test import cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -1,34 +1,11 @@
 #!/usr/bin/env python3
-"""Write the word embedding table of a checkpoint as word2vec text: a header "V dim", then
-"token v1 ... vdim" for every vocabulary entry."""
+"""The uer-extract-embeddings command from a checkout (the code: uer/tools/extract_embeddings.py). See --help."""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uer.errors import UerError, run_cli  # noqa: E402
-from uer.options import parse  # noqa: E402
-from uer.utils import atomic_write_text  # noqa: E402
-
-
-def main(argv=None):
-    from uer.checkpoint import map_later_names, read_state_dict
-    from uer.vocab import load_vocab
-
-    args, _ = parse("extract_embeddings", argv, __doc__)
-    vocab = load_vocab(args.vocab_path, args.spm_model_path)
-    state = map_later_names(read_state_dict(args.load_model_path))
-    table = state.get("embedding.word_embedding.weight")
-    if table is None:
-        raise UerError(f"{args.load_model_path} has no embedding.word_embedding.weight")
-    if table.shape[0] != len(vocab):
-        raise UerError(f"the embedding has {table.shape[0]} rows, the vocabulary {len(vocab)} tokens")
-    rows = [f"{len(vocab)} {table.shape[1]}\n"]
-    for token, vec in zip(vocab.tokens, table.float().tolist()):
-        rows.append(token + " " + " ".join(f"{x:.6g}" for x in vec) + "\n")
-    atomic_write_text(args.word_embedding_path, "".join(rows))
-    print(f"Wrote {len(vocab)} vectors of size {table.shape[1]} to {args.word_embedding_path}.")
-
+from uer.tools.extract_embeddings import cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

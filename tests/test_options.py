@@ -15,7 +15,7 @@ def build_pretrain_parser():
 
 MANUAL = f"{SHARED}/seed/000_7bd7c665b653ebb3.txt"
 # SPEC 2.1 defaults, with the decisions of SPEC 8 (tgt_embedding defaults to one that works)
-DEFAULTS = {"dataset_path": "dataset.pt", "config_path": "models/bert_base_config.json",
+DEFAULTS = {"dataset_path": "dataset.pt", "config_path": "bert_base",
             "total_steps": 100000, "save_checkpoint_steps": 10000, "report_steps": 100,
             "accumulation_steps": 1, "batch_size": 32, "instances_buffer_size": 25600,
             "labels_num": None, "dropout": 0.1, "seed": 7, "embedding": "word_pos_seg",

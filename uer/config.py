@@ -111,13 +111,41 @@ class TrainConfig:
     span_max_length: int | None = None
 
 
+#: the recipes that ship with the package (models/*_config.json in a checkout link to them)
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+RECIPE_SUFFIX = "_config.json"
+
+
+def recipe_names() -> list[str]:
+    return sorted(f[:-len(RECIPE_SUFFIX)] for f in os.listdir(RECIPES_DIR) if f.endswith(RECIPE_SUFFIX))
+
+
+def resolve_recipe(value: str) -> str:
+    """--config_path: a file, or the name of a packaged recipe (bert_base, albert_xxlarge, ...)."""
+    if os.path.isfile(value):
+        return value
+    name = os.path.basename(value)
+    name = name[:-len(RECIPE_SUFFIX)] if name.endswith(RECIPE_SUFFIX) else name
+    packaged = os.path.join(RECIPES_DIR, name + RECIPE_SUFFIX)
+    if os.path.basename(value) == value and os.path.isfile(packaged):  # a name, not a path
+        return packaged
+    hint = (f"; --config_path {name} names the packaged recipe of that name" if os.path.isfile(packaged) else
+            f"; the packaged recipes are {', '.join(recipe_names())}")
+    raise UerError(f"model recipe not found: --config_path {value} is neither a file nor a packaged "
+                   f"recipe's name{hint}")
+
+
 def load_recipe(path: str) -> dict:
-    """Read a JSON recipe; unknown keys are an error (with a suggestion)."""
-    if not os.path.isfile(path):
-        raise UerError(f"model recipe not found: --config_path {path}")
+    """Read a JSON recipe (a file, or a packaged recipe's name); unknown keys are an error (with a
+    suggestion)."""
+    path = resolve_recipe(path)
     from uer.utils import read_json  # here: importing the configs loads nothing else
 
-    recipe = read_json(path, "model recipe")
+    return check_recipe(read_json(path, "model recipe"), path)
+
+
+def check_recipe(recipe, path: str) -> dict:
+    """A recipe's fields and their JSON types; every problem in one error that names `path`."""
     if not isinstance(recipe, dict):
         raise UerError(f"model recipe {path} must hold a JSON object")
     types = {f.name: f.type for f in fields(ModelConfig) if f.name not in ("vocab_size", "tgt_vocab_size")}

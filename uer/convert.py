@@ -374,7 +374,7 @@ def write_hf_dir(path: str, conf: dict, state: dict) -> None:
     write_json(conf, os.path.join(path, "config.json"))
 
 
-def llama_cli(direction: str, argv=None) -> int:
+def llama_cli(direction: str, argv=None, prog: str | None = None) -> int:
     """The body of scripts/convert_llama_from_<a>_to_<b>.py."""
     from uer.errors import run_cli
 
@@ -383,7 +383,7 @@ def llama_cli(direction: str, argv=None) -> int:
 
         from uer.options import parse
 
-        args, _ = parse(f"convert_llama_{direction}", argv)
+        args, _ = parse(f"convert_llama_{direction}", argv, prog=prog)
         from uer.checkpoint import read_state_dict, write_state_dict
         from uer.utils import write_json
 
@@ -425,14 +425,17 @@ FAMILIES = {"bert": (bert_from_hf, bert_to_hf), "gpt2": (gpt2_from_hf, gpt2_to_h
             "albert": (albert_from_hf, albert_to_hf)}
 
 
-def convert_cli(family: str, direction: str, argv=None) -> int:
+def convert_cli(family: str, direction: str, argv=None, prog: str | None = None) -> int:
     """The body of scripts/convert_<family>_from_<a>_to_<b>.py."""
     from uer.errors import run_cli
+
+    if family == "llama":
+        return llama_cli(direction, argv, prog)
 
     def main(argv):
         from uer.options import parse
 
-        args, _ = parse(f"convert_{family}_{direction}", argv)
+        args, _ = parse(f"convert_{family}_{direction}", argv, prog=prog)
         from uer.checkpoint import read_state_dict, write_state_dict
 
         state = read_state_dict(args.input_model_path)
@@ -444,3 +447,25 @@ def convert_cli(family: str, direction: str, argv=None) -> int:
         return 0
 
     return run_cli(main, argv)
+
+
+DIRECTIONS = {"to-uer": "from_huggingface_to_uer", "to-hf": "from_uer_to_huggingface"}
+
+
+def convert_main(argv=None) -> int:
+    """uer-convert FAMILY DIRECTION [options]: the scripts/convert_<family>_from_<a>_to_<b>.py
+    converters as one console command."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    families = sorted(FAMILIES) + ["llama"]
+    usage = (f"usage: uer-convert {{{','.join(families)}}} {{{','.join(DIRECTIONS)}}} [options]; "
+             "uer-convert FAMILY DIRECTION --help lists the options")
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if len(argv) < 2 or argv[0] not in families or argv[1] not in DIRECTIONS:
+        got = " ".join(argv[:2]) or "nothing"
+        print(f"uer-convert: error: expected a model family and a direction, got {got}\n{usage}", file=sys.stderr)
+        return 2
+    return convert_cli(argv[0], DIRECTIONS[argv[1]], argv[2:], prog=f"uer-convert {argv[0]} {argv[1]}")

@@ -67,7 +67,7 @@ class Option:
 
 
 POOLINGS = ("mean", "max", "first", "last")
-DEFAULT_CONFIG_PATH = "models/bert_base_config.json"
+DEFAULT_CONFIG_PATH = "bert_base"  # the packaged recipe (uer/recipes)
 
 _DECLARED = [
     # files and vocabularies
@@ -80,7 +80,8 @@ _DECLARED = [
     Option("spm_model_path", "SentencePiece model; its pieces are the vocabulary (wins over --vocab_path)."),
     Option("tgt_vocab_path", "Target-side vocabulary (mt)."),
     Option("tgt_spm_model_path", "Target-side SentencePiece model (mt)."),
-    Option("config_path", "JSON model recipe; explicitly given options win over it.", DEFAULT_CONFIG_PATH),
+    Option("config_path", "JSON model recipe: a file, or a packaged recipe's name (bert_base, bert_tiny, "
+                         "albert_base, llama_tiny, ...); explicitly given options win over it.", DEFAULT_CONFIG_PATH),
     Option("pretrained_model_path", "Checkpoint to start from."),
     Option("strict_load", "false: load what fits from --pretrained_model_path, list the rest, and give the missing "
                           "parameters the N(0, 0.02) init.", True, _bool),
@@ -353,10 +354,10 @@ COMMANDS["convert_llama_from_uer_to_huggingface"] = Command(
      "config_path": {"required": True, "help": "The model's recipe (JSON)."}})
 
 
-def build_parser(command: str, description: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
     cmd = COMMANDS[command]
     invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    prog = invoked if invoked.startswith("uer-") else cmd.prog  # a console command names itself
+    prog = prog or (invoked if invoked.startswith("uer-") else cmd.prog)  # a console command names itself
     p = argparse.ArgumentParser(prog=prog, description=description or cmd.description, allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for title, names in cmd.groups:
@@ -366,9 +367,9 @@ def build_parser(command: str, description: str | None = None) -> argparse.Argum
     return p
 
 
-def parse(command: str, argv: list[str] | None = None, description: str | None = None):
+def parse(command: str, argv: list[str] | None = None, description: str | None = None, prog: str | None = None):
     """(namespace, the names of the options given on the command line)."""
-    parser = build_parser(command, description)
+    parser = build_parser(command, description, prog)
     argv = sys.argv[1:] if argv is None else argv
     return parser.parse_args(argv), explicit_dests(parser, argv)
 
