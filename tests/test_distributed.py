@@ -65,6 +65,7 @@ def test_two_nodes_on_one_machine(tmp_path, eight):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "2 processes (gloo)" in outs[0][0] and "steps|" in outs[0][0]
+    assert all(line.startswith("[rank 0/2] ") for line in outs[0][0].splitlines()), outs[0][0]  # whose line
     assert "steps|" not in outs[1][0]  # only rank 0 reports ...
     assert (tmp_path / "node0.bin").exists() and (tmp_path / "node0.bin-2").exists()
     assert not list(tmp_path.glob("node1.bin*"))  # ... and saves
@@ -140,8 +141,8 @@ def test_options_given_on_node_0_only_are_taken_by_every_rank(tmp_path, eight, l
     for runs in (every, only):
         assert [rc for rc, _, _ in runs] == [0] * len(layout), runs
     lines = [line for line in only[0][1].splitlines() if " steps|" in line]
-    assert [line.split("/")[0].strip("| ") for line in lines if "dev|" not in line] == ["2", "4", "6"]
-    assert [line.split(" steps")[0].strip("| ") for line in lines if "dev|" in line] == ["3", "6"]
+    assert [line.split("|")[1].split("/")[0].strip() for line in lines if "dev|" not in line] == ["2", "4", "6"]
+    assert [line.split("|")[1].split(" steps")[0].strip() for line in lines if "dev|" in line] == ["3", "6"]
     assert (tmp_path / "only.bin-3").exists() and (tmp_path / "only.bin-6").exists()
     a, b = torch.load(tmp_path / "every.bin"), torch.load(tmp_path / "only.bin")
     for k in a:

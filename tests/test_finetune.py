@@ -53,15 +53,19 @@ def test_finetune_keeps_the_best_model_and_beats_the_majority_class(tmp_path, da
     proc = finetune(data, tmp_path / "ft.bin", "--epochs_num", "2", "--pretrained_model_path", str(tmp_path / "pre.bin"))
     assert proc.returncode == 0, proc.stderr
     assert ".uer-finetune" not in proc.stdout + proc.stderr  # no message names a temporary file
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft.bin", "pre.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft.bin", "ft.bin.json", "pre.bin"]
     lines = proc.stdout.splitlines()
     assert sum(" dev|" in line for line in lines) == 2  # one evaluation per epoch
+    reports = [line for line in lines if " steps|" in line and " dev|" not in line]
+    assert len(reports) == 10, reports  # 126 steps, no --report_steps: every 13 and the last
+    head = "the new cls head, from N(0, 0.02): target.linear_1.weight, target.linear_1.bias, target.linear_2.weight"
+    assert any(line.startswith(f"Partial load of (the encoder of) {tmp_path / 'pre.bin'}; {head}") for line in lines)
     test_line = next(line for line in lines if line.startswith("Test accuracy"))
     majority = max(sum(1 for line in open(data / "test.tsv", encoding="utf-8") if line.startswith(c)) for c in "01")
     assert accuracy(test_line) > majority / 400 + 0.05, proc.stdout
+    # the model card beside ft.bin gives the recipe, the vocabulary, the labels and --seq_length 64
     proc = run_script("inference/run_classifier_infer.py", "--load_model_path", str(tmp_path / "ft.bin"),
-                      "--vocab_path", ZH_VOCAB, "--config_path", str(data / "tiny.json"), "--test_path",
-                      str(data / "test.tsv"), "--prediction_path", str(tmp_path / "pred.tsv"), "--seq_length", "64",
+                      "--test_path", str(data / "test.tsv"), "--prediction_path", str(tmp_path / "pred.tsv"),
                       "--output_prob")
     assert proc.returncode == 0, proc.stderr
     pred = (tmp_path / "pred.tsv").read_text().splitlines()
@@ -69,6 +73,49 @@ def test_finetune_keeps_the_best_model_and_beats_the_majority_class(tmp_path, da
     assert pred[0] == "label\tprob" and len(pred) == 401
     agree = sum(p.split("\t")[0] == g for p, g in zip(pred[1:], gold)) / 400
     assert agree == pytest.approx(accuracy(test_line), abs=1e-6)  # the same encoding as in training
+    proc = run_script("inference/run_classifier_infer.py", "--load_model_path", str(tmp_path / "ft.bin"),
+                      "--test_path", str(data / "test.tsv"), "--prediction_path", str(tmp_path / "bf16.tsv"), "--bf16")
+    assert proc.returncode == 0, proc.stderr
+    same = sum(a.split("\t")[0] == b for a, b in zip(pred[1:], (tmp_path / "bf16.tsv").read_text().splitlines()[1:]))
+    assert same >= 0.95 * 400  # bf16 autocast: the same labels but for the closest calls
+
+
+def test_the_model_card_carries_the_model_from_pretraining_to_fine_tuning(tmp_path, data, tiny_mlm):
+    """pretrain.py writes a card beside its model; fine-tuning and continued pre-training read it
+    instead of --config_path, and refuse a command line that disagrees, listing every difference."""
+    proc = run_script("pretrain.py", "--dataset_path", str(tiny_mlm / "d.pt"), "--vocab_path", ZH_VOCAB,
+                      "--config_path", str(tiny_mlm / "tiny.json"), "--target", "mlm", "--layernorm_positioning", "pre",
+                      "--output_model_path", str(tmp_path / "pre.bin"), "--total_steps", "2", "--batch_size", "4",
+                      "--save_checkpoint_steps", "100")
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads((tmp_path / "pre.bin.json").read_text())
+    assert card["model"]["layernorm_positioning"] == "pre" and card["seq_length"] == 32 and card["step"] == 2
+    proc = finetune(data, tmp_path / "ft.bin", "--epochs_num", "1", "--pretrained_model_path", str(tmp_path / "pre.bin"),
+                    "--config_path", "bert_tiny")
+    # the recipe's fields go over the card's (bert_tiny says nothing of the LayerNorm's place)
+    assert_clean_error(proc, f"the model card {tmp_path / 'pre.bin.json'} and this command line disagree on 5 thing(s)",
+                       "layers_num: 2 in the card, 3 here", "hidden_size: 32 in the card, 384 here")
+    proc = run_script("finetune/run_classifier.py", "--pretrained_model_path", str(tmp_path / "pre.bin"),
+                      "--train_path", str(data / "dev.tsv"), "--dev_path", str(data / "dev.tsv"), "--epochs_num", "1",
+                      "--seq_length", "32", "--output_model_path", str(tmp_path / "ft.bin"))
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads((tmp_path / "ft.bin.json").read_text())
+    assert (card["model"]["target"], card["model"]["labels_num"], card["model"]["layernorm_positioning"],
+            card["seq_length"]) == ("cls", 2, "pre", 32)
+    # the scripts read it too: the vocabulary of extract_embeddings, the head of the converter
+    proc = run_script("scripts/extract_embeddings.py", "--load_model_path", str(tmp_path / "pre.bin"),
+                      "--word_embedding_path", str(tmp_path / "emb.txt"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "emb.txt").read_text(encoding="utf-8").split("\n", 1)[0] == "21128 32"
+    proc = run_script("scripts/convert_bert_from_uer_to_huggingface.py", "--input_model_path", str(tmp_path / "pre.bin"),
+                      "--output_model_path", str(tmp_path / "hf.bin"))
+    assert proc.returncode == 0, proc.stderr
+    hf = torch.load(tmp_path / "hf.bin", weights_only=True)
+    assert "cls.predictions.decoder.weight" in hf and not any("seq_relationship" in k for k in hf)  # mlm, no NSP
+    proc = run_script("pretrain.py", "--dataset_path", str(tiny_mlm / "d.pt"), "--vocab_path", ZH_VOCAB,
+                      "--pretrained_model_path", str(tmp_path / "pre.bin"), "--hidden_act", "relu",
+                      "--output_model_path", str(tmp_path / "more.bin"), "--total_steps", "1")
+    assert_clean_error(proc, "disagree on 1 thing(s)", "hidden_act: 'gelu' in the card, 'relu' here")
 
 
 @pytest.mark.parametrize("options", [["--encoder", "bilstm", "--embedding", "word"],

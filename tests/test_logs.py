@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -159,3 +160,102 @@ def test_chinese_usage_matches_the_readme():
     assert zh <= en, zh - en
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         assert "README.zh.md" in f.read()
+
+
+def _train_eight(tmp_path, eight, **kw):
+    from uer.config import ModelConfig, TrainConfig
+    from uer.data.dataset import Dataset
+    from uer.train.trainer import train
+    from uer.vocab import Vocab
+
+    mcfg = ModelConfig(vocab_size=21128, target="mlm", emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4,
+                       layers_num=1)
+    tcfg = TrainConfig(dataset_path=eight, output_model_path=str(tmp_path / "m.bin"), total_steps=3, report_steps=1,
+                       batch_size=4, save_checkpoint_steps=100, **kw)
+    return train(tcfg, mcfg, Dataset(eight), Vocab.load(ZH_VOCAB).special_ids(), worker="none")
+
+
+def test_tensorboard_gets_the_train_and_dev_scalars(tmp_path, eight, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = _train_eight(tmp_path, eight, tensorboard_dir=str(tmp_path / "tb"), dev_dataset_path=eight, dev_steps=2,
+                          max_grad_norm=0.0)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_mlm", "train/acc_mlm", "train/lr", "train/tokens_per_s", "train/grad_norm",
+            "dev/loss_mlm", "dev/acc_mlm", "dev/ppl_mlm"} <= tags, tags
+    train_rows = [h for h in result["history"] if "loss" in h]
+    assert [e.step for e in events.Scalars("train/loss_mlm")] == [1, 2, 3]
+    for e, h in zip(events.Scalars("train/loss_mlm"), train_rows):
+        assert e.value == pytest.approx(h["metrics"]["mlm"]["loss"], rel=1e-6)
+    norms = [e.value for e in events.Scalars("train/grad_norm")]
+    assert all(n > 0 for n in norms) and norms == pytest.approx([h["grad_norm"] for h in train_rows], rel=1e-6)
+    assert [e.step for e in events.Scalars("dev/ppl_mlm")] == [2, 3]
+    assert "steps|" in capsys.readouterr().out  # the console still gets the report lines
+
+
+def test_messages_go_through_logging_with_level_rank_and_file(tmp_path, eight, capsys):
+    import logging
+
+    from uer import logs
+
+    try:
+        logs.setup("warning")
+        _train_eight(tmp_path / "quiet", eight)
+        assert "steps|" not in capsys.readouterr().out  # --log_level warning: no report lines
+        logs.setup("info", rank=1, world_size=2)
+        logging.getLogger("uer.train.trainer").info("a line")
+        assert capsys.readouterr().out == "[rank 1/2] a line\n"
+        logs.setup("info")
+        _train_eight(tmp_path, eight, log_path=str(tmp_path / "train.log"))
+        out = capsys.readouterr().out
+        assert "steps|" in out and not out.startswith("[rank")
+        lines = (tmp_path / "train.log").read_text(encoding="utf-8").splitlines()
+        report = next(line for line in lines if "steps|" in line)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO uer\.train\.trainer: \|.*", report), report
+        assert not logging.getLogger("uer").handlers[1:], "the run's file handler is removed at its end"
+    finally:
+        logs.setup()
+
+
+def test_a_progress_bar_on_a_terminal_keeps_the_lines_above_it(monkeypatch, capsys):
+    import logging
+
+    from uer import logs
+
+    with logs.progress_bar(True, 4) as bar:
+        assert bar is None  # stderr is not a terminal here
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with logs.progress_bar(False, 4) as bar:
+        assert bar is None  # --progress_bar false
+    with logs.progress_bar(True, 4) as bar:
+        assert logs.Console.bar is bar and bar.total == 4
+        logging.getLogger("uer.train.trainer").info("a report line")
+        bar.update(4)
+    assert logs.Console.bar is None
+    assert "a report line\n" in capsys.readouterr().out
+
+
+def test_fine_tuning_shows_a_bar_while_the_data_is_read(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from uer.finetune import build_cls_dataset
+    from uer.vocab import Vocab
+
+    (tmp_path / "t.tsv").write_text("label\ttext_a\n1\t很好\n0\t不好\n", encoding="utf-8")
+    args = argparse.Namespace(tokenizer="bert", spm_model_path=None, seq_length=16)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    build_cls_dataset(str(tmp_path / "t.tsv"), ["label", "text_a"], str(tmp_path), "train", Vocab.load(ZH_VOCAB), args,
+                      show_progress=None)
+    assert "tokenize" in capsys.readouterr().err
+
+
+def test_the_partial_load_message_names_the_new_head():
+    from uer.train.trainer import partial_load_message
+
+    report = {"missing": ["target.linear_1.weight", "target.linear_1.bias", "encoder.x"], "unexpected": ["target.sop"],
+              "misshaped": []}
+    assert partial_load_message("p.bin", "cls", report) == (
+        "Partial load of p.bin; the new cls head, from N(0, 0.02): target.linear_1.weight, target.linear_1.bias; "
+        "missing outside the head, from N(0, 0.02): encoder.x; unexpected, not used: target.sop.")

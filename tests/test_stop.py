@@ -78,7 +78,8 @@ def test_a_stopped_run_saves_and_resumes_exactly(tmp_path, data, how, world):
     seen = []
     for line in p.stdout:  # wait for step 3 to be reported
         seen.append(line)
-        if line.startswith("|") and line[1:].split("/")[0].strip() == "3":
+        report = line[line.find("|"):]  # after the "[rank 0/2] " of a distributed run
+        if "steps|" in report and report[1:].split("/")[0].strip() == "3":
             break
     assert p.poll() is None, "".join(seen)
     if how == "SIGTERM":
@@ -107,7 +108,7 @@ def test_keep_checkpoints(tmp_path, data):
     proc = subprocess.run(a, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
-        "m.bin", "m.bin-4", "m.bin-4.state", "m.bin-6", "m.bin-6.state"]
+        "m.bin", "m.bin-4", "m.bin-4.json", "m.bin-4.state", "m.bin-6", "m.bin-6.json", "m.bin-6.state", "m.bin.json"]
     bad = subprocess.run(args(data, out, 1, "--keep_checkpoints", "-1", "--overwrite"), cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--keep_checkpoints must be >= 0" in bad.stderr

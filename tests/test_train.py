@@ -296,6 +296,10 @@ def test_manual_first_example_end_to_end(tmp_path, bert_dataset):
     proc = run_script(os.path.join(ROOT, "pretrain.py"), "--dataset_path", "dataset.pt", "--vocab_path", ZH_VOCAB,
                       "--pretrained_model_path", "models/output_model.bin", "--output_model_path",
                       "models/x.bin", "--config_path", str(small), "--total_steps", "1", cwd=tmp_path)
+    assert_clean_error(proc, "the model card models/output_model.bin.json and this command line disagree on 5",
+                       "hidden_size: 384 in the card, 64 here")
+    os.remove(tmp_path / "models" / "output_model.bin.json")  # a model without its card: the keys tell
+    proc = run_script(*proc.args[1:], cwd=tmp_path)
     assert_clean_error(proc, "mis-shaped key(s)", "embedding.word_embedding.weight: checkpoint (21128, 384)")
 
 

@@ -8,8 +8,9 @@
     m.model                                                     # the torch module (eval mode)
 
 Options are the names of pretrain.py's model options (embedding, encoder, mask, target, ...); the
-recipe at config_path supplies the sizes, and an option given here wins over it, as on the command
-line. The scripts in scripts/ are built on this module.
+recipe at config_path (else the model card beside the model file, uer.card) supplies the sizes, and
+an option given here wins over it, as on the command line. The scripts in scripts/ are built on
+this module.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import argparse
 
 import torch
 
-from uer.config import ModelConfig, build_model_config, input_problems, load_recipe, output_problems
+from uer.config import ModelConfig, build_model_config, input_problems, output_problems
 from uer.errors import ConfigError, UerError
 from uer.options import DEFAULT_CONFIG_PATH
 from uer.vocab import Vocab, load_vocab
@@ -30,19 +31,31 @@ class Pretrained:
         self.device = torch.device(device)
 
     @classmethod
-    def load(cls, model_path: str | None = None, *, config_path: str = DEFAULT_CONFIG_PATH,
-             vocab_path: str | None = None, spm_model_path: str | None = None, tokenizer: str = "bert",
-             do_lower_case: bool = True, device: str = "cpu", strict: bool = True, **options) -> "Pretrained":
+    def load(cls, model_path: str | None = None, *, config_path: str | None = None,
+             vocab_path: str | None = None, spm_model_path: str | None = None, tokenizer: str | None = None,
+             do_lower_case: bool | None = None, device: str = "cpu", strict: bool = True,
+             **options) -> "Pretrained":
         """Build the model of `config_path` + `options`, and load `model_path` into it (strict by
-        default: any key that does not fit is an error that names it)."""
+        default: any key that does not fit is an error that names it). The model card beside
+        model_path (uer.card), if there is one, is the recipe when config_path is None, and names the
+        vocabulary and tokenizer when they are not given; without a card the recipe defaults to the
+        packaged BERT-base, the tokenizer to bert."""
+        from uer.card import card_problems, card_vocab, read_card, recipe_for
         from uer.model import build_model, model_problems
         from uer.tokenizers import build_tokenizer
         from uer.checkpoint import load_model
 
+        card = read_card(model_path)
+        if not vocab_path and not spm_model_path:
+            vocab_path, spm_model_path = card_vocab(card)
+        told = (card or {}).get("tokenizer") or {}
+        tokenizer = tokenizer or told.get("name") or "bert"
+        do_lower_case = told.get("do_lower_case", True) if do_lower_case is None else do_lower_case
         vocab = load_vocab(vocab_path, spm_model_path)
         tgt = options.pop("tgt_vocab_size", None)
-        cfg = build_model_config(load_recipe(config_path), options, set(options), len(vocab), tgt)
-        problems = model_problems(cfg)
+        recipe = recipe_for(config_path or DEFAULT_CONFIG_PATH, {"config_path"} if config_path else set(), card)
+        cfg = build_model_config(recipe, options, set(options), len(vocab), tgt)
+        problems = model_problems(cfg) + card_problems(card, cfg, vocab)
         if problems:
             raise ConfigError(problems)
         model = build_model(cfg)
@@ -57,10 +70,16 @@ class Pretrained:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, explicit: set[str]) -> "Pretrained":
-        """From the options of an inference script (uer.options.parse)."""
+        """From the options of an inference script (uer.options.parse); the options the model card
+        answers (uer.card.apply_defaults) are set in args, for the script to use too."""
+        from uer.card import apply_defaults, read_card
+
+        apply_defaults(args, explicit, read_card(args.load_model_path))
         names = [f for f in ModelConfig.__dataclass_fields__ if f in explicit]
-        return cls.load(args.load_model_path, config_path=args.config_path, vocab_path=args.vocab_path,
-                        spm_model_path=args.spm_model_path, tokenizer=args.tokenizer,
+        return cls.load(args.load_model_path, config_path=args.config_path if "config_path" in explicit else None,
+                        vocab_path=args.vocab_path, spm_model_path=args.spm_model_path,
+                        tokenizer=args.tokenizer if "tokenizer" in explicit else None,
+                        do_lower_case=getattr(args, "do_lower_case", None),
                         **{n: getattr(args, n) for n in names})
 
     def encode(self, texts: list[str], seq_length: int | None = None, add_sep: bool = True) -> dict:

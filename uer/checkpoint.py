@@ -15,12 +15,16 @@ from uer.errors import UerError
 from uer.utils import atomic_path
 
 
-def save_model(model: nn.Module, path: str) -> dict[str, torch.Tensor]:
-    """The unwrapped model's state dict, written by write_state_dict; returns what was written (on
-    the CPU)."""
+def save_model(model: nn.Module, path: str, card: dict | None = None, **extra) -> dict[str, torch.Tensor]:
+    """The unwrapped model's state dict, written by write_state_dict, and its model card (uer.card)
+    with `extra` in it; returns what was written (on the CPU)."""
     module = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     write_state_dict(state, path)
+    if card is not None:
+        from uer.card import write_card
+
+        write_card(path, card, **extra)
     return state
 
 

@@ -1,10 +1,14 @@
 """Command-line entry points: preprocess.py, pretrain.py (and the uer-* console scripts)."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import fields
 
+from uer import logs
 from uer.errors import ConfigError, run_cli
+
+logger = logging.getLogger(__name__)
 
 
 def _preprocess(argv: list[str] | None) -> int:
@@ -16,6 +20,7 @@ def _preprocess(argv: list[str] | None) -> int:
 
     components.load("tokenizer", "instance_builder")
     args, _ = parse("preprocess", argv)
+    logs.setup(args.log_level)
     problems = preprocess_problems(args)
     if problems:
         raise ConfigError(problems)
@@ -32,9 +37,9 @@ def _preprocess(argv: list[str] | None) -> int:
                         tgt_spm_model_path=args.tgt_spm_model_path if tgt_vocab else None)
     header = build_dataset(job)
     c = header["corpus"]
-    print(f"Wrote {args.dataset_path}: {header['instances']} instances for target {args.target} from "
-          f"{c['documents']} documents ({c['tokens']} tokens, {c['lines']} lines) in "
-          f"{header['seconds']:.1f}s, {os.path.getsize(args.dataset_path) / 2**20:.1f} MiB.")
+    logger.info(f"Wrote {args.dataset_path}: {header['instances']} instances for target {args.target} from "
+                f"{c['documents']} documents ({c['tokens']} tokens, {c['lines']} lines) in "
+                f"{header['seconds']:.1f}s, {os.path.getsize(args.dataset_path) / 2**20:.1f} MiB.")
     return 0
 
 
@@ -72,7 +77,8 @@ def dataset_problems(header: dict, path: str, mcfg, vocab, tgt_vocab=None) -> li
 
 def _pretrain(argv: list[str] | None) -> int:
     from uer import components
-    from uer.config import TrainConfig, build_model_config, load_recipe, masking_problems, train_problems
+    from uer.card import card_problems, make_card, read_card, recipe_for, tokenizer_from_header
+    from uer.config import TrainConfig, build_model_config, masking_problems, train_problems
     from uer.data.dataset import Dataset
     from uer.data.masking import MaskingConfig
     from uer.model import model_problems
@@ -83,7 +89,9 @@ def _pretrain(argv: list[str] | None) -> int:
 
     components.load()
     args, explicit = parse("pretrain", argv)
-    recipe = load_recipe(args.config_path)
+    logs.setup(args.log_level)
+    card = read_card(args.pretrained_model_path)
+    recipe = recipe_for(args.config_path, explicit, card)
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
     special = vocab.special_ids()
     dataset = Dataset(args.dataset_path)
@@ -105,6 +113,8 @@ def _pretrain(argv: list[str] | None) -> int:
                                                    "tgt_spm_model_path", "config_path")}
     problems = model_problems(mcfg) + train_problems(tcfg, inputs) + dataset_problems(
         header, args.dataset_path, mcfg, vocab, tgt_vocab)
+    if tcfg.strict_load:  # --strict_load false: the model may differ from the one loaded
+        problems += card_problems(card, mcfg, vocab, tgt_vocab)
     if tcfg.dev_dataset_path and os.path.isfile(tcfg.dev_dataset_path):
         problems += [f"dev: {q}" for q in dataset_problems(Dataset(tcfg.dev_dataset_path).header,
                                                            tcfg.dev_dataset_path, mcfg, vocab, tgt_vocab)]
@@ -122,8 +132,10 @@ def _pretrain(argv: list[str] | None) -> int:
                         "with --dynamic_masking)")
     if problems:
         raise ConfigError(problems)
-    process = {k: getattr(args, k) for k in ("keep_freed_memory", "batch_worker", "progress_bar")}
-    run_ranks(tcfg, pretrain_worker, tcfg, mcfg, args.dataset_path, special, masking, process)
+    process = {k: getattr(args, k) for k in ("keep_freed_memory", "batch_worker", "progress_bar", "log_level")}
+    written = make_card(mcfg, vocab, tokenizer_from_header(header["tokenizer"], args.spm_model_path),
+                        header["seq_length"], tgt_vocab)
+    run_ranks(tcfg, pretrain_worker, tcfg, mcfg, args.dataset_path, special, masking, process, written)
     return 0
 
 

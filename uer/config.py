@@ -79,6 +79,7 @@ class TrainConfig:
     dev_steps: int | None = _d("dev_steps")  # None: every save_checkpoint_steps
     best_model_path: str | None = None  # where the model with the best dev score is kept
     log_path: str | None = _d("log_path")  # every log line, appended
+    tensorboard_dir: str | None = _d("tensorboard_dir")  # train and dev scalars (torch.utils.tensorboard)
     metrics_path: str | None = _d("metrics_path")  # CSV: one row per term per report or dev evaluation
     total_steps: int = _d("total_steps")
     save_checkpoint_steps: int = _d("save_checkpoint_steps")
@@ -265,11 +266,24 @@ def train_problems(cfg: TrainConfig, other_inputs: dict[str, str | None] | None 
     expect(p, cfg.dev_steps is None or cfg.dev_steps >= 1, f"--dev_steps must be at least 1, got {cfg.dev_steps}")
     expect(p, cfg.dist_timeout >= 1, f"--dist_timeout must be at least 1 second, got {cfg.dist_timeout}")
     expect(p, len(set(cfg.gpu_ranks)) == len(cfg.gpu_ranks), f"--gpu_ranks has duplicates: {list(cfg.gpu_ranks)}")
+    p += tensorboard_problems(cfg.tensorboard_dir)
     p += input_problems({"--dev_dataset_path": cfg.dev_dataset_path,
                          "--pretrained_model_path": cfg.pretrained_model_path})
     p += output_problems(cfg.output_model_path, "--output_model_path", {
         "--dataset_path": cfg.dataset_path, "--dev_dataset_path": cfg.dev_dataset_path,
         "--pretrained_model_path": cfg.pretrained_model_path, **(other_inputs or {})})
+    return p
+
+
+def tensorboard_problems(directory: str | None) -> list[str]:
+    p: list[str] = []
+    if directory:
+        import importlib.util
+
+        expect(p, importlib.util.find_spec("tensorboard") is not None,
+               f"--tensorboard_dir {directory} needs the tensorboard package: pip install 'uer[tensorboard]' "
+               "(or pip install tensorboard)")
+        expect(p, not os.path.isfile(directory), f"--tensorboard_dir {directory} is a file; give a directory")
     return p
 
 

@@ -9,11 +9,14 @@ Conv1D weights).
 """
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
 
 from uer.errors import UerError
+
+logger = logging.getLogger(__name__)
 
 BERT_EMBEDDING = [
     ("embedding.word_embedding.weight", "bert.embeddings.word_embeddings.weight"),
@@ -394,8 +397,8 @@ def llama_cli(direction: str, argv=None, prog: str | None = None) -> int:
             write_state_dict(out, args.output_model_path)
             recipe_path = args.output_config_path or os.path.splitext(args.output_model_path)[0] + "_config.json"
             write_json(recipe, recipe_path)
-            print(f"Wrote {args.output_model_path}: {len(out)} tensors, and its recipe {recipe_path} "
-                  f"(give it as --config_path).")
+            logger.info(f"Wrote {args.output_model_path}: {len(out)} tensors, and its recipe {recipe_path} "
+                        f"(give it as --config_path).")
             return 0
         from uer.config import build_model_config, load_recipe
         from uer.model import model_problems
@@ -409,7 +412,7 @@ def llama_cli(direction: str, argv=None, prog: str | None = None) -> int:
 
             raise ConfigError(problems, what=f"model recipe {args.config_path}")
         write_hf_dir(args.output_dir, llama_config_to_hf(cfg), llama_to_hf(state, cfg))
-        print(f"Wrote {args.output_dir}: config.json and model.safetensors (LlamaForCausalLM).")
+        logger.info(f"Wrote {args.output_dir}: config.json and model.safetensors (LlamaForCausalLM).")
         return 0
 
     return run_cli(main, argv)
@@ -435,15 +438,20 @@ def convert_cli(family: str, direction: str, argv=None, prog: str | None = None)
     def main(argv):
         from uer.options import parse
 
-        args, _ = parse(f"convert_{family}_{direction}", argv, prog=prog)
+        args, explicit = parse(f"convert_{family}_{direction}", argv, prog=prog)
+        from uer.card import read_card
         from uer.checkpoint import read_state_dict, write_state_dict
+
+        card = read_card(args.input_model_path) if direction == "from_uer_to_huggingface" else None
+        if card and "target" in vars(args) and "target" not in explicit and card["model"]["target"] in ("bert", "mlm"):
+            args.target = card["model"]["target"]  # the model card says which head the model has
 
         state = read_state_dict(args.input_model_path)
         kw = {k: v for k, v in vars(args).items() if k in ("layers_num", "target", "max_seq_length")}
         from_hf, to_hf = FAMILIES[family]
         out = from_hf(state, **kw) if direction == "from_huggingface_to_uer" else to_hf(state, **kw)
         write_state_dict(out, args.output_model_path)
-        print(f"Wrote {args.output_model_path}: {len(out)} tensors.")
+        logger.info(f"Wrote {args.output_model_path}: {len(out)} tensors.")
         return 0
 
     return run_cli(main, argv)

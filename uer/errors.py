@@ -20,7 +20,11 @@ class ConfigError(UerError):
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a command-line entry point, turning UerError into a one-paragraph message and exit 2."""
+    """Run a command-line entry point, turning UerError into a one-paragraph message and exit 2.
+    uer's messages go to stdout through logging (uer.logs); a command with --log_level sets it."""
+    from uer import logs
+
+    logs.setup()
     try:
         return main(argv) or 0
     except UerError as e:

@@ -8,6 +8,7 @@ one training loop runs it, evaluating the dev set every epoch and keeping the be
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -15,12 +16,17 @@ import tempfile
 
 import torch
 
-from uer import components
-from uer.config import TrainConfig, build_model_config, load_recipe
+from uer import components, logs
+from uer.card import apply_defaults, card_problems, make_card, read_card, recipe_for, tokenizer_of
+from uer.config import TrainConfig, build_model_config, tensorboard_problems
 from uer.errors import ConfigError, UerError
 from uer.options import parse
 from uer.utils import owned_temp_dir
 
+logger = logging.getLogger(__name__)
+
+#: report lines in a fine-tuning run without --report_steps
+REPORTS = 10
 
 #: the most classes a head gets from the labels it sees (without --labels_num): one mistyped
 #: label would otherwise make a head of a million classes
@@ -128,7 +134,7 @@ class UserPaths:
 
     def log(self, line: str) -> None:
         if os.path.join(self.work, "last.bin") not in line:  # the last epoch's model is not kept
-            print(self(line))
+            logger.info(self(line))
 
     def __enter__(self):
         return self
@@ -140,7 +146,8 @@ class UserPaths:
         return False
 
 
-def build_cls_dataset(tsv: str, header: list[str], workdir: str, name: str, vocab, args) -> str:
+def build_cls_dataset(tsv: str, header: list[str], workdir: str, name: str, vocab, args,
+                      show_progress: bool | None = False) -> str:
     from uer.data.builders import BuilderConfig
     from uer.data.preprocess import PreprocessJob, build_dataset
 
@@ -149,7 +156,7 @@ def build_cls_dataset(tsv: str, header: list[str], workdir: str, name: str, voca
     out = os.path.join(workdir, name + ".pt")
     build_dataset(PreprocessJob(corpus_path=corpus, dataset_path=out, target="cls", tokenizer=args.tokenizer,
                                 vocab=vocab, spm_model_path=args.spm_model_path,
-                                builder=BuilderConfig(seq_length=args.seq_length), show_progress=False))
+                                builder=BuilderConfig(seq_length=args.seq_length), show_progress=show_progress))
     return out
 
 
@@ -176,13 +183,17 @@ def run_classifier(argv=None) -> int:
 
     components.load()
     args, explicit = parse("finetune", argv)
+    logs.setup(args.log_level)
     explicit |= {"target"}
+    card = read_card(args.pretrained_model_path)
+    apply_defaults(args, explicit, card, seq_length=False)
     tsv = {name: getattr(args, name + "_path") for name in ("train", "dev", "test") if getattr(args, name + "_path")}
     check_files({"--pretrained_model_path": args.pretrained_model_path, "--vocab_path": args.vocab_path},
                 {"--output_model_path": args.output_model_path})
     read = {name: read_tsv(path) for name, path in tsv.items()}
     headers = {name: r[0] for name, r in read.items()}
     problems = label_problems({name: r[1] for name, r in read.items()}, tsv, args.labels_num)
+    problems += tensorboard_problems(args.tensorboard_dir)
     if problems:
         raise ConfigError(problems)
     vocab = load_vocab(args.vocab_path, args.spm_model_path)
@@ -191,13 +202,15 @@ def run_classifier(argv=None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     with UserPaths(out_dir, tsv, args.pretrained_model_path) as user:
         work = user.work
-        paths = {name: build_cls_dataset(getattr(args, name + "_path"), h, work, name, vocab, args)
+        paths = {name: build_cls_dataset(getattr(args, name + "_path"), h, work, name, vocab, args,
+                                         None if args.progress_bar else False)  # None: on a terminal
                  for name, h in headers.items()}
         train_ds = Dataset(paths["train"])
         labels_num = args.labels_num or max(Dataset(q).header["labels_num"] for q in paths.values())
         options = {**vars(args), "labels_num": labels_num}
-        mcfg = build_model_config(load_recipe(args.config_path), options, explicit | {"labels_num"}, len(vocab))
-        problems = model_problems(mcfg)
+        mcfg = build_model_config(recipe_for(args.config_path, explicit, card), options, explicit | {"labels_num"},
+                                  len(vocab))
+        problems = model_problems(mcfg) + card_problems(card, mcfg, vocab)
         if problems:
             raise ConfigError(problems)
         pretrained = None
@@ -212,27 +225,32 @@ def run_classifier(argv=None) -> int:
                                f"--config_path {args.config_path} and the model options: "
                                f"{len(wrong)} missing, unexpected or mis-shaped key(s): {'; '.join(wrong[:8])}")
         steps_per_epoch = math.ceil(len(train_ds) / args.batch_size)
+        total_steps = steps_per_epoch * args.epochs_num
+        report_steps = args.report_steps or max(1, round(total_steps / REPORTS))
         tcfg = TrainConfig(dataset_path=paths["train"], output_model_path=os.path.join(work, "last.bin"),
                            pretrained_model_path=pretrained, strict_load=False,
-                           total_steps=steps_per_epoch * args.epochs_num, report_steps=args.report_steps,
+                           total_steps=total_steps, report_steps=report_steps,
                            save_checkpoint_steps=10**9, batch_size=args.batch_size, seed=args.seed,
                            learning_rate=args.learning_rate, warmup=args.warmup, bf16=args.bf16,
                            adam_bias_correction=args.adam_bias_correction,
                            dev_dataset_path=paths["dev"], dev_steps=steps_per_epoch,
-                           best_model_path=args.output_model_path)
+                           best_model_path=args.output_model_path, log_path=args.log_path,
+                           tensorboard_dir=args.tensorboard_dir)
         special = vocab.special_ids()
-        print(f"Fine-tuning on {len(train_ds)} examples, {labels_num} labels, {args.epochs_num} epochs of "
-              f"{steps_per_epoch} steps.")
-        result = train(tcfg, mcfg, train_ds, special, log=user.log)
+        logger.info(f"Fine-tuning on {len(train_ds)} examples, {labels_num} labels, {args.epochs_num} epochs of "
+                    f"{steps_per_epoch} steps.")
+        written = make_card(mcfg, vocab, tokenizer_of(args.tokenizer, True, args.spm_model_path), args.seq_length)
+        with logs.progress_bar(args.progress_bar, total_steps) as bar:
+            result = train(tcfg, mcfg, train_ds, special, log=user.log, progress=bar, card=written)
         devs = [h["dev"]["cls"]["acc"] for h in result["history"] if "dev" in h]
-        print(f"Dev accuracy by epoch: {' '.join(f'{a:.4f}' for a in devs)}; best {max(devs):.4f}.")
+        logger.info(f"Dev accuracy by epoch: {' '.join(f'{a:.4f}' for a in devs)}; best {max(devs):.4f}.")
         if "test" in paths:
             model = build_model(mcfg)
             load_model(model, args.output_model_path)
             scores = evaluate(model, BatchLoader(Dataset(paths["test"]), special, args.batch_size, seed=args.seed),
                               tcfg, torch.device("cpu"))
-            print(f"Test accuracy {scores['cls']['acc']:.4f} ({int(scores['cls']['count'])} examples) with "
-                  f"the best dev model {args.output_model_path}.")
+            logger.info(f"Test accuracy {scores['cls']['acc']:.4f} ({int(scores['cls']['count'])} examples) with "
+                        f"the best dev model {args.output_model_path}.")
     return 0
 
 
@@ -240,10 +258,13 @@ def run_classifier_infer(argv=None) -> int:
     from uer.api import Pretrained, check_files
     from uer.data.dataset import Dataset
     from uer.data.loader import BatchLoader
+    from uer.train.precision import autocast
 
     components.load()
     args, explicit = parse("infer", argv)
+    logs.setup(args.log_level)
     explicit |= {"target"}
+    apply_defaults(args, explicit, read_card(args.load_model_path))
     check_files({"--load_model_path": args.load_model_path, "--vocab_path": args.vocab_path},
                 {"--prediction_path": args.prediction_path})
     header = read_tsv_header(args.test_path, need_label=False)
@@ -261,7 +282,7 @@ def run_classifier_infer(argv=None) -> int:
         dataset = Dataset(build_cls_dataset(args.test_path, header, user.work, "test", m.vocab, args))
         for batch in BatchLoader(dataset, m.special, args.batch_size).ordered():
             batch.pop("tokens")
-            with torch.no_grad():
+            with torch.no_grad(), autocast(args.bf16, False, "O0", m.device):
                 probs = torch.softmax(m.model.logits(batch)["cls"].float(), -1)
             for pr in probs:
                 out.append(str(int(pr.argmax())) + ("\t" + " ".join(f"{x:.4f}" for x in pr.tolist())
@@ -269,7 +290,7 @@ def run_classifier_infer(argv=None) -> int:
     from uer.utils import atomic_write_text
 
     atomic_write_text(args.prediction_path, "".join(out))
-    print(f"Wrote {len(out) - 1} predictions to {args.prediction_path}.")
+    logger.info(f"Wrote {len(out) - 1} predictions to {args.prediction_path}.")
     return 0
 
 

@@ -97,7 +97,11 @@ _DECLARED = [
     Option("output_dir", "Where the transformers model directory goes (config.json, model.safetensors)."),
     Option("output_config_path", "Where the uer recipe of the converted model goes (default: "
                                  "<output_model_path without extension>_config.json)."),
-    Option("log_path", "Also append every log line to this file (rank 0)."),
+    Option("log_path", "Also append every log line to this file (rank 0), with time, level and module."),
+    Option("log_level", "The least severe messages shown: debug, info, warning or error.", "info",
+           choices=("debug", "info", "warning", "error")),
+    Option("tensorboard_dir", "Write the train and dev scalars (each term's loss and accuracy, perplexity, learning "
+                              "rate, real tokens/s, gradient norm) here for TensorBoard (needs tensorboard)."),
     Option("metrics_path", "CSV of the metrics (step, split, term, loss, acc, ppl, count, tokens_per_s, lr); "
                            "scripts/plot_log.py draws it."),
     Option("input_path", "Text, one item a line."),
@@ -253,7 +257,7 @@ _MLM = {"target": {"default": "mlm"}}
 
 COMMANDS: dict[str, Command] = {
     "preprocess": Command("preprocess.py", "Turn a text corpus into a dataset file for one pre-training target.", (
-        ("files", f"corpus_path {VOCAB} dataset_path"),
+        ("files", f"corpus_path {VOCAB} dataset_path log_level"),
         ("instances", "tokenizer do_lower_case processes_num target docs_buffer_size seq_length tgt_seq_length "
                       f"dup_factor short_seq_prob full_sentences seed dynamic_masking {MASKING}")),
         {"corpus_path": {"required": True}, "dataset_path": {"help": "Output dataset file."},
@@ -262,7 +266,7 @@ COMMANDS: dict[str, Command] = {
                                        "target embedding and decoder, and a target.", (
         ("files", f"dataset_path {VOCAB} pretrained_model_path strict_load resume overwrite output_model_path "
                   "config_path "
-                  "dev_dataset_path dev_steps log_path metrics_path"),
+                  "dev_dataset_path dev_steps log_path log_level metrics_path tensorboard_dir"),
         ("training", "total_steps save_checkpoint_steps keep_checkpoints report_steps accumulation_steps batch_size "
                      "instances_buffer_size length_buckets labels_num dropout seed"),
         ("model", MODEL), ("masking", MASKING),
@@ -273,19 +277,21 @@ COMMANDS: dict[str, Command] = {
                                "help": "Final model path; checkpoints go to <path>-<step>."}}),
     "finetune": Command("run_classifier.py", "Fine-tune a pre-trained model as a classifier: train on --train_path, "
                                              "keep the best model on --dev_path, score --test_path.", (
-        ("files", "pretrained_model_path output_model_path train_path dev_path test_path"),
+        ("files", "pretrained_model_path output_model_path train_path dev_path test_path log_path log_level "
+                  "tensorboard_dir"),
         ("training", "epochs_num learning_rate warmup adam_bias_correction report_steps seed bf16 seq_length "
-                      "batch_size"),
+                      "batch_size progress_bar"),
         ("model", f"config_path {VOCAB} tokenizer labels_num {MODEL}")),
         {"pretrained_model_path": {"help": "Pre-trained checkpoint; its embedding and encoder are loaded "
                                            "(none: random init)."},
          "output_model_path": {"default": "models/finetuned_model.bin", "help": "The best model (dev)."},
          "train_path": {"required": True}, "dev_path": {"required": True},
          "labels_num": {"help": "Classes (default: from the training labels)."},
-         "batch_size": {"help": "Examples per step."}, "target": {"default": "cls"}}),
+         "batch_size": {"help": "Examples per step."}, "target": {"default": "cls"},
+         "report_steps": {"default": None, "help": "Report every N steps (default: about 10 reports in the run)."}}),
     "infer": Command("run_classifier_infer.py", "Predict the labels of a TSV (header text_a[<TAB>text_b]) with a "
                                                 "fine-tuned classifier.", (
-        ("files", "load_model_path test_path prediction_path output_prob seq_length batch_size"),
+        ("files", "load_model_path test_path prediction_path output_prob seq_length batch_size bf16 log_level"),
         ("model", f"config_path {VOCAB} tokenizer labels_num {MODEL}")),
         {"load_model_path": {"required": True,
                              "help": "The fine-tuned classifier (run_classifier.py --output_model_path)."},

@@ -1,8 +1,12 @@
 """Element-wise mean of several checkpoints with the same keys and shapes (e.g. the last few
 <output_model_path>-<step> files), written atomically."""
 
+import logging
+
 from uer.errors import UerError, run_cli
 from uer.options import parse
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
@@ -35,7 +39,7 @@ def main(argv=None):
     mean = {k: (v / len(args.model_list_path)).to(dtypes[k]) for k, v in total.items()}
     with atomic_path(args.output_model_path) as tmp:
         torch.save(mean, tmp)
-    print(f"Wrote the mean of {len(args.model_list_path)} checkpoints to {args.output_model_path}.")
+    logger.info(f"Wrote the mean of {len(args.model_list_path)} checkpoints to {args.output_model_path}.")
 
 
 def cli(argv=None) -> int:

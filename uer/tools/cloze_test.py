@@ -1,6 +1,7 @@
 """Mask one random token of each line of --input_path and write the model's top-n predictions for
 it (an mlm, bert or albert model). Output lines: text<TAB>masked token<TAB>prediction prediction ..."""
 
+import logging
 import random
 
 from uer import components
@@ -8,6 +9,8 @@ from uer.api import Pretrained, check_files, read_lines
 from uer.errors import UerError, run_cli
 from uer.options import parse
 from uer.utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
@@ -35,7 +38,7 @@ def main(argv=None):
         best = scores.topk(args.topn).indices.tolist()
         out.append(f"{text}\t{m.vocab.tokens[original]}\t{' '.join(m.vocab.tokens[i] for i in best)}\n")
     atomic_write_text(args.output_path, "".join(out))
-    print(f"Wrote {len(out)} cloze predictions to {args.output_path}.")
+    logger.info(f"Wrote {len(out)} cloze predictions to {args.output_path}.")
 
 
 def cli(argv=None) -> int:

@@ -3,8 +3,12 @@ word embedding, the mlm output weight and bias, an lm/bilm output layer, a t5 de
 gets one row per new token, copied from the old row where the token existed and drawn from
 N(0, 0.02) otherwise. Tensors tied in the old checkpoint stay identical. Other tensors are copied."""
 
+import logging
+
 from uer.errors import UerError, run_cli
 from uer.options import parse
+
+logger = logging.getLogger(__name__)
 
 VOCAB_SIZED = ("embedding.word_embedding.weight", "target.mlm_linear_2.weight", "target.mlm_linear_2.bias",
                "target.output_layer.weight", "target.output_layer.bias", "target.embedding.word_embedding.weight")
@@ -54,7 +58,7 @@ def main(argv=None):
     with atomic_path(args.new_model_path) as tmp:
         torch.save(state, tmp)
     kept = len(set(old.tokens) & set(new.tokens))
-    print(f"Wrote {args.new_model_path}: {len(new)} tokens, {kept} of them carried over from {len(old)}.")
+    logger.info(f"Wrote {args.new_model_path}: {len(new)} tokens, {kept} of them carried over from {len(old)}.")
 
 
 def cli(argv=None) -> int:

@@ -2,11 +2,15 @@
 torch.save as {"hidden": [N, L, H] float tensor (padded), "lengths": [N]}. --pooling first|mean
 saves one vector a line instead: {"features": [N, H]}."""
 
+import logging
+
 from uer import components
 from uer.api import Pretrained, check_files, read_lines
 from uer.errors import run_cli
 from uer.options import parse
 from uer.utils import atomic_path
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
@@ -39,7 +43,7 @@ def main(argv=None):
         result = {"features": torch.cat(parts)}
     with atomic_path(args.output_path) as tmp:
         torch.save(result, tmp)
-    print(f"Wrote features of {len(lines)} lines to {args.output_path}.")
+    logger.info(f"Wrote features of {len(lines)} lines to {args.output_path}.")
 
 
 def cli(argv=None) -> int:

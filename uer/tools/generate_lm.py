@@ -1,11 +1,15 @@
 """Continue each line of --test_path with an lm model (greedy with --top_k 1, else top-k / top-p
 sampling), writing one line per prompt to --prediction_path. A causal transformer uses a KV cache."""
 
+import logging
+
 from uer import components
 from uer.api import Pretrained, check_files, read_lines
 from uer.errors import UerError, run_cli
 from uer.options import parse
 from uer.utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
@@ -32,7 +36,7 @@ def main(argv=None):
                            temperature=args.temperature, stop_id=m.special.sep, generator=rng)
         out.append(line + m.decode([i for i in ids[len(prompt):] if i != m.special.sep]) + "\n")
     atomic_write_text(args.prediction_path, "".join(out))
-    print(f"Wrote {len(out)} continuations to {args.prediction_path}.")
+    logger.info(f"Wrote {len(out)} continuations to {args.prediction_path}.")
 
 
 def cli(argv=None) -> int:

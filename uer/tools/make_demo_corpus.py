@@ -2,10 +2,13 @@
 documents) for the quick start. Each document follows one character through related sentences,
 so both masked-word prediction and next-sentence prediction have something to learn."""
 
+import logging
 import random
 
 from uer.errors import run_cli
 from uer.options import parse
+
+logger = logging.getLogger(__name__)
 
 NAMES = "anna ben carla dev emil fatima george hana ivan julia kofi lena marco nora omar pia".split()
 PLACES = "garden harbour library market station museum kitchen forest village bridge".split()
@@ -39,7 +42,7 @@ def main(argv=None):
     with open(args.output_path, "w", encoding="utf-8") as f:
         for _ in range(args.documents):
             f.write("\n".join(document(rng)) + "\n\n")
-    print(f"Wrote {args.output_path}: {args.documents} documents.")
+    logger.info(f"Wrote {args.output_path}: {args.documents} documents.")
 
 
 def cli(argv=None) -> int:

@@ -1,10 +1,13 @@
 """Draw the loss and accuracy curves of a --metrics_path CSV (train and dev, every term) into a PNG."""
 
 import csv
+import logging
 import os
 
 from uer.errors import UerError, run_cli
 from uer.options import parse
+
+logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
@@ -46,7 +49,7 @@ def main(argv=None):
         ax.legend()
     fig.tight_layout()
     fig.savefig(args.output_path, dpi=100)
-    print(f"Wrote {args.output_path} ({len(series)} curves).")
+    logger.info(f"Wrote {args.output_path} ({len(series)} curves).")
 
 
 def cli(argv=None) -> int:

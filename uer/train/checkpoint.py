@@ -46,10 +46,14 @@ def prune_checkpoints(output_model_path: str, keep: int) -> list[str]:
     """Remove the complete step checkpoints older than the newest `keep` (the .state first, so a
     half-removed one is never taken as complete); returns the model paths removed. Called after a
     checkpoint is complete, so the newest one is never the one at risk."""
+    from uer.card import card_path
+
     removed = []
     for _, model_path in complete_checkpoints(output_model_path)[:-keep]:
         os.remove(state_path(model_path))
         os.remove(model_path)
+        if os.path.exists(card_path(model_path)):
+            os.remove(card_path(model_path))
         removed.append(model_path)
     return removed
 

@@ -11,6 +11,7 @@ Three ways to run, all on torch.distributed (DDP) when there is more than one pr
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import socket
 import sys
@@ -185,8 +186,8 @@ def meeting_point(rank: Rank, seconds: int) -> None:
             except OSError as e:
                 raise UerError(f"rank 0: cannot listen at {rank.init_method}: port {port} is in use "
                                f"({e.strerror}); give --master_ip another port") from None
-        print(f"Rank 0 waits up to {seconds}s (--dist_timeout) for the {rank.world_size} processes to meet at "
-              f"{rank.init_method}.", flush=True)
+        logging.getLogger(__name__).info(f"Rank 0 waits up to {seconds}s (--dist_timeout) for the "
+                                         f"{rank.world_size} processes to meet at {rank.init_method}.")
         return
     deadline = time.monotonic() + seconds
     while True:

@@ -72,8 +72,9 @@ class Precision:
         self.scaler.scale(loss).backward()
 
     def step(self, step: int, optimizer: torch.optim.Optimizer, parameters, max_norm: float,
-             loss: torch.Tensor) -> None:
-        """Clip to max_norm (0: no clipping) and step, unless the step is not finite (see above)."""
+             loss: torch.Tensor) -> torch.Tensor:
+        """Clip to max_norm (0: no clipping) and step, unless the step is not finite (see above).
+        Returns the gradient norm before clipping (on the device: read it only when reporting)."""
         self.scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm or math.inf)
         self.scaler.step(optimizer)
@@ -83,7 +84,7 @@ class Precision:
             self.skipped = self.skipped + 1 if self.scaler.get_scale() < scale else 0
             if self.skipped >= MAX_SKIPPED_STEPS:
                 raise NonFinite(f"step {step}: {self.skipped} steps in a row had non-finite gradients")
-            return
+            return norm
         loss_bad = torch.isfinite(norm) & ~torch.isfinite(loss.detach())  # the norm is named first
         value = torch.where(loss_bad, loss.detach().float(), norm.float())
         new = (self.first_bad == 0) & ~torch.isfinite(value)
@@ -91,6 +92,7 @@ class Precision:
         self.bad_value = torch.where(new, value, self.bad_value)
         self.bad_loss = torch.where(new, loss_bad, self.bad_loss)
         self.scaler.update(torch.where(self.first_bad > 0, math.nan, 1.0).to(self.device))
+        return norm
 
     def skipped_message(self, step: int) -> str | None:
         """The log line for an fp16 step the scaler skipped, if this one was."""

@@ -112,8 +112,9 @@ def same_fingerprint(a: list, b: list) -> bool:
 # -- the files of a run -----------------------------------------------------------------------------
 
 def run_files(output: str) -> list[str]:
-    """What a run on `output` writes: <out>-<step> checkpoints, their .state files, the final <out>."""
-    pattern = re.compile(re.escape(output) + r"-(\d+)(\.state)?")
+    """What a run on `output` writes: <out>-<step> checkpoints, their .state files and model cards,
+    the final <out>."""
+    pattern = re.compile(re.escape(output) + r"-(\d+)(\.state|\.json)?")
     found = [(int(m.group(1)), p) for p in glob.glob(glob.escape(output) + "-*") if (m := pattern.fullmatch(p))]
     return [p for _, p in sorted(found)] + ([output] if os.path.exists(output) else [])
 
@@ -133,7 +134,8 @@ def start_problem(output: str, overwrite: bool, resuming: bool, log) -> str | No
     removed = [path for path in files if path != output]
     for path in removed:
         os.remove(path)
-    said = [f"removed the earlier run's checkpoints {', '.join(removed)}"] if removed else []
+    named = [p for p in removed if not p.endswith((".state", ".json"))] or removed  # their files go along
+    said = [f"removed the earlier run's checkpoints {', '.join(named)}"] if removed else []
     if output in files:
         said.append(f"its final model {output} is replaced at the end")
     log(f"--overwrite: {'; '.join(said)}.")

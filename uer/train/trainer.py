@@ -9,6 +9,7 @@ Checkpoints go to <output_model_path>-<step>, and the final model to <output_mod
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -25,6 +26,7 @@ from uer.config import ModelConfig, TrainConfig
 from uer.data.dataset import Dataset
 from uer.data.loader import BatchLoader
 from uer.data.masking import MaskingConfig
+from uer import logs
 from uer.errors import UerError
 from uer.model import build_model, count_parameters
 from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, prune_checkpoints, \
@@ -38,6 +40,8 @@ from uer.train.run import OutputLock, apply_to_optimizer, fingerprint, new_ident
     same_fingerprint, start_problem
 from uer.utils import retain_freed_memory, set_seed
 from uer.vocab import SpecialIds
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,22 +131,30 @@ def _all_reduce(t: torch.Tensor, rank: Rank) -> torch.Tensor:
 
 
 def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: SpecialIds,
-          masking: MaskingConfig | None = None, log=print, rank: Rank = Rank(), progress=None,
-          worker: str = "process") -> dict:
+          masking: MaskingConfig | None = None, log=None, rank: Rank = Rank(), progress=None,
+          worker: str = "process", card: dict | None = None) -> dict:
     """Train on this rank's share of the dataset. With several ranks the model is wrapped in DDP,
     gradients are synchronised once per optimizer step, loss counts and report metrics are summed
     over all ranks, and only rank 0 logs and saves. progress: an object with update(n) (a tqdm
-    bar) told of every step; worker: how batches are built ahead (BatchLoader.prefetch). Changes
-    nothing else in the process: the command line decides the allocator and the worker."""
+    bar) told of every step; worker: how batches are built ahead (BatchLoader.prefetch); log: a
+    callable for the run's lines instead of the "uer.train.trainer" logger (they reach --log_path
+    only if it logs them). Changes
+    nothing else in the process: the command line decides the allocator and the worker. card: the
+    model card (uer.card) written beside every model file."""
     device = torch.device(rank.device)
-    log = Recorder(log, tcfg.log_path, tcfg.metrics_path) if rank.is_main else Recorder(_silent)
+    if log is None:
+        logs.configured()
+        log = logger.info
+    log = Recorder(log, tcfg, rank) if rank.is_main else Recorder(_silent)
     identity, lock = new_identity(), None
     if rank.is_main:
         lock = OutputLock(tcfg.output_model_path, identity)
     try:
         found = claim_output(tcfg, rank, lock, log)
-        return _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, device, found, identity)
+        return _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, device, found, identity,
+                      card)
     finally:
+        log.close()
         if lock is not None:
             lock.release()
 
@@ -169,7 +181,8 @@ def claim_output(tcfg: TrainConfig, rank: Rank, lock, log) -> tuple[int, str] | 
     return found
 
 
-def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, device, found, identity) -> dict:
+def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, device, found, identity,
+           card) -> dict:
     start = found[0] if found else 0
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
                          seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets,
@@ -193,8 +206,8 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
             warn_free_space(tcfg.output_model_path, model, log)
         log(describe(tcfg, mcfg, model, dataset, device, rank, found, kernels))
         target, prepare = unwrap(model).target, unwrap(model).prepare
-        dev = DevEvaluation(tcfg, special, masking, rank, device) if tcfg.dev_dataset_path else None
-        window, history, t_start = Window(), [], time.perf_counter()
+        dev = DevEvaluation(tcfg, special, masking, rank, device, card) if tcfg.dev_dataset_path else None
+        window, history, t_start, norm = Window(), [], time.perf_counter(), None
         model.train()
         for step in range(start + 1, tcfg.total_steps + 1):
             micro = [next(batches) for _ in range(tcfg.accumulation_steps)]
@@ -213,7 +226,7 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
                 step_loss = step_loss + loss.detach()
                 window.add(out)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step runs with
-            precision.step(step, optimizer, model.parameters(), tcfg.max_grad_norm, step_loss)
+            norm = precision.step(step, optimizer, model.parameters(), tcfg.max_grad_norm, step_loss)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if (skipped := precision.skipped_message(step)) is not None:
@@ -227,20 +240,20 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
             if report or evaluate_now or checkpoint:
                 guard(precision, tcfg)  # where the host reads anyway, and before anything is saved
             if report:
-                history.append(report_window(step, window, lr, t_start, tcfg, rank, log))
+                history.append(report_window(step, window, lr, t_start, tcfg, rank, log, norm))
                 window = Window()
             if evaluate_now:
                 dev.run(step, model, history, log)
                 model.train()
             if checkpoint:
-                save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run)
+                save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run, card)
             if (signum := stop.now()) and step < tcfg.total_steps:
                 stop_here(signum, step, checkpoint, model, optimizer, scheduler, precision, tcfg, rank, device,
-                          run, log)
+                          run, log, card)
     guard(precision, tcfg)
     guard_weights(model, tcfg.total_steps, tcfg)
     if rank.is_main:
-        save_model(model, tcfg.output_model_path)
+        save_model(model, tcfg.output_model_path, card, step=tcfg.total_steps)
         log(f"Saved the final model to {tcfg.output_model_path}.")
     sys.stdout.flush()
     return {"history": history, "model": unwrap(model)}
@@ -263,9 +276,7 @@ def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device:
         # mlm) is left out, a new one initialised, and both listed
         report = load_model(model, tcfg.pretrained_model_path, strict=tcfg.strict_load, any_target=True)
         if rank.is_main and any(report.values()):
-            log(f"Partial load of {tcfg.pretrained_model_path}: " + "; ".join(
-                f"{len(v)} {k.replace('misshaped', 'mis-shaped')} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"
-                for k, v in report.items() if v) + ". Missing parameters keep their N(0, 0.02) init.")
+            log(partial_load_message(tcfg.pretrained_model_path, mcfg.target, report))
     model.to(device)
     for warning in precision.prepare(model):
         log(warning)
@@ -277,6 +288,21 @@ def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device:
         forward = _with_sdpa_backends(forward)
     torch.manual_seed(tcfg.seed + rank.rank)  # dropout differs between ranks
     return model, forward, kernels
+
+
+def partial_load_message(path: str, target: str, report: dict) -> str:
+    """What a partial load left out, the new head (the target's parameters the checkpoint lacks)
+    named apart from anything else that did not fit."""
+    def keys(v):
+        return f"{', '.join(v[:6])}{f', ... ({len(v)} in all)' if len(v) > 6 else ''}"
+
+    head = [k for k in report["missing"] if k.startswith("target.")]
+    other = [k for k in report["missing"] if not k.startswith("target.")]
+    parts = [f"the new {target} head, from N(0, 0.02): {keys(head)}"] if head else []
+    parts += [f"{what}: {keys(v)}" for what, v in (("missing outside the head, from N(0, 0.02)", other),
+                                                   ("unexpected, not used", report["unexpected"]),
+                                                   ("mis-shaped, not used", report["misshaped"])) if v]
+    return f"Partial load of {path}; " + "; ".join(parts) + "."
 
 
 # On a GPU, cuDNN's attention builds an execution plan for every new shape, several milliseconds
@@ -337,12 +363,12 @@ def restore(path: str, step: int, tcfg: TrainConfig, mcfg: ModelConfig, rank: Ra
 
 
 def stop_here(signum: int, step: int, saved: bool, model, optimizer, scheduler, precision, tcfg, rank, device,
-              run, log) -> None:
+              run, log, card=None) -> None:
     """A requested stop (uer.train.stop): the checkpoint of this step (unless it was just written),
     then Stopped, whose exit status names the signal."""
     guard(precision, tcfg)
     if not saved:
-        save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run)
+        save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run, card)
     if rank.distributed:
         dist.barrier()  # no rank exits before rank 0 has written the checkpoint
     path = f"{tcfg.output_model_path}-{step}"
@@ -353,14 +379,14 @@ def stop_here(signum: int, step: int, saved: bool, model, optimizer, scheduler, 
 
 
 def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision, tcfg: TrainConfig,
-                    rank: Rank, device: torch.device, run: dict) -> None:
+                    rank: Rank, device: torch.device, run: dict, card: dict | None = None) -> None:
     """<output_model_path>-<step> and its training state (rank 0; every rank sends its RNG); then,
     with --keep_checkpoints N, the older complete checkpoints beyond the newest N are removed."""
     rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
     guard_weights(model, step, tcfg)
     if rank.is_main:
         path = f"{tcfg.output_model_path}-{step}"
-        weights = save_model(model, path)
+        weights = save_model(model, path, card, step=step)
         save_training_state(state_path(path), {
             "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run, "weights": fingerprint(weights),
@@ -401,7 +427,7 @@ def global_counts(target, micro: list[dict], rank: Rank, device: torch.device) -
 
 
 def report_window(step: int, window: Window, lr: float, t_start: float, tcfg: TrainConfig, rank: Rank,
-                  log) -> dict:
+                  log, norm: torch.Tensor | None = None) -> dict:
     metrics, tokens = window.read(lambda t: _all_reduce(t, rank))
     now = time.perf_counter()
     total_loss = sum(m["loss"] for m in metrics.values())
@@ -409,16 +435,18 @@ def report_window(step: int, window: Window, lr: float, t_start: float, tcfg: Tr
         raise non_finite(step, f"the loss is {total_loss}", tcfg)
     speed = tokens / max(now - window.start, 1e-9)
     log(format_report(step, tcfg.total_steps, speed, metrics, lr, now - t_start))
-    log.metrics(step, "train", metrics, speed, lr)
-    return {"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed}
+    grad_norm = float(norm) if norm is not None else None  # the report step's, before clipping
+    log.metrics(step, "train", metrics, speed, lr, grad_norm)
+    return {"step": step, "loss": total_loss, "metrics": metrics, "tokens_per_s": speed, "grad_norm": grad_norm}
 
 
 class DevEvaluation:
     """--dev_dataset_path: evaluated every dev_steps (default: every checkpoint) and at the end;
     --best_model_path keeps the best model so far."""
 
-    def __init__(self, tcfg: TrainConfig, special: SpecialIds, masking, rank: Rank, device: torch.device):
-        self.tcfg, self.rank, self.device, self.best = tcfg, rank, device, None
+    def __init__(self, tcfg: TrainConfig, special: SpecialIds, masking, rank: Rank, device: torch.device,
+                 card: dict | None = None):
+        self.tcfg, self.rank, self.device, self.best, self.card = tcfg, rank, device, None, card
         self.every = tcfg.dev_steps or tcfg.save_checkpoint_steps
         self.loader = BatchLoader(Dataset(tcfg.dev_dataset_path), special, tcfg.batch_size, rank=rank.rank,
                                   world_size=rank.world_size, seed=tcfg.seed, masking=masking)
@@ -434,7 +462,7 @@ class DevEvaluation:
         target = unwrap(model).target
         if self.tcfg.best_model_path and self.rank.is_main and (self.best is None or better(scores, self.best, target)):
             self.best = scores
-            save_model(model, self.tcfg.best_model_path)
+            save_model(model, self.tcfg.best_model_path, self.card, step=step)
             log(f"Saved the best model so far (dev) to {self.tcfg.best_model_path}.")
 
 
@@ -483,35 +511,59 @@ def gather(obj, rank: Rank) -> list:
 
 
 class Recorder:
-    """Rank 0's log: the console, plus the --log_path file and the --metrics_path CSV (both
-    appended, flushed at every line, so a killed run keeps what it reported)."""
+    """Rank 0's record of a run: its lines (to `console`; --log_path adds a file handler to the
+    "uer" logger for the run, which gets what goes through logging), the --metrics_path CSV
+    (appended, flushed at every row, so a killed run keeps what it reported) and the
+    --tensorboard_dir scalars."""
     FIELDS = ("step", "split", "term", "loss", "acc", "ppl", "count", "tokens_per_s", "lr")
 
-    def __init__(self, console, log_path: str | None = None, metrics_path: str | None = None):
-        self.console = console
-        self.log_file = open(log_path, "a", encoding="utf-8") if log_path else None
-        self.csv = None
-        if metrics_path:
-            new = not os.path.exists(metrics_path) or os.path.getsize(metrics_path) == 0
-            self.csv = open(metrics_path, "a", encoding="utf-8")
+    def __init__(self, console, tcfg: TrainConfig | None = None, rank: Rank = Rank()):
+        self.console, self.file, self.csv, self.board = console, None, None, None
+        if tcfg is None:
+            return
+        if tcfg.log_path:
+            self.file = logs.add_file(tcfg.log_path, rank.rank, rank.world_size)
+        if tcfg.metrics_path:
+            new = not os.path.exists(tcfg.metrics_path) or os.path.getsize(tcfg.metrics_path) == 0
+            self.csv = open(tcfg.metrics_path, "a", encoding="utf-8")
             if new:
                 self.csv.write(",".join(self.FIELDS) + "\n")
+        if tcfg.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(tcfg.tensorboard_dir)
 
     def __call__(self, line: str) -> None:
         self.console(line)
-        if self.log_file:
-            self.log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
-            self.log_file.flush()
 
-    def metrics(self, step: int, split: str, metrics: dict, speed: float | None = None, lr: float | None = None):
-        if not self.csv:
-            return
-        for term, m in metrics.items():
-            row = [step, split, term, f"{m['loss']:.6f}", f"{m['acc']:.6f}",
-                   f"{m['ppl']:.4f}" if "ppl" in m else "", int(m["count"]),
-                   f"{speed:.2f}" if speed is not None else "", f"{lr:.6e}" if lr is not None else ""]
-            self.csv.write(",".join(map(str, row)) + "\n")
-        self.csv.flush()
+    def metrics(self, step: int, split: str, metrics: dict, speed: float | None = None, lr: float | None = None,
+                grad_norm: float | None = None) -> None:
+        if self.csv:
+            for term, m in metrics.items():
+                row = [step, split, term, f"{m['loss']:.6f}", f"{m['acc']:.6f}",
+                       f"{m['ppl']:.4f}" if "ppl" in m else "", int(m["count"]),
+                       f"{speed:.2f}" if speed is not None else "", f"{lr:.6e}" if lr is not None else ""]
+                self.csv.write(",".join(map(str, row)) + "\n")
+            self.csv.flush()
+        if self.board:
+            scalars = {f"{split}/loss": sum(m["loss"] for m in metrics.values())}
+            for term, m in metrics.items():
+                scalars.update({f"{split}/{what}_{term}": m[what] for what in ("loss", "acc", "ppl") if what in m})
+            for name, value in (("lr", lr), ("tokens_per_s", speed), ("grad_norm", grad_norm)):
+                if value is not None:
+                    scalars[f"{split}/{name}"] = value
+            for tag, value in scalars.items():
+                self.board.add_scalar(tag, value, step)
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            logs.remove(self.file)
+        if self.csv is not None:
+            self.csv.close()
+        if self.board is not None:
+            self.board.close()
+        self.file = self.csv = self.board = None
 
 
 def _silent(*_args, **_kw) -> None:
@@ -519,17 +571,17 @@ def _silent(*_args, **_kw) -> None:
 
 
 def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_path: str, special: SpecialIds,
-                    masking: MaskingConfig | None, process: dict) -> None:
+                    masking: MaskingConfig | None, process: dict, card: dict | None = None) -> None:
     """One process of a command-line run: take the process-wide settings the command line chose
-    (process: keep_freed_memory, batch_worker, progress_bar), join the other ranks and agree with
-    them on the options, open the dataset (memory-mapped; only this rank's share is read), train,
-    leave."""
+    (process: keep_freed_memory, batch_worker, progress_bar, log_level), join the other ranks and
+    agree with them on the options, open the dataset (memory-mapped; only this rank's share is
+    read), train, leave."""
+    logs.setup(process["log_level"], rank.rank, rank.world_size)
     if process["keep_freed_memory"]:
         retain_freed_memory()
     if from_torchrun():  # torchrun's agent is the launcher
         end_with_launcher(rank.rank)
     init(rank, tcfg)
-    bar = None
     try:
         dataset, problem = None, None
         try:
@@ -542,15 +594,8 @@ def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_pa
                                   "masking": asdict(masking) if masking else {}}, problem)
         if problem:  # one process: nobody to agree with
             raise UerError(problem)
-        log = print
-        if process["progress_bar"] and rank.is_main and sys.stderr.isatty():  # only for a person watching
-            from tqdm import tqdm
-
-            bar = tqdm(total=tcfg.total_steps, unit="step", dynamic_ncols=True, leave=False)
-            log = tqdm.write  # report lines above the bar
-        train(tcfg, mcfg, dataset, special, masking, log=log, rank=rank, progress=bar,
-              worker=process["batch_worker"])
+        with logs.progress_bar(process["progress_bar"] and rank.is_main, tcfg.total_steps) as bar:
+            train(tcfg, mcfg, dataset, special, masking, rank=rank, progress=bar, worker=process["batch_worker"],
+                  card=card)
     finally:
-        if bar is not None:
-            bar.close()
         finish(rank)
