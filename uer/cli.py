@@ -83,7 +83,7 @@ def _pretrain(argv: list[str] | None) -> int:
     from uer.data.masking import MaskingConfig
     from uer.model import model_problems
     from uer.options import parse
-    from uer.train.distributed import launch_problems, run_ranks
+    from uer.train.distributed import launch_problems, local_ranks, run_ranks
     from uer.train.trainer import pretrain_worker
     from uer.vocab import load_vocab
 
@@ -115,6 +115,12 @@ def _pretrain(argv: list[str] | None) -> int:
         header, args.dataset_path, mcfg, vocab, tgt_vocab)
     if tcfg.strict_load:  # --strict_load false: the model may differ from the one loaded
         problems += card_problems(card, mcfg, vocab, tgt_vocab)
+    if args.export_hf:
+        from uer.hf import shape_problems
+
+        problems += [f"--export_hf: {q}" for q in shape_problems(mcfg)]
+        if os.path.isfile(args.export_hf):
+            problems.append(f"--export_hf {args.export_hf} is a file; give a directory")
     if tcfg.dev_dataset_path and os.path.isfile(tcfg.dev_dataset_path):
         problems += [f"dev: {q}" for q in dataset_problems(Dataset(tcfg.dev_dataset_path).header,
                                                            tcfg.dev_dataset_path, mcfg, vocab, tgt_vocab)]
@@ -136,6 +142,10 @@ def _pretrain(argv: list[str] | None) -> int:
     written = make_card(mcfg, vocab, tokenizer_from_header(header["tokenizer"], args.spm_model_path),
                         header["seq_length"], tgt_vocab)
     run_ranks(tcfg, pretrain_worker, tcfg, mcfg, args.dataset_path, special, masking, process, written)
+    if args.export_hf and any(r.is_main for r in local_ranks(tcfg)):  # rank 0's node holds the final model
+        from uer.hf import export
+
+        export(tcfg.output_model_path, args.export_hf, mcfg, vocab, written["tokenizer"], args.approximate)
     return 0
 
 

@@ -429,19 +429,33 @@ FAMILIES = {"bert": (bert_from_hf, bert_to_hf), "gpt2": (gpt2_from_hf, gpt2_to_h
 
 
 def convert_cli(family: str, direction: str, argv=None, prog: str | None = None) -> int:
-    """The body of scripts/convert_<family>_from_<a>_to_<b>.py."""
+    """The body of scripts/convert_<family>_from_<a>_to_<b>.py: a state-dict file, or a
+    transformers model directory (uer.hf) with --input_dir / --output_dir."""
     from uer.errors import run_cli
 
     if family == "llama":
         return llama_cli(direction, argv, prog)
 
     def main(argv):
+        from uer import components
         from uer.options import parse
 
+        components.load()
         args, explicit = parse(f"convert_{family}_{direction}", argv, prog=prog)
         from uer.card import read_card
         from uer.checkpoint import read_state_dict, write_state_dict
 
+        pairs = ((("input_model_path", "input_dir"), ("output_model_path",)) if direction == "from_huggingface_to_uer"
+                 else (("input_model_path",), ("output_model_path", "output_dir")))
+        problems = [p for names in pairs if (p := _one_of(args, *names))]
+        if problems:
+            from uer.errors import ConfigError
+
+            raise ConfigError(problems)
+        if getattr(args, "input_dir", None):
+            return _from_hf_dir(family, args)
+        if getattr(args, "output_dir", None):
+            return _to_hf_dir(family, args, explicit)
         card = read_card(args.input_model_path) if direction == "from_uer_to_huggingface" else None
         if card and "target" in vars(args) and "target" not in explicit and card["model"]["target"] in ("bert", "mlm"):
             args.target = card["model"]["target"]  # the model card says which head the model has
@@ -455,6 +469,79 @@ def convert_cli(family: str, direction: str, argv=None, prog: str | None = None)
         return 0
 
     return run_cli(main, argv)
+
+
+def _one_of(args, *names: str) -> str | None:
+    """The problem, if not exactly one of these options is given."""
+    given = [n for n in names if getattr(args, n)]
+    if len(given) != 1:
+        return f"give --{' or --'.join(names)}" + (" (not both)" if given else "")
+    return None
+
+
+#: the uer target of each family's transformers class (bert: --target bert|mlm)
+FAMILY_TARGETS = {"gpt2": "lm", "albert": "albert"}
+
+
+def _to_hf_dir(family: str, args, explicit: set[str]) -> int:
+    """A uer model (its model card, or --config_path and --vocab_path) -> a transformers directory."""
+    from uer.card import apply_defaults, card_problems, read_card, recipe_for
+    from uer.config import build_model_config
+    from uer.errors import ConfigError
+    from uer.hf import SHAPES, export, family_of
+    from uer.model import model_problems
+    from uer.vocab import load_vocab
+
+    card = read_card(args.input_model_path)
+    if card is None and not args.config_path:
+        raise UerError(f"{args.input_model_path} has no model card ({args.input_model_path}.json): give "
+                       "--config_path (its recipe) and --vocab_path")
+    apply_defaults(args, explicit, card)
+    vocab = load_vocab(args.vocab_path, args.spm_model_path)
+    options = {} if card else {**dict(SHAPES[family]), "target": FAMILY_TARGETS.get(family, "bert")}
+    if "target" in explicit or (card is None and family == "bert"):
+        options["target"] = args.target
+    recipe = recipe_for(args.config_path or "", explicit if args.config_path else set(), card)
+    cfg = build_model_config(recipe, options, set(options), len(vocab))
+    problems = model_problems(cfg) + card_problems(card, cfg, vocab)
+    if family_of(cfg) != family:
+        problems.append(f"{args.input_model_path} is a model of target {cfg.target!r} "
+                        f"({family_of(cfg) or 'no transformers family'}), not a {family} model")
+    if problems:
+        raise ConfigError(problems)
+    told = (card or {}).get("tokenizer") or {}
+    tokenizer = {"name": args.tokenizer, "do_lower_case": told.get("do_lower_case", True),
+                 "spm_model_path": args.spm_model_path}
+    export(args.input_model_path, args.output_dir, cfg, vocab, tokenizer, args.approximate)
+    return 0
+
+
+def _from_hf_dir(family: str, args) -> int:
+    """A transformers directory -> a uer model and its model card (with the directory's vocab.txt)."""
+    import os
+
+    from uer.card import make_card, write_card
+    from uer.checkpoint import write_state_dict
+    from uer.config import ModelConfig
+    from uer.hf import family_of, import_dir
+    from uer.vocab import Vocab
+
+    recipe, state, tokenizer = import_dir(args.input_dir)
+    size = state["embedding.word_embedding.weight"].shape[0]
+    cfg = ModelConfig(vocab_size=size, **recipe)
+    if family_of(cfg) != family:
+        raise UerError(f"--input_dir {args.input_dir} holds a {family_of(cfg) or 'another'} model, not a {family} one")
+    write_state_dict(state, args.output_model_path)
+    vocab_file = os.path.join(args.input_dir, "vocab.txt")
+    said = "no vocab.txt there, so no model card: give --config_path and --vocab_path where it is used"
+    if os.path.isfile(vocab_file):
+        vocab = Vocab.load(vocab_file)
+        if len(vocab) != size:
+            raise UerError(f"{vocab_file} has {len(vocab)} tokens, the model's embedding {size} rows")
+        write_card(args.output_model_path, make_card(cfg, vocab, tokenizer, None))
+        said = f"its model card {args.output_model_path}.json"
+    logger.info(f"Wrote {args.output_model_path}: {len(state)} tensors, and {said}.")
+    return 0
 
 
 DIRECTIONS = {"to-uer": "from_huggingface_to_uer", "to-hf": "from_uer_to_huggingface"}

@@ -95,6 +95,10 @@ _DECLARED = [
     Option("input_model_path", "The checkpoint to read."),
     Option("input_dir", "A transformers model directory (config.json and model.safetensors or its shards)."),
     Option("output_dir", "Where the transformers model directory goes (config.json, model.safetensors)."),
+    Option("approximate", "Write the transformers directory even where its logits differ from uer's (the "
+                          "difference is reported).", flag=True),
+    Option("export_hf", "After training, also write the final model as a transformers model directory here "
+                        "(config.json, model.safetensors, tokenizer files), its logits checked against uer's."),
     Option("output_config_path", "Where the uer recipe of the converted model goes (default: "
                                  "<output_model_path without extension>_config.json)."),
     Option("log_path", "Also append every log line to this file (rank 0), with time, level and module."),
@@ -266,7 +270,7 @@ COMMANDS: dict[str, Command] = {
                                        "target embedding and decoder, and a target.", (
         ("files", f"dataset_path {VOCAB} pretrained_model_path strict_load resume overwrite output_model_path "
                   "config_path "
-                  "dev_dataset_path dev_steps log_path log_level metrics_path tensorboard_dir"),
+                  "dev_dataset_path dev_steps log_path log_level metrics_path tensorboard_dir export_hf approximate"),
         ("training", "total_steps save_checkpoint_steps keep_checkpoints report_steps accumulation_steps batch_size "
                      "instances_buffer_size length_buckets labels_num dropout seed"),
         ("model", MODEL), ("masking", MASKING),
@@ -339,12 +343,22 @@ for _family in ("bert", "gpt2", "albert"):
     for _source, _dest in (("huggingface", "uer"), ("uer", "huggingface")):
         _names = "input_model_path output_model_path" + (" layers_num" if _family != "albert" else "") + \
                  (" target" if _family == "bert" else "") + (" max_seq_length" if _source == "huggingface" else "")
+        _names += " input_dir" if _source == "huggingface" else \
+            " output_dir config_path vocab_path spm_model_path tokenizer approximate"
         COMMANDS[f"convert_{_family}_from_{_source}_to_{_dest}"] = Command(
             f"convert_{_family}_from_{_source}_to_{_dest}.py",
-            f"Convert a {_family} checkpoint from {_source} to {_dest}.", (("files", _names),),
-            {"input_model_path": {"required": True}, "output_model_path": {"required": True},
+            f"Convert a {_family} checkpoint from {_source} to {_dest}: a state-dict file, or a transformers "
+            "model directory (--input_dir / --output_dir).", (("files", _names),),
+            {"input_model_path": {"help": "The checkpoint to read (or --input_dir)." if _source == "huggingface"
+                                  else "The uer model to read."},
+             "output_model_path": {"help": "Where the state dict goes (or --output_dir)." if _dest == "huggingface"
+                                   else "Where the uer model goes (its model card beside it)."},
              "target": {"registry": None, "choices": ("bert", "mlm"),
-                        "help": "bert: BertForPreTraining (MLM + NSP); mlm: BertForMaskedLM."}})
+                        "help": "bert: BertForPreTraining (MLM + NSP); mlm: BertForMaskedLM (default: the model "
+                                "card's)."},
+             "config_path": {"default": None, "help": "The model's recipe, for a model without a model card."},
+             "output_dir": {"help": "Write a transformers model directory: config.json, model.safetensors, the "
+                                    "tokenizer files; its logits are checked against uer's."}})
 
 
 COMMANDS["convert_llama_from_huggingface_to_uer"] = Command(
