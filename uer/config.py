@@ -100,6 +100,7 @@ class TrainConfig:
     fp16: bool = _d("fp16")
     fp16_opt_level: str = _d("fp16_opt_level")
     bf16: bool = _d("bf16")
+    activation_checkpointing: bool = _d("activation_checkpointing")
     compile: bool = _d("compile")
     kernels: str = _d("kernels")  # see uer.kernels
     world_size: int = _d("world_size")

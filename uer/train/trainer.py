@@ -281,6 +281,10 @@ def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device:
     for warning in precision.prepare(model):
         log(warning)
     kernels = use_kernels(model, tcfg.kernels, device, tcfg.compile)
+    if tcfg.activation_checkpointing:
+        from uer.train.checkpointing import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
     if rank.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if tcfg.compile else model
