@@ -28,6 +28,10 @@ SYSTEMS = {  # name: (uer options, the Auto class from_pretrained is called on)
     "gpt2": (dict(target="lm", embedding="word_pos", remove_embedding_layernorm=True, mask="causal",
                   layernorm_positioning="pre", hidden_act="gelu_fast", layernorm_eps=1e-5, tie_weights=True),
              "AutoModelForCausalLM"),
+    "llama": (dict(target="lm", embedding="word", remove_embedding_layernorm=True, mask="causal",
+                   layernorm_positioning="pre", layernorm="rms", feed_forward="gated", hidden_act="silu",
+                   rotary_position_embedding=True, remove_transformer_bias=True, local_kv_heads_num=2),
+              "AutoModelForCausalLM"),
     "albert": (dict(target="albert", emb_size=16, factorized_embedding_parameterization=True,
                     parameter_sharing=True, layernorm_eps=1e-12), "AutoModelForPreTraining"),
 }
