@@ -67,7 +67,7 @@ def test_dropout_with_a_residual_is_the_residual_plus_dropout(p, training):
         assert 0 < (x1.grad == 0).float().mean() < 0.3  # the mask drops
 
 
-@pytest.mark.parametrize("mask_kind", ["padding", "causal", "per_head", "none"])
+@pytest.mark.parametrize("mask_kind", ["padding", "causal", "per_head", "prefix", "none"])
 def test_cpu_attention_equals_the_math_with_its_dropout_mask(mask_kind):
     """The clone-free CPU attention (training, dropout on, fp32): outputs and gradients equal
     softmax(QK^T/sqrt(d) + mask), dropped with the very mask it draws, times V; q, k, v are strided
@@ -79,7 +79,9 @@ def test_cpu_attention_equals_the_math_with_its_dropout_mask(mask_kind):
     q, k, v = x[:, :Lq, 0], x[:, :, 1], x[:, :, 2]
     bool_mask = {"padding": torch.ones(B, 1, 1, Lk, dtype=torch.bool).index_fill_(3, torch.tensor([5, 6]), False),
                  "causal": None, "none": None,
-                 "per_head": torch.rand(B, h, Lq, Lk, generator=torch.Generator().manual_seed(1)) > 0.3}[mask_kind]
+                 "per_head": torch.rand(B, h, Lq, Lk, generator=torch.Generator().manual_seed(1)) > 0.3,
+                 # one [Lq, Lk] mask for every head, as --mask causal_with_prefix gives
+                 "prefix": torch.rand(B, 1, Lq, Lk, generator=torch.Generator().manual_seed(2)) > 0.3}[mask_kind]
     bool_mask = None if bool_mask is None else bool_mask.index_fill_(3, torch.tensor([0]), True)
     add = additive_mask(bool_mask, mask_kind == "causal", Lq, Lk, x.device)
     threshold = round(p * 2 ** 15)

@@ -133,7 +133,8 @@ def test_progress_bars_on_a_terminal_only(tmp_path):
 
 @pytest.mark.e2e
 def test_console_commands_are_installed():
-    """pip install gives uer-preprocess, uer-pretrain, uer-finetune and uer-infer, each a working command."""
+    """pip install gives the uer-* commands: every entry point loads, and the main ones run
+    (tests/test_package.py runs six of them for real from a wheel in a fresh environment)."""
     import shutil
     import subprocess
     from importlib.metadata import entry_points
@@ -142,6 +143,8 @@ def test_console_commands_are_installed():
     assert set(commands) >= {"uer-preprocess", "uer-pretrain", "uer-finetune", "uer-infer"}, commands
     for name, entry in commands.items():
         assert callable(entry.load())
+        if name not in ("uer-preprocess", "uer-pretrain", "uer-finetune", "uer-infer", "uer-generate"):
+            continue  # each start costs an import of torch: the others' entry points loaded above
         exe = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
         proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {name} "), proc.stdout[:200] + proc.stderr

@@ -239,6 +239,52 @@ def test_padding_never_counts_in_the_loss(tmp_path, zh_vocab, case):
     torch.testing.assert_close(total, singles, rtol=1e-5, atol=1e-5)
 
 
+def test_prefixlm_instances_predict_the_target_alone(tmp_path, zh_vocab):
+    """[CLS] source [SEP] (segment 1) target [SEP] (segment 2); the positions from the prefix's
+    [SEP] on predict the next token, so the targets are the target's tokens and its [SEP]."""
+    sp = zh_vocab.special_ids()
+    ds = build(tmp_path, "一二三\t四五\n甲\t乙丙丁\n" + "长" * 20 + "\t短\n", "prefixlm", zh_vocab, seq_length=12)
+    assert len(ds) == 2  # the third line's source leaves no room for its target
+    b = first_batch(ds, zh_vocab)
+    one = [sp.cls] + [zh_vocab.w2i[c] for c in "一二三"] + [sp.sep] + [zh_vocab.w2i[c] for c in "四五"] + [sp.sep]
+    assert b["src"][0, :len(one)].tolist() == one
+    assert b["seg"].tolist() == [[1] * 5 + [2] * 3, [1] * 3 + [2] * 4 + [0]]
+    width = b["src"].shape[1]
+    pos = b["lm_pos"].tolist()
+    assert pos[:3] == [4, 5, 6]  # [SEP] predicts 四, 四 predicts 五, 五 predicts [SEP]
+    assert b["lm_tgt"].tolist()[:3] == one[5:]
+    assert pos[3:] == [width + 2, width + 3, width + 4, width + 5]  # the second row: 乙 丙 丁 [SEP]
+
+
+def test_causal_with_prefix_sees_the_prefix_whole_and_the_target_causally():
+    from uer.model.encoders import prefix_mask
+
+    seg = torch.tensor([[1, 1, 1, 2, 2, 0]])
+    m = prefix_mask(seg)[0, 0]
+    assert m[:3].tolist() == [[True, True, True, False, False, False]] * 3  # the prefix: itself, whole
+    assert m[3].tolist() == [True, True, True, True, False, False]
+    assert m[4].tolist() == [True, True, True, True, True, False]  # never the padding
+    cfg = ModelConfig(vocab_size=60, target="prefixlm", mask="causal_with_prefix", **{**TINY, "dropout": 0.0})
+    model = build_model(cfg).eval()
+    src, seg = torch.tensor([[2, 10, 11, 3, 20, 21, 3]]), torch.tensor([[1, 1, 1, 1, 2, 2, 2]])
+    with torch.no_grad():
+        base = model.encode(src, seg)
+        later = model.encode(src.index_fill(1, torch.tensor([5]), 30), seg)  # a target token changes
+        earlier = model.encode(src.index_fill(1, torch.tensor([2]), 30), seg)  # a prefix token changes
+    torch.testing.assert_close(later[:, :5], base[:, :5])  # nothing before it sees it
+    assert not torch.allclose(earlier[:, 0], base[:, 0])  # the prefix's first position sees its last
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"target": "prefixlm", "mask": "causal"}, "--target prefixlm reads the source whole"),
+    ({"target": "mlm", "mask": "causal_with_prefix"}, "use it with --target prefixlm, not mlm"),
+    ({"target": "lm", "mask": "causal_with_prefix"}, "--target lm predicts the next token"),
+])
+def test_prefixlm_and_its_mask_go_together(options, needle):
+    problems = model_problems(ModelConfig(vocab_size=60, **{**TINY, **options}))
+    assert any(needle in p for p in problems), problems
+
+
 def test_pooling_ignores_padding():
     h = torch.arange(24, dtype=torch.float).view(2, 4, 3)
     seg = torch.tensor([[1, 1, 0, 0], [1, 2, 2, 2]])
@@ -288,6 +334,9 @@ SYSTEMS = {
                          "--vocab_path EN --tgt_vocab_path ZH --config_path models/bert_base_config.json "
                          "--embedding word_pos_seg --encoder transformer --mask fully_visible "
                          "--tgt_embedding word_pos --decoder transformer --target mt", {}),
+    "Prefix LM": (MT_CORPUS, "--target prefixlm",
+                  "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
+                  "--mask causal_with_prefix --target prefixlm", {}),
     "Classifier (cls)": (CLS_CORPUS, "--target cls",
                          "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
                          "--mask fully_visible --target cls --labels_num 2 --pooling mean", {}, 240),

@@ -135,7 +135,8 @@ _DECLARED = [
     Option("embedding", "Embedding layer.", "word_pos_seg", registry="embedding"),
     Option("remove_embedding_layernorm", "Drop the LayerNorm after the embedding.", flag=True),
     Option("encoder", "Encoder.", "transformer", registry="encoder"),
-    Option("mask", "Transformer attention mask.", "fully_visible", choices=("fully_visible", "causal")),
+    Option("mask", "Transformer attention mask (causal_with_prefix: the first segment seen whole, the rest causal; "
+                   "for --target prefixlm).", "fully_visible", choices=("fully_visible", "causal", "causal_with_prefix")),
     Option("layernorm_positioning", "LayerNorm before (GPT-2) or after (BERT) each sub-layer.", "post",
            choices=("pre", "post")),
     Option("layernorm", "Normalisation: torch (F.layer_norm), uer (the reference formula with the unbiased std "

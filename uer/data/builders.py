@@ -90,6 +90,8 @@ class InstanceBuilder:
 
     #: whether the target predicts masked tokens (else masking options and dup_factor are unused)
     masked = True
+    #: whether the second field of a pairs corpus has a vocabulary of its own (mt)
+    target_vocabulary = False
 
     def __init__(self, cfg: BuilderConfig, special: SpecialIds, vocab_size: int,
                  tgt_special: SpecialIds | None = None):
@@ -543,6 +545,7 @@ class MtBuilder(UnmaskedBuilder):
     vocabulary) cut to tgt_seq_length + 1. The decoder reads tgt[:-1] and predicts tgt[1:]."""
     corpus_format = "pairs"
     format_help = "source<TAB>target a line"
+    target_vocabulary = True
 
     def fields(self, token_dtype, store_size) -> list[Field]:
         dtype = np.dtype(token_dtype).name
@@ -567,6 +570,39 @@ class MtBuilder(UnmaskedBuilder):
         return {"src": src, "seg": real_mask(seqs, src.shape[1]), "tgt_in": tgt_in,
                 "tgt_seg": real_mask([t[:-1] for t in tgts], tgt_in.shape[1]),
                 "dec_pos": dec_pos, "dec_tgt": dec_tgt}
+
+
+@register(INSTANCE_BUILDERS, "prefixlm")
+class PrefixLmBuilder(UnmaskedBuilder):
+    """[CLS] source [SEP] (segment 1, the prefix) target [SEP] (segment 2), cut to seq_length;
+    each position from the prefix's [SEP] on predicts the next token, so only the target is
+    learned, from the whole source (attention: --mask causal_with_prefix). A line whose target
+    is cut away entirely gives no instance."""
+    corpus_format = "pairs"
+    format_help = "source<TAB>target a line"
+
+    def fields(self, token_dtype, store_size) -> list[Field]:
+        return [Field("tokens", True, np.dtype(token_dtype).name), Field("seg_split", False, "uint32")]
+
+    def build_unit(self, corpus, docs, pool, rng):
+        sp, S = self.special, self.cfg.seq_length
+        out = Instances(["tokens"], ["seg_split"])
+        for d in docs:
+            source, target = corpus.sentences(d)
+            prefix = np.concatenate([[sp.cls], source, [sp.sep]]).astype(np.int64)
+            if len(prefix) >= S:  # no room left for the target
+                continue
+            tokens = np.concatenate([prefix, target, [sp.sep]]).astype(np.int64)[:S]
+            out.add(tokens=tokens, seg_split=len(prefix))
+        return out.to_chunk()
+
+    def collate(self, ds, indices, rng):
+        seqs, src = self._pad_batch(ds, indices)
+        splits = np.asarray(ds.arrays["seg_split"][np.asarray(indices)]).astype(np.int64)
+        # position p predicts token p + 1, from the prefix's [SEP] (p = split - 1) to the end
+        lm_pos, lm_tgt = flat_targets([np.arange(k - 1, len(s) - 1) for k, s in zip(splits, seqs)],
+                                      [s[k:] for k, s in zip(splits, seqs)], src.shape[1])
+        return {"src": src, "seg": segments(splits, seqs, src.shape[1]), "lm_pos": lm_pos, "lm_tgt": lm_tgt}
 
 
 @register(INSTANCE_BUILDERS, "cls")

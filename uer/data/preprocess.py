@@ -148,7 +148,7 @@ def build_dataset(job: PreprocessJob) -> dict:
     special = job.vocab.special_ids()
     builder = INSTANCE_BUILDERS[job.target](job.builder, special, len(job.vocab),
                                             job.tgt_vocab.special_ids() if job.tgt_vocab else None)
-    if builder.corpus_format == "pairs" and job.tgt_vocab is None:
+    if builder.target_vocabulary and job.tgt_vocab is None:
         raise UerError(f"--target {job.target} needs the target-side vocabulary: give --tgt_vocab_path "
                        "or --tgt_spm_model_path")
     if os.path.getsize(job.corpus_path) == 0:

@@ -27,16 +27,28 @@ class Encoder(nn.Module):
         return []
 
 
+def prefix_mask(seg: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L], True where position i may attend to j: every real position sees the prefix
+    (segment 1) whole, and the positions after it see themselves and the past; padding is unseen."""
+    L = seg.shape[1]
+    in_prefix = seg == 1
+    past = torch.ones(L, L, dtype=torch.bool, device=seg.device).tril()
+    return ((in_prefix[:, None, :] | past[None]) & (seg > 0)[:, None, :])[:, None]
+
+
 @register(ENCODERS, "transformer")
 class TransformerEncoder(Encoder):
     """Stack of transformer layers; `fully_visible` ignores padding keys (seg == 0), `causal`
-    sees only the past. Pre-LN adds a final `layer_norm`; --parameter_sharing keeps one layer
-    (`transformer.*`, no index); factorized embeddings are projected E -> H by `linear`."""
+    sees only the past, `causal_with_prefix` the prefix (segment 1) whole and the past. Pre-LN
+    adds a final `layer_norm`; --parameter_sharing keeps one layer (`transformer.*`, no index);
+    factorized embeddings are projected E -> H by `linear`. Only a fully visible encoder runs its
+    last layer at the read rows alone (its mask does not depend on the query)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.causal = cfg.mask == "causal"
-        self.selects_rows = not self.causal
+        self.prefix = cfg.mask == "causal_with_prefix"
+        self.selects_rows = cfg.mask == "fully_visible"
         self.layers_num = cfg.layers_num
         self.parameter_sharing = cfg.parameter_sharing
         if cfg.factorized_embedding_parameterization:
@@ -57,6 +69,8 @@ class TransformerEncoder(Encoder):
         x = self.linear(emb) if hasattr(self, "linear") else emb
         if self.causal:
             mask = None
+        elif self.prefix:
+            mask = prefix_mask(seg)
         else:
             mask = (seg > 0)[:, None, None, :]  # [B, 1, 1, L]: padding keys are invisible
         for i in range(self.layers_num):
@@ -69,7 +83,7 @@ class TransformerEncoder(Encoder):
 
     @classmethod
     def direction(cls, cfg):
-        return "causal" if cfg.mask == "causal" else "bidirectional"
+        return {"causal": "causal", "causal_with_prefix": "prefix"}.get(cfg.mask, "bidirectional")
 
     @classmethod
     def problems(cls, cfg):
@@ -95,6 +109,9 @@ class TransformerEncoder(Encoder):
                          f"heads_num = {cfg.hidden_size // cfg.heads_num} must be even")
             if not cfg.rope_base > 1:
                 p.append(f"--rope_base must be greater than 1, got {cfg.rope_base}")
+        if cfg.mask == "causal_with_prefix" and cfg.target != "prefixlm":
+            p.append(f"--mask causal_with_prefix reads segment 1 as the prefix of a prefixlm instance: use it with "
+                     f"--target prefixlm, not {cfg.target}")
         if not (isinstance(cfg.feedforward_size, int) and cfg.feedforward_size > 0):
             p.append(f"feedforward_size must be a positive integer, got {cfg.feedforward_size!r}")
         if not cfg.factorized_embedding_parameterization and cfg.emb_size != cfg.hidden_size:

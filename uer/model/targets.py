@@ -186,6 +186,19 @@ class LmTarget(Target):
         return {"lm": self.output_layer(hidden)}
 
 
+@register(TARGETS, "prefixlm")
+class PrefixLmTarget(LmTarget):
+    """The lm head on the target part of [CLS] source [SEP] target [SEP] only (the positions the
+    prefixlm dataset names), with the source seen whole: --mask causal_with_prefix."""
+
+    @classmethod
+    def problems(cls, cfg):
+        if cfg.encoder != "transformer" or cfg.mask != "causal_with_prefix":
+            return [f"--target prefixlm reads the source whole and predicts the target causally: it needs --encoder "
+                    f"transformer --mask causal_with_prefix (got --encoder {cfg.encoder} --mask {cfg.mask})"]
+        return []
+
+
 @register(TARGETS, "bilm")
 class BilmTarget(Target):
     """The forward half of the hidden state predicts the next token, the backward half the previous
