@@ -9,10 +9,12 @@ import torch
 
 from conftest import BERT_CORPUS, ROOT, TINY, ZH_VOCAB, assert_clean_error, run_script
 from uer.api import Pretrained
+from uer.card import make_card, read_card, tokenizer_of
 from uer.config import ModelConfig
 from uer.generate import Generator, filter_logits
 from uer.model import build_model
 from uer.train.checkpoint import read_state_dict, save_model
+from uer.vocab import Vocab
 
 
 @pytest.fixture
@@ -106,14 +108,21 @@ def test_features_embeddings_and_averaging(tmp_path, recipe):
     tok, *vec = lines[2000].split(" ")
     torch.testing.assert_close(torch.tensor([float(x) for x in vec]),
                                a.embedding.word_embedding.weight[1999].detach(), rtol=1e-5, atol=1e-6)
-    b = build_model(ModelConfig(vocab_size=21128, target="mlm", **TINY))
-    save_model(b, str(tmp_path / "b.bin"))
-    proc = run_script("scripts/average_models.py", "--model_list_path", str(tmp_path / "a.bin"),
-                      str(tmp_path / "b.bin"), "--output_model_path", str(tmp_path / "mean.bin"))
+    cfg = ModelConfig(vocab_size=21128, target="mlm", **TINY)
+    b = build_model(cfg)
+    card = make_card(cfg, Vocab.load(ZH_VOCAB), tokenizer_of("bert"), 64)
+    save_model(b, str(tmp_path / "b.bin"), card, step=7)
+    proc = run_script("scripts/average_models.py", "--model_list_path", str(tmp_path / "b.bin"),
+                      str(tmp_path / "a.bin"), "--output_model_path", str(tmp_path / "mean.bin"))
     assert proc.returncode == 0, proc.stderr
     mean = read_state_dict(str(tmp_path / "mean.bin"))
     for k, v in a.state_dict().items():
         torch.testing.assert_close(mean[k], (v + b.state_dict()[k]) / 2)
+    # the first checkpoint's model card goes along, saying what was averaged
+    averaged = read_card(str(tmp_path / "mean.bin"))
+    assert averaged["model"] == card["model"] and averaged["vocab"] == card["vocab"] and "path" not in \
+        json.loads((tmp_path / "mean.bin.json").read_text())
+    assert averaged["averaged_from"] == [str(tmp_path / "b.bin"), str(tmp_path / "a.bin")]
 
 
 @pytest.mark.e2e
@@ -125,7 +134,8 @@ def test_dynamic_vocab_adapter_keeps_rows_and_ties(tmp_path):
     for target, extra in (("mlm", {}), ("lm", {"mask": "causal", "has_lmtarget_bias": True})):
         cfg = ModelConfig(vocab_size=len(old), target=target, tie_weights=True, **TINY, **extra)
         model = build_model(cfg)
-        save_model(model, str(tmp_path / "old.bin"))
+        save_model(model, str(tmp_path / "old.bin"),
+                   make_card(cfg, Vocab.load(str(tmp_path / "old.txt")), tokenizer_of("space"), 16))
         proc = run_script("scripts/dynamic_vocab_adapter.py", "--old_model_path", str(tmp_path / "old.bin"),
                           "--old_vocab_path", str(tmp_path / "old.txt"), "--new_vocab_path", str(tmp_path / "new.txt"),
                           "--new_model_path", str(tmp_path / "new.bin"))
@@ -138,6 +148,10 @@ def test_dynamic_vocab_adapter_keeps_rows_and_ties(tmp_path):
         assert torch.equal(emb_new[:5], emb_old[:5])
         out = "target.mlm_linear_2" if target == "mlm" else "target.output_layer"
         assert torch.equal(state[out + ".weight"], emb_new)  # the tie survives
+        card = read_card(str(tmp_path / "new.bin"))  # the model card names the new vocabulary
+        assert card["vocab"]["size"] == len(new) and card["vocab"]["path"] == str(tmp_path / "new.txt")
+        assert card["model"]["target"] == target and card["adapted_from"] == str(tmp_path / "old.bin")
+        assert Pretrained.load(str(tmp_path / "new.bin")).vocab.tokens == new  # loads from its card alone
         assert state[out + ".bias"].shape == (len(new),)
 
 

@@ -42,7 +42,8 @@ def tokenizer_from_header(described: str, spm_model_path: str | None) -> dict:
     return tokenizer_of(name, "lower=False" not in described, spm_model_path if "+spm" in described else None)
 
 
-def _vocab(vocab) -> dict:
+def vocab_entry(vocab) -> dict:
+    """A card's record of a vocabulary: its size, fingerprint and file."""
     return {"size": len(vocab), "fingerprint": vocab.fingerprint(),
             "path": os.path.abspath(vocab.source) if os.path.isfile(vocab.source) else None}
 
@@ -52,17 +53,18 @@ def make_card(mcfg: ModelConfig, vocab, tokenizer: dict, seq_length: int | None,
 
     model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(mcfg).items()
              if k not in _SIZES}
-    card = {"format": FORMAT, "uer_version": __version__, "model": model, "vocab": _vocab(vocab),
+    card = {"format": FORMAT, "uer_version": __version__, "model": model, "vocab": vocab_entry(vocab),
             "tokenizer": tokenizer, "seq_length": seq_length}
     if tgt_vocab is not None:
-        card["tgt_vocab"] = _vocab(tgt_vocab)
+        card["tgt_vocab"] = vocab_entry(tgt_vocab)
     return card
 
 
 def write_card(model_path: str, card: dict, **extra) -> None:
+    """card (as make_card or read_card gave it) and `extra` into model_path's card file."""
     from uer.utils import write_json
 
-    write_json({**card, **extra}, card_path(model_path))
+    write_json({**{k: v for k, v in card.items() if k != "path"}, **extra}, card_path(model_path))
 
 
 def read_card(model_path: str | None) -> dict | None:

@@ -2,6 +2,7 @@
 <output_model_path>-<step> files), written atomically."""
 
 import logging
+import os
 
 from uer.errors import UerError, run_cli
 from uer.options import parse
@@ -12,6 +13,7 @@ logger = logging.getLogger(__name__)
 def main(argv=None):
     import torch
 
+    from uer.card import read_card, write_card
     from uer.checkpoint import read_state_dict
     from uer.config import output_problems
     from uer.errors import ConfigError
@@ -39,7 +41,11 @@ def main(argv=None):
     mean = {k: (v / len(args.model_list_path)).to(dtypes[k]) for k, v in total.items()}
     with atomic_path(args.output_model_path) as tmp:
         torch.save(mean, tmp)
-    logger.info(f"Wrote the mean of {len(args.model_list_path)} checkpoints to {args.output_model_path}.")
+    card = read_card(first)  # the checkpoints share their keys and shapes: the same model
+    if card is not None:
+        write_card(args.output_model_path, card, averaged_from=[os.path.abspath(p) for p in args.model_list_path])
+    logger.info(f"Wrote the mean of {len(args.model_list_path)} checkpoints to {args.output_model_path}"
+                + (" and its model card." if card is not None else "."))
 
 
 def cli(argv=None) -> int:

@@ -4,6 +4,7 @@ gets one row per new token, copied from the old row where the token existed and 
 N(0, 0.02) otherwise. Tensors tied in the old checkpoint stay identical. Other tensors are copied."""
 
 import logging
+import os
 
 from uer.errors import UerError, run_cli
 from uer.options import parse
@@ -43,6 +44,7 @@ def adapt(state: dict, old_tokens: list[str], new_tokens: list[str], seed: int =
 def main(argv=None):
     import torch
 
+    from uer.card import read_card, vocab_entry, write_card
     from uer.checkpoint import map_later_names, read_state_dict
     from uer.utils import atomic_path
     from uer.vocab import Vocab
@@ -57,8 +59,13 @@ def main(argv=None):
     state = adapt(map_later_names(read_state_dict(args.old_model_path)), old.tokens, new.tokens, args.seed)
     with atomic_path(args.new_model_path) as tmp:
         torch.save(state, tmp)
+    card = read_card(args.old_model_path)
+    if card is not None:  # the same model with the new vocabulary
+        write_card(args.new_model_path, {**card, "vocab": vocab_entry(new)},
+                   adapted_from=os.path.abspath(args.old_model_path))
     kept = len(set(old.tokens) & set(new.tokens))
-    logger.info(f"Wrote {args.new_model_path}: {len(new)} tokens, {kept} of them carried over from {len(old)}.")
+    logger.info(f"Wrote {args.new_model_path}: {len(new)} tokens, {kept} of them carried over from {len(old)}"
+                + (", and its model card." if card is not None else "."))
 
 
 def cli(argv=None) -> int:
