@@ -57,6 +57,16 @@ def pytest_runtest_call(item):
         subprocess.Popen.__init__, multiprocessing.util.spawnv_passfds = real, spawn
 
 
+def perturb(model, seed=0, scale=0.05):
+    """Random values added everywhere (LayerNorm and biases included), so that no weight mapping
+    hides behind 1s and 0s; the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
+
+
 def reported_losses(stdout: str) -> list[float]:
     """The total loss of every report line a training run printed."""
     return [float(line.split(" loss ")[1].split("|")[0]) for line in stdout.splitlines() if " steps|" in line]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers  # a test dependency (pyproject [test]): parity must run, never skip
 
-from conftest import assert_clean_error, run_script
+from conftest import assert_clean_error, perturb, run_script
 from uer.config import ModelConfig
 from uer.model import build_model
 from uer.train.checkpoint import load_model, save_model
@@ -14,15 +14,6 @@ from uer.train.checkpoint import load_model, save_model
 pytestmark = pytest.mark.e2e  # every test here runs uer in child processes
 
 V, H, L, HEADS, FF = 120, 32, 2, 4, 64
-
-
-def perturb(model, seed=0):
-    """Random values everywhere (LayerNorm and biases included) so no mapping hides behind 1s and 0s."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
 
 
 def batch():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import DOC_CORPUS, EN_VOCAB, SHARED, ZH_VOCAB, assert_clean_error, run_script
+from conftest import DOC_CORPUS, EN_VOCAB, SHARED, ZH_VOCAB, assert_clean_error, perturb, run_script
 from uer.api import Pretrained
 from uer.card import make_card, tokenizer_of
 from uer.config import ModelConfig
@@ -56,13 +56,10 @@ def uer_model(tmp_path, options, seed=0, **extra):
     vocab = Vocab.load(ZH_VOCAB)
     cfg = ModelConfig(vocab_size=len(vocab), **{**SMALL, **options, **extra})
     torch.manual_seed(seed)
-    model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = perturb(build_model(cfg), seed)
     path = str(tmp_path / "m.bin")
     save_model(model, path, make_card(cfg, vocab, tokenizer_of("bert"), 64))
-    return path, cfg, vocab, model.eval()
+    return path, cfg, vocab, model
 
 
 @pytest.mark.parametrize("system", sorted(SYSTEMS))

@@ -10,6 +10,7 @@ import torch
 import transformers  # a test dependency (pyproject [test]): parity must run, never skip
 
 from conftest import ROOT, ZH_VOCAB, assert_clean_error, run_script
+from conftest import perturb as shared_perturb
 from uer.config import ModelConfig, build_model_config, load_recipe
 from uer.convert import (llama_config_to_hf, llama_from_hf, llama_recipe_from_hf, llama_to_hf, read_hf_dir,
                          write_hf_dir)
@@ -27,12 +28,7 @@ LLAMA = dict(vocab_size=V, emb_size=H, hidden_size=H, feedforward_size=FF, heads
 
 
 def perturb(model, seed=0):
-    """Random values everywhere (norm weights included) so that no mapping hides behind 1s."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
+    return shared_perturb(model, seed, scale=0.1)
 
 
 def hf_llama(tie=False, bias=False, seed=0):
