@@ -107,14 +107,14 @@ def test_typed_configs_take_their_defaults_from_the_schema():
 
     from uer.config import TrainConfig
     from uer.data.builders import BuilderConfig
-    from uer.data.masking import MaskingConfig
+    from uer.data.masking import MASKING_FIELDS, MaskingConfig
     from uer.options import OPTIONS, default
 
     checked = 0
     for cls in (ModelConfig, TrainConfig, BuilderConfig, MaskingConfig):
         for f in fields(cls):
-            # TrainConfig's span options are None: "as the dataset was built"; the sizes are the recipe's
-            if f.name in OPTIONS and not (cls is TrainConfig and f.name.startswith("span_")) and \
+            # TrainConfig's masking options are None: "as the dataset was built"; the sizes are the recipe's
+            if f.name in OPTIONS and not (cls is TrainConfig and f.name in MASKING_FIELDS) and \
                     f.name not in ("layers_num", "max_seq_length", "masking") and f.default is not MISSING:
                 assert f.default == default(f.name), (cls.__name__, f.name)
                 checked += 1

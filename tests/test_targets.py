@@ -305,6 +305,13 @@ SYSTEMS = {
     "RoBERTa": (DOC_CORPUS, "--target mlm --dynamic_masking --full_sentences",
                 "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
                 "--mask fully_visible --target mlm", {}),
+    "BERT, whole word masking": (BERT_CORPUS, "--target bert --whole_word_masking",
+                                 "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder "
+                                 "transformer --mask fully_visible --target bert", {}),
+    "RoBERTa, whole word spans": (DOC_CORPUS, "--target mlm --dynamic_masking --full_sentences --whole_word_masking "
+                                              "--span_masking",
+                                  "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder "
+                                  "transformer --mask fully_visible --target mlm", {}),
     "ALBERT": (BERT_CORPUS, "--target albert",
                "--config_path models/albert_base_config.json --embedding word_pos_seg --encoder transformer "
                "--mask fully_visible --factorized_embedding_parameterization --parameter_sharing --target albert",
@@ -424,6 +431,7 @@ def test_documented_system_trains(tmp_path, system):
     assert len(losses) == 8, proc.stdout
     assert losses[-1] < losses[0] * 0.9, proc.stdout
     fields = {"BERT": ["loss_mlm:", "loss_nsp:", "acc_mlm:", "acc_nsp:"],
+              "BERT, whole word masking": ["loss_mlm:", "loss_nsp:", "acc_mlm:", "acc_nsp:"],
               "ALBERT": ["loss_mlm:", "loss_sop:", "acc_mlm:", "acc_sop:"],
               "ELMo": ["loss_forward:", "loss_backward:", "acc_forward:", "acc_backward:"]}.get(system, ["acc:"])
     last = proc.stdout.strip().splitlines()[-2]

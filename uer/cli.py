@@ -80,7 +80,8 @@ def _pretrain(argv: list[str] | None) -> int:
     from uer.card import card_problems, make_card, read_card, recipe_for, tokenizer_from_header
     from uer.config import TrainConfig, build_model_config, masking_problems, train_problems
     from uer.data.dataset import Dataset
-    from uer.data.masking import MaskingConfig
+    from uer.data.masking import MASKING_FIELDS, MaskingConfig
+    from uer.data.words import WordSplitter, whole_word_problems
     from uer.model import model_problems
     from uer.options import parse
     from uer.train.distributed import launch_problems, local_ranks, run_ranks
@@ -105,7 +106,7 @@ def _pretrain(argv: list[str] | None) -> int:
 
     train_kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     train_kw["gpu_ranks"] = tuple(args.gpu_ranks)
-    for name in ("span_masking", "span_geo_prob", "span_max_length"):
+    for name in MASKING_FIELDS:
         train_kw[name] = getattr(args, name) if name in explicit else None
     tcfg = TrainConfig(**train_kw)
 
@@ -126,22 +127,26 @@ def _pretrain(argv: list[str] | None) -> int:
                                                            tcfg.dev_dataset_path, mcfg, vocab, tgt_vocab)]
     problems += masking_problems(tcfg.span_geo_prob, tcfg.span_max_length)
     problems += launch_problems(tcfg)
-    masking = None
+    masking, words = None, None
+    given = {name: getattr(tcfg, name) for name in MASKING_FIELDS if getattr(tcfg, name) is not None}
     if header["dynamic_masking"]:
-        masking = MaskingConfig(
-            header["span_masking"] if tcfg.span_masking is None else tcfg.span_masking,
-            header["span_geo_prob"] if tcfg.span_geo_prob is None else tcfg.span_geo_prob,
-            header["span_max_length"] if tcfg.span_max_length is None else tcfg.span_max_length)
-    elif tcfg.span_masking is not None and tcfg.span_masking != header["span_masking"]:
-        problems.append(f"--span_masking differs from the dataset {args.dataset_path}, which was masked "
-                        "in preprocess (masking options apply at pretrain only to datasets built "
-                        "with --dynamic_masking)")
+        masking = MaskingConfig(**{name: given.get(name, header.get(name, getattr(MaskingConfig, name)))
+                                   for name in MASKING_FIELDS})
+        if masking.whole_word_masking:
+            problems += whole_word_problems(header["target"], masking.user_dict_path)
+            words = WordSplitter(vocab.tokens, special.all(), masking.user_dict_path)
+    else:
+        for name in ("span_masking", "whole_word_masking"):
+            if name in given and given[name] != header.get(name, False):
+                problems.append(f"--{name} differs from the dataset {args.dataset_path}, which was masked in "
+                                "preprocess (masking options apply at pretrain only to datasets built with "
+                                "--dynamic_masking)")
     if problems:
         raise ConfigError(problems)
     process = {k: getattr(args, k) for k in ("keep_freed_memory", "batch_worker", "progress_bar", "log_level")}
     written = make_card(mcfg, vocab, tokenizer_from_header(header["tokenizer"], args.spm_model_path),
                         header["seq_length"], tgt_vocab)
-    run_ranks(tcfg, pretrain_worker, tcfg, mcfg, args.dataset_path, special, masking, process, written)
+    run_ranks(tcfg, pretrain_worker, tcfg, mcfg, args.dataset_path, special, masking, process, written, words)
     if args.export_hf and any(r.is_main for r in local_ranks(tcfg)):  # rank 0's node holds the final model
         from uer.hf import export
 

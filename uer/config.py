@@ -111,6 +111,8 @@ class TrainConfig:
     span_masking: bool | None = None   # None: as the dataset was built
     span_geo_prob: float | None = None
     span_max_length: int | None = None
+    whole_word_masking: bool | None = None
+    user_dict_path: str | None = None
 
 
 #: the recipes that ship with the package (models/*_config.json in a checkout link to them)

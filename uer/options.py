@@ -130,6 +130,11 @@ _DECLARED = [
     Option("span_masking", "Mask spans of geometric length.", flag=True),
     Option("span_geo_prob", "p of the geometric span-length distribution.", 0.2, float),
     Option("span_max_length", "Longest masked span.", 10, int),
+    Option("whole_word_masking", "Mask whole words: all the pieces of a chosen word together (English words from "
+                                 "WordPiece's ## pieces, Chinese words from jieba; bert, mlm, albert and t5).",
+           flag=True),
+    Option("user_dict_path", "A jieba user dictionary for --whole_word_masking (one word a line, optionally a "
+                             "frequency and a tag)."),
     Option("seed", "Random seed.", 7, int),
     # the model
     Option("embedding", "Embedding layer.", "word_pos_seg", registry="embedding"),
@@ -260,7 +265,7 @@ MODEL = ("embedding remove_embedding_layernorm encoder mask layernorm_positionin
          "factorized_embedding_parameterization parameter_sharing tgt_embedding decoder pooling target "
          "tie_weights has_lmtarget_bias")
 INFERENCE = (("model", f"load_model_path config_path {VOCAB} tokenizer labels_num {MODEL}"),)
-MASKING = "span_masking span_geo_prob span_max_length"
+MASKING = "span_masking span_geo_prob span_max_length whole_word_masking user_dict_path"
 _MLM = {"target": {"default": "mlm"}}
 
 COMMANDS: dict[str, Command] = {

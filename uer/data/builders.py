@@ -94,12 +94,14 @@ class InstanceBuilder:
     target_vocabulary = False
 
     def __init__(self, cfg: BuilderConfig, special: SpecialIds, vocab_size: int,
-                 tgt_special: SpecialIds | None = None):
+                 tgt_special: SpecialIds | None = None, words=None):
+        """words: the vocabulary's word boundaries (uer.data.words.WordSplitter), for whole word
+        masking."""
         self.cfg = cfg
         self.special = special
         self.tgt_special = tgt_special
         self.vocab_size = vocab_size
-        self.masker = Masker(cfg.masking, vocab_size, special)
+        self.masker = Masker(cfg.masking, vocab_size, special, words) if self.masked else None
 
     @property
     def static_masking(self) -> bool:

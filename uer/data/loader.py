@@ -23,11 +23,12 @@ from uer.vocab import SpecialIds
 BATCH_WORKERS = OPTIONS["batch_worker"].choices
 
 
-def builder_for(dataset: Dataset, special: SpecialIds, masking: MaskingConfig | None = None):
-    """The instance builder that reads `dataset` (its target and options from the header)."""
+def builder_for(dataset: Dataset, special: SpecialIds, masking: MaskingConfig | None = None, words=None):
+    """The instance builder that reads `dataset` (its target and options from the header); words:
+    the vocabulary's word boundaries, for dynamic whole word masking."""
     header = dataset.header
     return INSTANCE_BUILDERS[header["target"]](builder_config_from_header(header, masking), special,
-                                               header["vocab_size"])
+                                               header["vocab_size"], words=words)
 
 
 BUCKET_BATCHES = 64  # optimizer steps per window sorted by length
@@ -90,10 +91,10 @@ class BatchSampler(torch.utils.data.Sampler):
 class BatchLoader:
     def __init__(self, dataset: Dataset, special: SpecialIds, batch_size: int, *, rank: int = 0,
                  world_size: int = 1, seed: int = 7, masking: MaskingConfig | None = None,
-                 length_buckets: bool = False, accumulation_steps: int = 1):
+                 length_buckets: bool = False, accumulation_steps: int = 1, words=None):
         self.ds = dataset
         header = dataset.header
-        self.builder = builder_for(dataset, special, masking)
+        self.builder = builder_for(dataset, special, masking, words)
         self.batch_size = batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.share = shard(len(dataset), rank, world_size)

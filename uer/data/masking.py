@@ -5,10 +5,14 @@ included). Candidates are the positions that hold no special token. Token mode p
 at random; span mode draws spans whose lengths follow a geometric distribution truncated to
 [1, span_max_length], never covering a special token. Each picked token (each span, as a whole)
 becomes [MASK] with p = 0.8, a random non-special token with p = 0.1, and stays with p = 0.1.
+
+Whole word masking (uer.data.words) picks words instead of tokens: all the tokens of a chosen word
+are masked together and share one 80/10/10 draw; a word that would overflow the budget is skipped;
+span lengths count words. Without it, every token is a word of its own and the draws are the same.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -23,11 +27,20 @@ class MaskingConfig:
     span_masking: bool = default("span_masking")
     span_geo_prob: float = default("span_geo_prob")
     span_max_length: int = default("span_max_length")
+    whole_word_masking: bool = default("whole_word_masking")
+    user_dict_path: str | None = default("user_dict_path")
+
+
+#: the masking options, as the dataset header and the pretrain command line name them
+MASKING_FIELDS = tuple(f.name for f in fields(MaskingConfig))
 
 
 class Masker:
-    def __init__(self, cfg: MaskingConfig, vocab_size: int, special: SpecialIds):
+    def __init__(self, cfg: MaskingConfig, vocab_size: int, special: SpecialIds, words=None):
+        """words: a uer.data.words.WordSplitter, needed (and used) only with whole word masking
+        (a reader of static masks has none to give)."""
         self.cfg = cfg
+        self.words = words if cfg.whole_word_masking else None
         self.special = special
         specials = np.array(sorted(set(special.all())), dtype=np.int64)
         self._specials = specials
@@ -48,15 +61,53 @@ class Masker:
     def __call__(self, ids: np.ndarray, rng: np.random.Generator):
         """One instance: (masked_ids, positions, original_ids); positions are sorted."""
         ids = np.asarray(ids)
-        if not self.cfg.span_masking:
+        if not self.cfg.span_masking and not self.cfg.whole_word_masking:
             out, positions, _, originals = self.mask_flat(ids, [len(ids)], rng)
             return out, positions, originals
-        eligible = ~self.is_special(ids)
+        first, size, eligible = self._words(ids)
         if not eligible.any():
             return ids.copy(), np.zeros(0, dtype=np.int64), ids[:0].copy()
-        positions, fate = self._spans(eligible, max(1, round(MASK_RATE * len(ids))), rng)
-        out, originals = self._apply(ids, positions, fate, rng)
-        return out, positions.astype(np.int64), originals
+        budget = max(1, round(MASK_RATE * len(ids)))
+        pick = self._spans if self.cfg.span_masking else self._whole_words
+        chosen, fate = pick(size, eligible, budget, rng)
+        reps = size[chosen]  # every token of each chosen word, with its word's fate
+        positions = np.repeat(first[chosen], reps) + np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+        fates = np.repeat(fate, reps)
+        srt = np.argsort(positions, kind="stable")
+        positions, fates = positions[srt].astype(np.int64), fates[srt]
+        out, originals = self._apply(ids, positions, fates, rng)
+        return out, positions, originals
+
+    def _words(self, ids: np.ndarray):
+        """(first position, token count, eligible) of each word of the instance; a special token
+        is an ineligible word of its own. Without whole word masking each token is a word."""
+        special = self.is_special(ids)
+        if not self.cfg.whole_word_masking:
+            first = np.arange(len(ids))
+        elif self.words is None:
+            raise ValueError("whole word masking needs the vocabulary's word boundaries (words=WordSplitter)")
+        else:
+            first = np.flatnonzero(self.words.starts(ids) | special)
+        size = np.diff(np.append(first, len(ids)))
+        return first, size, ~special[first]
+
+    @staticmethod
+    def _whole_words(size: np.ndarray, eligible: np.ndarray, budget: int, rng: np.random.Generator):
+        """Words in random order until `budget` tokens are covered, skipping a word that would
+        overflow it (at least one word, the shortest, when every word is longer than the budget);
+        one fate a word."""
+        order = rng.permutation(np.flatnonzero(eligible))
+        covered, chosen = 0, []
+        for k in order.tolist():
+            if covered + size[k] > budget:
+                continue
+            chosen.append(k)
+            covered += int(size[k])
+            if covered >= budget:
+                break
+        if not chosen:
+            chosen = [int(order[np.argmin(size[order])])]
+        return np.array(chosen, dtype=np.int64), rng.random(len(chosen))
 
     def _apply(self, ids: np.ndarray, positions: np.ndarray, fate: np.ndarray, rng: np.random.Generator):
         """(masked copy of ids, original ids at positions): each picked position becomes [MASK]
@@ -74,11 +125,13 @@ class Masker:
         """Mask many instances at once: `flat` holds them one after the other, `lengths` their
         sizes. Returns (masked flat ids, positions within each instance, masked count per
         instance, original ids); positions are sorted within an instance. Token mode is
-        vectorised over all instances; span mode goes one instance at a time."""
+        vectorised over all instances; span and whole word modes go one instance at a time."""
+        if self.cfg.whole_word_masking and self.words is None:
+            raise ValueError("whole word masking needs the vocabulary's word boundaries (words=WordSplitter)")
         flat = np.asarray(flat)
         lengths = np.asarray(lengths, dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        if self.cfg.span_masking:
+        if self.cfg.span_masking or self.cfg.whole_word_masking:
             parts = [self(flat[a:a + n], rng) for a, n in zip(starts, lengths)]
             if not parts:
                 return flat.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64), flat[:0].copy()
@@ -104,7 +157,11 @@ class Masker:
         counts = np.bincount(row, minlength=len(lengths)).astype(np.int64)
         return out, positions - starts[row], counts, originals
 
-    def _spans(self, eligible: np.ndarray, budget: int, rng: np.random.Generator):
+    def _spans(self, size: np.ndarray, eligible: np.ndarray, budget: int, rng: np.random.Generator):
+        """Cut the words into spans of geometric length (in words) that never cover a special
+        token, then take spans in random order until `budget` tokens are covered, skipping one that
+        would overflow it (cutting it back to the words that fit, with whole words); one fate a
+        span. Returns (chosen words, their fates)."""
         n = len(eligible)
         lengths = np.searchsorted(self._span_cdf, rng.random(n), side="right") + 1
         lengths = np.minimum(lengths, self.cfg.span_max_length)
@@ -114,27 +171,29 @@ class Masker:
             if not eligible[i]:
                 i += 1
                 continue
-            length = int(lengths[i])
-            end = min(i + length, n)
+            end = min(i + int(lengths[i]), n)
             stop = np.flatnonzero(~eligible[i:end])  # a span never covers a special token
             if len(stop):
                 end = i + int(stop[0])
-            spans.append((i, end - i))
+            spans.append((i, end - i, int(size[i:end].sum())))
             i = end
         order = rng.permutation(len(spans))
         covered = 0
-        picked_pos, picked_fate = [], []
+        chosen, fates = [], []
         for k in order:
-            start, length = spans[k]
-            if covered + length > budget:
+            start, length, tokens = spans[k]
+            if covered + tokens > budget and self.words is not None:
+                # whole words: cut the span back to the words that fit, which keeps the budget
+                # filled (words are longer than tokens, so skipping would under-fill it)
+                while length and covered + tokens > budget:
+                    length -= 1
+                    tokens -= int(size[start + length])
+            if covered + tokens > budget or not length:
                 continue
             fate = rng.random()
-            picked_pos.extend(range(start, start + length))
-            picked_fate.extend([fate] * length)
-            covered += length
+            chosen.extend(range(start, start + length))
+            fates.extend([fate] * length)
+            covered += tokens
             if covered >= budget:
                 break
-        positions = np.array(picked_pos, dtype=np.int64)
-        fates = np.array(picked_fate, dtype=np.float64)
-        srt = np.argsort(positions, kind="stable")
-        return positions[srt], fates[srt]
+        return np.array(chosen, dtype=np.int64), np.array(fates, dtype=np.float64)

@@ -20,6 +20,7 @@ import numpy as np
 
 from uer.config import expect, finite_problems, input_problems, masking_problems, output_problems
 from uer.data.builders import BuilderConfig, InstanceBuilder
+from uer.data.words import WordSplitter, whole_word_problems
 from uer.data.corpus import BLANK, FIELD_FORMATS, CorpusIndex, byte_ranges, group_documents, group_fields, \
     RANGE_BYTES, init_tokenize_worker, tokenize_range
 from uer.data.dataset import DatasetWriter
@@ -146,8 +147,13 @@ def build_dataset(job: PreprocessJob) -> dict:
     if job.show_progress is None:
         job = PreprocessJob(**{**job.__dict__, "show_progress": sys.stderr.isatty()})
     special = job.vocab.special_ids()
+    words = None
+    if job.builder.masking.whole_word_masking and INSTANCE_BUILDERS[job.target].masked:
+        words = WordSplitter(job.vocab.tokens, special.all(), job.builder.masking.user_dict_path)
+        if not job.builder.dynamic_masking:
+            words.prepare()  # once, before the workers fork
     builder = INSTANCE_BUILDERS[job.target](job.builder, special, len(job.vocab),
-                                            job.tgt_vocab.special_ids() if job.tgt_vocab else None)
+                                            job.tgt_vocab.special_ids() if job.tgt_vocab else None, words=words)
     if builder.target_vocabulary and job.tgt_vocab is None:
         raise UerError(f"--target {job.target} needs the target-side vocabulary: give --tgt_vocab_path "
                        "or --tgt_spm_model_path")
@@ -199,6 +205,7 @@ def build_dataset(job: PreprocessJob) -> dict:
         if writer.count == 0:
             raise UerError(f"{job.corpus_path}: no training instance could be built for target "
                            f"{job.target!r} (expected {builder.format_help})")
+        user_dict = job.builder.masking.user_dict_path
         header = {
             "target": job.target,
             "tokenizer": describe_tokenizer(job.tokenizer, bool(job.spm_model_path), job.do_lower_case),
@@ -207,6 +214,8 @@ def build_dataset(job: PreprocessJob) -> dict:
             "vocab_source": os.path.basename(job.vocab.source),
             **job.builder.settings(),
             "dup_factor": builder.dup_factor,  # the copies made (1 where nothing is masked in preprocess)
+            # absolute: a dynamic-masking pretrain run elsewhere reads it again
+            "user_dict_path": user_dict and os.path.abspath(user_dict),
             "seed": job.seed,
             "corpus": {"path": os.path.abspath(job.corpus_path), "bytes": os.path.getsize(job.corpus_path),
                        "lines": n_lines, "sentences": int(len(sent_len)), "documents": n_docs,
@@ -257,6 +266,10 @@ def preprocess_problems(args) -> list[str]:
     expect(p, 0 <= args.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1], got {args.short_seq_prob}")
     expect(p, args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
     p += finite_problems(vars(args)) + masking_problems(args.span_geo_prob, args.span_max_length)
+    if args.whole_word_masking:
+        p += whole_word_problems(args.target, args.user_dict_path)
+    elif args.user_dict_path is not None:
+        p.append("--user_dict_path is read only with --whole_word_masking")
     p += output_problems(args.dataset_path, "--dataset_path", {
         f"--{n}": getattr(args, n) for n in ("corpus_path", "vocab_path", "spm_model_path", "tgt_vocab_path",
                                              "tgt_spm_model_path")})

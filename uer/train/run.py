@@ -53,7 +53,7 @@ def record(identity: dict, tcfg, mcfg, world_size: int) -> dict:
 #: changes the optimizer's and scaler's state, the others what the weights were built from or the
 #: batches
 REFUSED = ("fp16", "fp16_opt_level", "bf16", "pretrained_model_path", "strict_load", "span_masking",
-           "span_geo_prob", "span_max_length")
+           "span_geo_prob", "span_max_length", "whole_word_masking", "user_dict_path")
 #: model options a resumed run may change: the model is built from the command line
 MODEL_APPLIED = ("dropout",)
 

@@ -132,7 +132,7 @@ def _all_reduce(t: torch.Tensor, rank: Rank) -> torch.Tensor:
 
 def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: SpecialIds,
           masking: MaskingConfig | None = None, log=None, rank: Rank = Rank(), progress=None,
-          worker: str = "process", card: dict | None = None) -> dict:
+          worker: str = "process", card: dict | None = None, words=None) -> dict:
     """Train on this rank's share of the dataset. With several ranks the model is wrapped in DDP,
     gradients are synchronised once per optimizer step, loss counts and report metrics are summed
     over all ranks, and only rank 0 logs and saves. progress: an object with update(n) (a tqdm
@@ -140,7 +140,8 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     callable for the run's lines instead of the "uer.train.trainer" logger (they reach --log_path
     only if it logs them). Changes
     nothing else in the process: the command line decides the allocator and the worker. card: the
-    model card (uer.card) written beside every model file."""
+    model card (uer.card) written beside every model file. words: the vocabulary's word
+    boundaries (uer.data.words), for dynamic whole word masking."""
     device = torch.device(rank.device)
     if log is None:
         logs.configured()
@@ -152,7 +153,7 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
     try:
         found = claim_output(tcfg, rank, lock, log)
         return _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, device, found, identity,
-                      card)
+                      card, words)
     finally:
         log.close()
         if lock is not None:
@@ -182,11 +183,11 @@ def claim_output(tcfg: TrainConfig, rank: Rank, lock, log) -> tuple[int, str] | 
 
 
 def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, device, found, identity,
-           card) -> dict:
+           card, words) -> dict:
     start = found[0] if found else 0
     loader = BatchLoader(dataset, special, tcfg.batch_size, rank=rank.rank, world_size=rank.world_size,
                          seed=tcfg.seed, masking=masking, length_buckets=tcfg.length_buckets,
-                         accumulation_steps=tcfg.accumulation_steps)
+                         accumulation_steps=tcfg.accumulation_steps, words=words)
     loader.seek(start * tcfg.accumulation_steps)
     # the worker starts before the model exists: a forked one shares none of its memory, and
     # builds the first batches while the model is built
@@ -206,7 +207,7 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
             warn_free_space(tcfg.output_model_path, model, log)
         log(describe(tcfg, mcfg, model, dataset, device, rank, found, kernels))
         target, prepare = unwrap(model).target, unwrap(model).prepare
-        dev = DevEvaluation(tcfg, special, masking, rank, device, card) if tcfg.dev_dataset_path else None
+        dev = DevEvaluation(tcfg, special, masking, rank, device, card, words) if tcfg.dev_dataset_path else None
         window, history, t_start, norm = Window(), [], time.perf_counter(), None
         model.train()
         for step in range(start + 1, tcfg.total_steps + 1):
@@ -449,11 +450,11 @@ class DevEvaluation:
     --best_model_path keeps the best model so far."""
 
     def __init__(self, tcfg: TrainConfig, special: SpecialIds, masking, rank: Rank, device: torch.device,
-                 card: dict | None = None):
+                 card: dict | None = None, words=None):
         self.tcfg, self.rank, self.device, self.best, self.card = tcfg, rank, device, None, card
         self.every = tcfg.dev_steps or tcfg.save_checkpoint_steps
         self.loader = BatchLoader(Dataset(tcfg.dev_dataset_path), special, tcfg.batch_size, rank=rank.rank,
-                                  world_size=rank.world_size, seed=tcfg.seed, masking=masking)
+                                  world_size=rank.world_size, seed=tcfg.seed, masking=masking, words=words)
 
     def run(self, step: int, model, history: list, log) -> None:
         scores = evaluate(unwrap(model), self.loader, self.tcfg, self.device, self.rank)
@@ -575,7 +576,8 @@ def _silent(*_args, **_kw) -> None:
 
 
 def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_path: str, special: SpecialIds,
-                    masking: MaskingConfig | None, process: dict, card: dict | None = None) -> None:
+                    masking: MaskingConfig | None, process: dict, card: dict | None = None,
+                    words=None) -> None:
     """One process of a command-line run: take the process-wide settings the command line chose
     (process: keep_freed_memory, batch_worker, progress_bar, log_level), join the other ranks and
     agree with them on the options, open the dataset (memory-mapped; only this rank's share is
@@ -598,8 +600,10 @@ def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_pa
                                   "masking": asdict(masking) if masking else {}}, problem)
         if problem:  # one process: nobody to agree with
             raise UerError(problem)
+        if words is not None:
+            words.prepare()  # before the batch worker forks, which then shares jieba's dictionary
         with logs.progress_bar(process["progress_bar"] and rank.is_main, tcfg.total_steps) as bar:
             train(tcfg, mcfg, dataset, special, masking, rank=rank, progress=bar, worker=process["batch_worker"],
-                  card=card)
+                  card=card, words=words)
     finally:
         finish(rank)
