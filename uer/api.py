@@ -25,22 +25,28 @@ from uer.vocab import Vocab, load_vocab
 
 
 class Pretrained:
-    def __init__(self, model, cfg: ModelConfig, vocab: Vocab, tokenizer, device: str = "cpu"):
+    def __init__(self, model, cfg: ModelConfig, vocab: Vocab, tokenizer, device: str = "cpu",
+                 tgt_vocab: Vocab | None = None):
         self.model, self.cfg, self.vocab, self.tokenizer = model, cfg, vocab, tokenizer
         self.special = vocab.special_ids()
         self.device = torch.device(device)
+        #: the decoder's vocabulary (mt; else the source vocabulary) and its special ids
+        self.tgt_vocab = tgt_vocab or vocab
+        self.tgt_special = self.tgt_vocab.special_ids()
 
     @classmethod
     def load(cls, model_path: str | None = None, *, config_path: str | None = None,
              vocab_path: str | None = None, spm_model_path: str | None = None, tokenizer: str | None = None,
              do_lower_case: bool | None = None, device: str = "cpu", strict: bool = True,
+             tgt_vocab_path: str | None = None, tgt_spm_model_path: str | None = None,
              **options) -> "Pretrained":
         """Build the model of `config_path` + `options`, and load `model_path` into it (strict by
         default: any key that does not fit is an error that names it). The model card beside
         model_path (uer.card), if there is one, is the recipe when config_path is None, and names the
         vocabulary and tokenizer when they are not given; without a card the recipe defaults to the
-        packaged BERT-base, the tokenizer to bert."""
-        from uer.card import card_problems, card_vocab, read_card, recipe_for
+        packaged BERT-base, the tokenizer to bert. An mt model also needs its target-side
+        vocabulary (tgt_vocab_path / tgt_spm_model_path, else the card's)."""
+        from uer.card import card_problems, card_tgt_vocab, card_vocab, read_card, recipe_for
         from uer.model import build_model, model_problems
         from uer.tokenizers import build_tokenizer
         from uer.checkpoint import load_model
@@ -52,10 +58,17 @@ class Pretrained:
         tokenizer = tokenizer or told.get("name") or "bert"
         do_lower_case = told.get("do_lower_case", True) if do_lower_case is None else do_lower_case
         vocab = load_vocab(vocab_path, spm_model_path)
-        tgt = options.pop("tgt_vocab_size", None)
+        tgt_vocab = None
+        if not tgt_vocab_path and not tgt_spm_model_path:
+            tgt_vocab_path, tgt_spm_model_path = card_tgt_vocab(card)
+        if tgt_vocab_path or tgt_spm_model_path:
+            tgt_vocab = load_vocab(tgt_vocab_path, tgt_spm_model_path, what="tgt ")
+        tgt = options.pop("tgt_vocab_size", None) or (len(tgt_vocab) if tgt_vocab is not None else None)
         recipe = recipe_for(config_path or DEFAULT_CONFIG_PATH, {"config_path"} if config_path else set(), card)
         cfg = build_model_config(recipe, options, set(options), len(vocab), tgt)
-        problems = model_problems(cfg) + card_problems(card, cfg, vocab)
+        problems = model_problems(cfg) + card_problems(card, cfg, vocab, tgt_vocab)
+        if cfg.target == "mt" and tgt is None:
+            problems.append("--target mt: give the target-side vocabulary (--tgt_vocab_path or --tgt_spm_model_path)")
         if problems:
             raise ConfigError(problems)
         model = build_model(cfg)
@@ -66,7 +79,8 @@ class Pretrained:
                 raise UerError(f"{model_path} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s): "
                                f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; use an earlier checkpoint")
         model.to(device).eval()
-        return cls(model, cfg, vocab, build_tokenizer(tokenizer, vocab, spm_model_path, do_lower_case), device)
+        return cls(model, cfg, vocab, build_tokenizer(tokenizer, vocab, spm_model_path, do_lower_case), device,
+                   tgt_vocab)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, explicit: set[str]) -> "Pretrained":
@@ -80,6 +94,8 @@ class Pretrained:
                         vocab_path=args.vocab_path, spm_model_path=args.spm_model_path,
                         tokenizer=args.tokenizer if "tokenizer" in explicit else None,
                         do_lower_case=getattr(args, "do_lower_case", None),
+                        tgt_vocab_path=getattr(args, "tgt_vocab_path", None),
+                        tgt_spm_model_path=getattr(args, "tgt_spm_model_path", None),
                         **{n: getattr(args, n) for n in names})
 
     def encode(self, texts: list[str], seq_length: int | None = None, add_sep: bool = True) -> dict:
@@ -95,10 +111,10 @@ class Pretrained:
             seg[b, :len(r)] = 1
         return {"src": src.to(self.device), "seg": seg.to(self.device)}
 
-    def decode(self, ids: list[int]) -> str:
-        """Ids back to text: WordPiece pieces joined, words of Latin script spaced (space tokenizer:
-        tokens joined by spaces)."""
-        tokens = [self.vocab.tokens[i] for i in ids]
+    def decode(self, ids: list[int], vocab: Vocab | None = None) -> str:
+        """Ids (of `vocab`, default the source vocabulary) back to text: WordPiece pieces joined,
+        words of Latin script spaced (space tokenizer: tokens joined by spaces)."""
+        tokens = [(vocab or self.vocab).tokens[i] for i in ids]
         if self.tokenizer.name == "space":
             return " ".join(tokens)
         out = ""

@@ -109,6 +109,20 @@ def card_vocab(card: dict | None) -> tuple[str | None, str | None]:
     return (None, spm) if spm else (path, None)
 
 
+def card_tgt_vocab(card: dict | None) -> tuple[str | None, str | None]:
+    """(tgt_vocab_path, tgt_spm_model_path) of the target-side vocabulary an mt model was trained
+    with (None, None when the card names none)."""
+    entry = (card or {}).get("tgt_vocab") or {}
+    path = entry.get("path")
+    if not path:
+        return None, None
+    if not os.path.isfile(path):
+        raise UerError(f"the model card {card['path']} says the model was trained with the target-side vocabulary "
+                       f"{path}, which is gone: pass --tgt_vocab_path or --tgt_spm_model_path (a vocabulary of "
+                       f"{entry['size']} tokens)")
+    return (None, path) if path.endswith(".model") else (path, None)
+
+
 def apply_defaults(args, explicit: set[str], card: dict | None, seq_length: bool = True) -> None:
     """The options a card answers when the command line leaves them out: the vocabulary, the
     tokenizer and (with seq_length) the sequence length, of those the command has."""

@@ -321,10 +321,12 @@ COMMANDS: dict[str, Command] = {
          "output_path": {"required": True, "help": "Where the features go (a torch tensor file)."},
          "batch_size": {"default": 64, "help": "Sentences per forward pass."}}),
     "generate_lm": Command("generate_lm.py", "", INFERENCE + (
-        ("generation", "test_path prediction_path seq_length top_k top_p temperature seed"),),
+        ("generation", "test_path prediction_path seq_length tgt_seq_length top_k top_p temperature seed"),),
         {"load_model_path": {"required": True}, "test_path": {"required": True, "help": "Prompts, one a line."},
-         "prediction_path": {"required": True, "help": "Output: each prompt with its continuation."},
-         "seq_length": {"help": "Total length, prompt included."},
+         "prediction_path": {"required": True, "help": "Output: each prompt with its continuation (lm), or the "
+                                                       "generated target (prefixlm, mt, t5)."},
+         "seq_length": {"help": "Total length, prompt included (lm, prefixlm); the longest source (mt, t5)."},
+         "tgt_seq_length": {"help": "mt, t5: the longest generated target, its start token included."},
          "target": {"default": "lm"}, "mask": {"default": "causal"}}),
     "extract_embeddings": Command("extract_embeddings.py", "", (
         ("files", f"load_model_path {VOCAB} word_embedding_path"),),

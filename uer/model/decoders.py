@@ -22,10 +22,14 @@ class TransformerDecoderLayer(nn.Module):
         self.layer_norm_3 = layer_norm(cfg)
         self.feed_forward = feed_forward(cfg)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                cache: dict | None = None) -> torch.Tensor:
+        """cache (generation): {"self": ..., "memory": ...}, the keys and values of the positions
+        decoded so far and of the memory; x then holds only the new positions."""
+        mine, theirs = (None, None) if cache is None else (cache.setdefault("self", {}), cache.setdefault("memory", {}))
         h = self.layer_norm_1(x)
-        x = x + self.self_attn(h, h, None, True)
-        x = x + self.context_attn(self.layer_norm_2(x), memory, memory_mask)
+        x = x + self.self_attn(h, h, None, True, mine)
+        x = x + self.context_attn(self.layer_norm_2(x), memory, memory_mask, cache=theirs)
         return x + self.feed_forward(self.layer_norm_3(x))
 
 
@@ -37,9 +41,15 @@ class TransformerDecoder(nn.Module):
         super().__init__()
         self.transformer_decoder = nn.ModuleList([TransformerDecoderLayer(cfg) for _ in range(cfg.layers_num)])
 
-    def forward(self, emb: torch.Tensor, memory: torch.Tensor, src_seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, emb: torch.Tensor, memory: torch.Tensor, src_seg: torch.Tensor,
+                caches: list[dict] | None = None) -> torch.Tensor:
+        """caches (generation): one dict per layer (TransformerDecoderLayer.forward)."""
         mask = (src_seg > 0)[:, None, None, :]
         x = emb
-        for layer in self.transformer_decoder:
-            x = layer(x, memory, mask)
+        for i, layer in enumerate(self.transformer_decoder):
+            x = layer(x, memory, mask, caches[i] if caches is not None else None)
         return x
+
+    @property
+    def layers_num(self) -> int:
+        return len(self.transformer_decoder)

@@ -63,14 +63,15 @@ class TransformerEncoder(Encoder):
 
     def forward(self, emb: torch.Tensor, seg: torch.Tensor, caches: list[dict] | None = None,
                 rows: tuple | None = None) -> torch.Tensor:
-        """caches (causal only, for generation): one dict per layer holding the keys and values of
-        the positions already seen; emb then holds only the new positions. rows (fully visible
-        only): the last layer runs at those positions alone."""
+        """caches (causal and causal_with_prefix, for generation): one dict per layer holding the
+        keys and values of the positions already seen; emb then holds only the new positions (with
+        a prefix: first the prefix, then one position at a time, which sees everything before it).
+        rows (fully visible only): the last layer runs at those positions alone."""
         x = self.linear(emb) if hasattr(self, "linear") else emb
         if self.causal:
             mask = None
         elif self.prefix:
-            mask = prefix_mask(seg)
+            mask = None if caches is not None and "k" in caches[0] else prefix_mask(seg)
         else:
             mask = (seg > 0)[:, None, None, :]  # [B, 1, 1, L]: padding keys are invisible
         for i in range(self.layers_num):

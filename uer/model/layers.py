@@ -107,13 +107,16 @@ class MultiHeadedAttention(nn.Module):
                 attn_mask: torch.Tensor | None = None, is_causal: bool = False,
                 cache: dict | None = None, keep: torch.Tensor | None = None,
                 q_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """cache (self-attention while generating): the keys and values of earlier positions,
-        extended in place; the new queries see them all and, causally, each other. keep: only
+        """cache (while generating): in self-attention, the keys and values of earlier positions,
+        extended in place, the new queries seeing them all and, causally, each other; in attention
+        over an encoder's output, that output's keys and values, projected once. keep: only
         these rows of the flattened [B * Lq] output are projected and returned ([len(keep), H]).
         q_positions: the queries' positions ([B, Lq]) for RoPE when they are not 0..Lq-1 (or the
         positions after the cache's)."""
         if query is key_value:
             q, k, v = self._project(query, 0, 3)
+        elif cache is not None and "k" in cache:  # the same memory at every step
+            (q,), k, v, cache = self._project(query, 0, 1), cache["k"], cache["v"], None
         else:
             (q,), (k, v) = self._project(query, 0, 1), self._project(key_value, 1, 2)
         past = cache["k"].shape[1] if cache is not None and "k" in cache else 0
