@@ -103,6 +103,14 @@ def test_misconfigurations_are_clear_errors(tmp_path, eight):
         from uer.train.distributed import launch_problems  # --fp16_opt_level O0: fp32, as --help says
         assert not launch_problems(TrainConfig(dataset_path="d", output_model_path="o", fp16=True,
                                                fp16_opt_level="O0"))
+    assert_clean_error(run("--fsdp", "--fsdp_hybrid"), "--fsdp shards the model over several processes, and this "
+                       "run has one")
+    assert_clean_error(run("--fsdp_hybrid"), "--fsdp_hybrid is a way of --fsdp")
+    assert_clean_error(run("--world_size", "3", "--gpu_ranks", "0", "1", "--backend", "gloo", "--fsdp",
+                           "--fsdp_hybrid"), "the 3 processes must be whole nodes of 2")
+    from uer.train.distributed import launch_problems
+    assert any("--fsdp with --fp16: not available" in q for q in launch_problems(TrainConfig(
+        dataset_path="d", output_model_path="o", fp16=True, fsdp=True, world_size=2, gpu_ranks=(0, 1))))
     assert not (tmp_path / "m.bin").exists()
 
 

@@ -15,11 +15,14 @@ from uer.errors import UerError
 from uer.utils import atomic_path
 
 
-def save_model(model: nn.Module, path: str, card: dict | None = None, **extra) -> dict[str, torch.Tensor]:
-    """The unwrapped model's state dict, written by write_state_dict, and its model card (uer.card)
-    with `extra` in it; returns what was written (on the CPU)."""
-    module = getattr(model, "module", model)
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+def save_model(model: nn.Module | None, path: str, card: dict | None = None, state: dict | None = None,
+               **extra) -> dict[str, torch.Tensor]:
+    """The unwrapped model's state dict (or `state`, one already gathered), written by
+    write_state_dict, and its model card (uer.card) with `extra` in it; returns what was written
+    (on the CPU)."""
+    if state is None:
+        module = getattr(model, "module", model)
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     write_state_dict(state, path)
     if card is not None:
         from uer.card import write_card
@@ -115,5 +118,10 @@ def load_model(model: nn.Module, path: str, strict: bool = True, any_target: boo
                      "the keys that fit).")
         raise UerError("\n".join(lines))
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(fitting, strict=False)
+    if any(hasattr(v, "to_local") for v in own.values()):  # --fsdp: each rank keeps its shard
+        from uer.train.sharding import load_full_state
+
+        load_full_state(model, fitting)
+    else:
+        model.load_state_dict(fitting, strict=False)
     return report

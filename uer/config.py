@@ -101,6 +101,8 @@ class TrainConfig:
     fp16_opt_level: str = _d("fp16_opt_level")
     bf16: bool = _d("bf16")
     activation_checkpointing: bool = _d("activation_checkpointing")
+    fsdp: bool = _d("fsdp")
+    fsdp_hybrid: bool = _d("fsdp_hybrid")
     compile: bool = _d("compile")
     kernels: str = _d("kernels")  # see uer.kernels
     world_size: int = _d("world_size")

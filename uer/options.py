@@ -200,6 +200,11 @@ _DECLARED = [
     Option("activation_checkpointing", "Keep only each transformer layer's input for the backward pass and "
                                        "recompute the rest there: less activation memory for about a third more "
                                        "compute; the same gradients.", flag=True),
+    Option("fsdp", "Shard the parameters, gradients and optimizer state over the processes (torch's FSDP2: each "
+                   "transformer layer, then the whole model), instead of a whole copy on every rank (DDP); the "
+                   "model files are written whole, as always.", flag=True),
+    Option("fsdp_hybrid", "With --fsdp: shard within each node and replicate across nodes (HSDP), so that only "
+                          "gradients cross the nodes.", flag=True),
     Option("compile", "torch.compile the model for training: a minute or more of compiling at the start (and once "
                       "more when the batch shape first changes), then fused kernels; pays on GPUs and in long "
                       "runs.", flag=True),
@@ -284,7 +289,8 @@ COMMANDS: dict[str, Command] = {
                      "instances_buffer_size length_buckets labels_num dropout seed"),
         ("model", MODEL), ("masking", MASKING),
         ("optimizer", "learning_rate warmup weight_decay max_grad_norm beta1 beta2 adam_bias_correction"),
-        ("precision and devices", "fp16 fp16_opt_level bf16 activation_checkpointing compile kernels batch_worker "
+        ("precision and devices", "fp16 fp16_opt_level bf16 activation_checkpointing fsdp fsdp_hybrid compile kernels "
+                                  "batch_worker "
                                   "keep_freed_memory progress_bar world_size gpu_ranks master_ip backend "
                                   "dist_timeout")),
         {"output_model_path": {"required": True,

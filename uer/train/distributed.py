@@ -83,6 +83,19 @@ def launch_problems(cfg: TrainConfig) -> list[str]:
                          f"only {visible} GPU(s) are visible (CUDA_VISIBLE_DEVICES)")
     if cfg.fp16 and cfg.fp16_opt_level != "O0" and not any(r.device.startswith("cuda") for r in local_ranks(cfg)):
         p.append("--fp16 needs a GPU (--gpu_ranks); on the CPU use --bf16")
+    if cfg.fsdp and world == 1:
+        p.append("--fsdp shards the model over several processes, and this run has one: leave --fsdp out (a "
+                 "checkpoint of a sharded run continues in one process as it is)")
+    if cfg.fsdp_hybrid and not cfg.fsdp:
+        p.append("--fsdp_hybrid is a way of --fsdp: give both")
+    if cfg.fsdp and cfg.fp16 and cfg.fp16_opt_level != "O0":
+        p.append("--fsdp with --fp16: not available (the loss scaler would judge each shard's gradients apart); "
+                 "use --bf16, which needs no loss scale")
+    if cfg.fsdp_hybrid and world > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if torchrun else len(cfg.gpu_ranks)
+        if per_node < 1 or world % per_node:
+            p.append(f"--fsdp_hybrid shards within a node: the {world} processes must be whole nodes of "
+                     f"{per_node} (the processes of this node)")
     return p
 
 

@@ -77,6 +77,8 @@ class Precision:
         Returns the gradient norm before clipping (on the device: read it only when reporting)."""
         self.scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm or math.inf)
+        if hasattr(norm, "full_tensor"):  # --fsdp: the norm over every shard, the same on all ranks
+            norm = norm.full_tensor()
         self.scaler.step(optimizer)
         if self.fp16:
             scale = self.scaler.get_scale()  # a host read per step, as GradScaler's own loop has

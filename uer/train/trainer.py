@@ -8,7 +8,6 @@ Checkpoints go to <output_model_path>-<step>, and the final model to <output_mod
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -30,11 +29,13 @@ from uer import logs
 from uer.errors import UerError
 from uer.model import build_model, count_parameters
 from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, prune_checkpoints, \
-    save_model, save_training_state, state_path, state_problems
+    read_state_dict, save_model, save_training_state, state_path, state_problems
 from uer.train.distributed import Rank, agree, end_with_launcher, finish, from_torchrun, init
 from uer.kernels import use_kernels
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.train.precision import NonFinite, Precision, autocast
+from uer.train.sharding import all_finite, gradient_sync, is_sharded, load_optimizer_state, local, model_state, \
+    optimizer_state, shard
 from uer.train.stop import StopRequest, Stopped, signal_name
 from uer.train.run import OutputLock, apply_to_optimizer, fingerprint, new_identity, record, resume_changes, \
     same_fingerprint, start_problem
@@ -96,11 +97,19 @@ def evaluate(model, loader: BatchLoader, tcfg: TrainConfig, device: torch.device
     the loader's dataset, summed over ranks."""
     model.eval()
     window = Window()
+    extra = 0
+    if is_sharded(model):  # each forward gathers the shards: every rank runs as many (the shares differ by one)
+        most = torch.tensor(loader.batches_per_epoch, device=device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        extra = int(most) - loader.batches_per_epoch
     for batch in loader.ordered():
         batch.pop("tokens")
-        batch = unwrap(model).prepare(batch)  # on the host: no device sync
+        batch = to_device(unwrap(model).prepare(batch), device)  # prepare: on the host, no device sync
         with autocast(tcfg.bf16, tcfg.fp16, tcfg.fp16_opt_level, device):
-            window.add(model(to_device(batch, device)))
+            window.add(model(batch))
+    for _ in range(extra):  # not counted
+        with autocast(tcfg.bf16, tcfg.fp16, tcfg.fp16_opt_level, device):
+            model(batch)
     metrics, _ = window.read(lambda t: _all_reduce(t, rank))
     sentence_level = {term for term, key in model.target.terms.items() if key == "label"}
     for term, m in metrics.items():
@@ -217,11 +226,11 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
             for m, batch in enumerate(micro):
                 window.tokens += batch.pop("tokens")
                 batch = to_device(prepare(batch), device)
-                sync = not rank.distributed or m == len(micro) - 1  # DDP reduces once per step
-                with contextlib.nullcontext() if sync else model.no_sync():
+                # gradients are reduced over the ranks once per step (DDP and FSDP)
+                with gradient_sync(model, m == len(micro) - 1, rank.distributed):
                     with precision.autocast():
                         out = forward(batch)
-                    # DDP averages gradients over ranks; the sums are normalised by global counts
+                    # DDP and FSDP average gradients over ranks; the sums are normalised by global counts
                     loss = sum(out[k][0] / max(totals[k], 1) for k in out) * rank.world_size
                     precision.backward(loss)
                 step_loss = step_loss + loss.detach()
@@ -253,8 +262,9 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
                           run, log, card)
     guard(precision, tcfg)
     guard_weights(model, tcfg.total_steps, tcfg)
+    final = model_state(model)  # under FSDP a collective: every rank takes part
     if rank.is_main:
-        save_model(model, tcfg.output_model_path, card, step=tcfg.total_steps)
+        save_model(None, tcfg.output_model_path, card, state=final, step=tcfg.total_steps)
         log(f"Saved the final model to {tcfg.output_model_path}.")
     sys.stdout.flush()
     return {"history": history, "model": unwrap(model)}
@@ -286,7 +296,14 @@ def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device:
         from uer.train.checkpointing import apply_activation_checkpointing
 
         apply_activation_checkpointing(model)
-    if rank.distributed:
+    if tcfg.fsdp:
+        shard(model, device, rank.world_size, rank.local_count, tcfg.fsdp_hybrid, tcfg.bf16)
+        held, total = sum(local(p).numel() for p in model.parameters()), sum(p.numel() for p in model.parameters())
+        log(f"FSDP over {rank.world_size} processes" + (f" (sharded within nodes of {rank.local_count})"
+                                                         if tcfg.fsdp_hybrid else "")
+            + f": rank 0 holds {held / 1e6:.2f} M of the {total / 1e6:.2f} M parameters, and their gradients and "
+              "AdamW moments.")
+    elif rank.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if tcfg.compile else model
     if device.type == "cuda":  # see ANY_SHAPE
@@ -350,10 +367,12 @@ def restore(path: str, step: int, tcfg: TrainConfig, mcfg: ModelConfig, rank: Ra
         raise UerError(f"--resume: {state_path(path)} does not fit this run's model and optimizer:\n  "
                        + "\n  ".join(problems[:20]))
     load_model(unwrap(model), path)
-    if not same_fingerprint(fingerprint(unwrap(model).state_dict()), state["weights"]):
+    # (under FSDP the weights are shards: the file's are the ones loaded)
+    weights = read_state_dict(path) if is_sharded(model) else unwrap(model).state_dict()
+    if not same_fingerprint(fingerprint(weights), state["weights"]):
         raise UerError(f"--resume: {path} holds other weights than the ones its training state "
                        f"{state_path(path)} was saved with (the pair was mixed up or the model file replaced)")
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     apply_to_optimizer(tcfg, optimizer, scheduler)
     if state["scaler"]:
@@ -389,11 +408,12 @@ def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision
     with --keep_checkpoints N, the older complete checkpoints beyond the newest N are removed."""
     rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
     guard_weights(model, step, tcfg)
+    weights, moments = model_state(model), optimizer_state(model, optimizer)  # collectives under FSDP
     if rank.is_main:
         path = f"{tcfg.output_model_path}-{step}"
-        weights = save_model(model, path, card, step=step)
+        save_model(None, path, card, state=weights, step=step)
         save_training_state(state_path(path), {
-            "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": step, "optimizer": moments, "scheduler": scheduler.state_dict(),
             "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run, "weights": fingerprint(weights),
             "batches_consumed_per_rank": step * tcfg.accumulation_steps})
         if tcfg.keep_checkpoints:
@@ -465,10 +485,13 @@ class DevEvaluation:
         else:
             history.append({"step": step, "dev": scores})
         target = unwrap(model).target
-        if self.tcfg.best_model_path and self.rank.is_main and (self.best is None or better(scores, self.best, target)):
+        # the scores are summed over the ranks: every rank decides alike (gathering is collective)
+        if self.tcfg.best_model_path and (self.best is None or better(scores, self.best, target)):
             self.best = scores
-            save_model(model, self.tcfg.best_model_path, self.card, step=step)
-            log(f"Saved the best model so far (dev) to {self.tcfg.best_model_path}.")
+            state = model_state(model)
+            if self.rank.is_main:
+                save_model(None, self.tcfg.best_model_path, self.card, state=state, step=step)
+                log(f"Saved the best model so far (dev) to {self.tcfg.best_model_path}.")
 
 
 def guard(precision: Precision, tcfg: TrainConfig) -> None:
@@ -481,7 +504,7 @@ def guard(precision: Precision, tcfg: TrainConfig) -> None:
 def guard_weights(model, step: int, tcfg: TrainConfig) -> None:
     """Before a save: finite gradients can still make a weight non-finite (a huge learning rate),
     and no checkpoint holding one is written (every rank holds the same weights: all stop)."""
-    if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+    if not all_finite(model):  # (every rank learns the same verdict)
         raise non_finite(step, "the updated weights hold non-finite values", tcfg, "nothing of this step was saved")
 
 
