@@ -12,6 +12,7 @@ from uer.model import model_problems
 from uer.model import build_model, count_parameters
 from uer.model.layers import MultiHeadedAttention
 from uer.train.checkpoint import load_model, save_model
+from uer.train.precision import Precision
 
 V = 21128
 SMALL = dict(vocab_size=97, emb_size=16, hidden_size=16, feedforward_size=32, heads_num=2, layers_num=3,
@@ -368,8 +369,9 @@ def test_recurrent_encoders_run_under_cpu_bf16_autocast(encoder, padded):
     seg = torch.ones_like(src)
     if padded:
         seg[1, 6:] = 0
+    want = model.encoder(model.embedding(src, seg), seg)
+    Precision(True, False, "O1", torch.device("cpu")).prepare(model)  # what --bf16 does to the model
     with torch.autocast("cpu", dtype=torch.bfloat16):  # training mode, with gradients: what --bf16 runs
         got = model.encoder(model.embedding(src, seg), seg)
     got.float().sum().backward()
-    want = model.encoder(model.embedding(src, seg), seg)
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from uer import logs
 from uer.errors import ConfigError, run_cli
@@ -84,7 +84,7 @@ def _pretrain(argv: list[str] | None) -> int:
     from uer.data.words import WordSplitter, whole_word_problems
     from uer.model import model_problems
     from uer.options import parse
-    from uer.train.distributed import launch_problems, local_ranks, run_ranks
+    from uer.train.distributed import elastic_restart, launch_problems, local_ranks, run_ranks
     from uer.train.trainer import pretrain_worker
     from uer.vocab import load_vocab
 
@@ -109,6 +109,12 @@ def _pretrain(argv: list[str] | None) -> int:
     for name in MASKING_FIELDS:
         train_kw[name] = getattr(args, name) if name in explicit else None
     tcfg = TrainConfig(**train_kw)
+    if (restart := elastic_restart()) and not tcfg.resume:
+        # torchrun --max-restarts started the group again after a worker died: it continues
+        if os.environ.get("RANK") == "0":
+            logger.info(f"torchrun restart {restart}: continuing from the newest complete checkpoint "
+                        "(--resume implied).")
+        tcfg = replace(tcfg, resume=True)
 
     inputs = {f"--{n}": getattr(args, n) for n in ("vocab_path", "spm_model_path", "tgt_vocab_path",
                                                    "tgt_spm_model_path", "config_path")}

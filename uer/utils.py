@@ -156,3 +156,10 @@ def read_json(path: str, what: str):
             return json.load(f)
     except ValueError as e:
         raise UerError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (uer.train.precision.cpu_has_native_bf16)."""
+    from uer.train.precision import cpu_has_native_bf16 as native
+
+    return native()

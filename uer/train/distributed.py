@@ -48,6 +48,12 @@ def from_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
+def elastic_restart() -> int:
+    """How many times torchrun (--max-restarts) has restarted this group of workers: 0 on the
+    first attempt or without torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) if from_torchrun() else 0
+
+
 def _uses_cuda(cfg: TrainConfig) -> bool:
     """One process with --gpu_ranks N is GPU N; several are GPU processes unless gloo runs them
     on a machine without CUDA."""
@@ -128,8 +134,15 @@ def init(rank: Rank, cfg: TrainConfig) -> None:
         meeting_point(rank, cfg.dist_timeout)
     timeout = datetime.timedelta(seconds=cfg.dist_timeout)
     try:
-        dist.init_process_group(cfg.backend, init_method=rank.init_method, world_size=rank.world_size,
-                                rank=rank.rank, timeout=timeout)
+        if rank.init_method == "env://" and (attempt := elastic_restart()):
+            # torchrun's store keeps the earlier attempt's keys (the dead peers' addresses): this
+            # attempt's group meets under keys of its own
+            store, _, _ = next(dist.rendezvous("env://", rank=rank.rank, world_size=rank.world_size, timeout=timeout))
+            dist.init_process_group(cfg.backend, store=dist.PrefixStore(f"uer/attempt_{attempt}", store),
+                                    world_size=rank.world_size, rank=rank.rank, timeout=timeout)
+        else:
+            dist.init_process_group(cfg.backend, init_method=rank.init_method, world_size=rank.world_size,
+                                    rank=rank.rank, timeout=timeout)
         dist.barrier()
     except Exception as e:  # DistStoreError, RuntimeError, ... depending on what failed
         raise UerError(f"rank {rank.rank}: the {rank.world_size} processes did not all meet at "
