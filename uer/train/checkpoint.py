@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 
 import torch
 
@@ -26,8 +27,17 @@ def save_training_state(path: str, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def remove(path: str) -> None:
+    """A checkpoint's model: a file, or the directory of a distributed checkpoint (--fsdp)."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
 def complete_checkpoints(output_model_path: str) -> list[tuple[int, str]]:
-    """(step, model path) of every complete intermediate checkpoint (with its .state), oldest first."""
+    """(step, model path) of every complete intermediate checkpoint (with its .state), oldest first;
+    the model path is a file, or a distributed checkpoint's directory."""
     found = []
     for model_path in glob.glob(glob.escape(output_model_path) + "-*"):
         m = re.fullmatch(re.escape(output_model_path) + r"-(\d+)", model_path)
@@ -51,7 +61,7 @@ def prune_checkpoints(output_model_path: str, keep: int) -> list[str]:
     removed = []
     for _, model_path in complete_checkpoints(output_model_path)[:-keep]:
         os.remove(state_path(model_path))
-        os.remove(model_path)
+        remove(model_path)
         if os.path.exists(card_path(model_path)):
             os.remove(card_path(model_path))
         removed.append(model_path)
@@ -84,6 +94,8 @@ def state_problems(state: dict, optimizer: torch.optim.Optimizer, rng_shape: tor
     problems = []
     if state["step"] != step:
         problems.append(f"step {state['step']!r}, but the checkpoint's name says {step}")
+    if state["optimizer"] is None and state["weights"] is None:  # a distributed checkpoint holds both
+        return problems + _rest_problems(state, optimizer, rng_shape, step, weights=False)
     saved = state["optimizer"]
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
     if not isinstance(groups, list) or not isinstance(saved.get("state"), dict):
@@ -103,6 +115,11 @@ def state_problems(state: dict, optimizer: torch.optim.Optimizer, rng_shape: tor
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
                 problems.append(f"optimizer {name} of parameter {pid}: {tuple(value.shape)}, "
                                 f"the model's parameter {tuple(p.shape)}")
+    return problems + _rest_problems(state, optimizer, rng_shape, step)
+
+
+def _rest_problems(state: dict, optimizer, rng_shape, step: int, weights: bool = True) -> list[str]:
+    problems = []
     sched = state["scheduler"]
     base_lrs = sched.get("base_lrs") if isinstance(sched, dict) else None
     if not isinstance(base_lrs, list) or len(base_lrs) != len(optimizer.param_groups) \
@@ -115,6 +132,6 @@ def state_problems(state: dict, optimizer: torch.optim.Optimizer, rng_shape: tor
         problems.append("the RNG states are not torch generator states")
     if not isinstance(state["run"], dict) or not isinstance(state["scaler"], dict):
         problems.append("the run's record and the loss scaler's state must be dicts")
-    if not isinstance(state["weights"], list) or not all(isinstance(w, float) for w in state["weights"]):
+    if weights and (not isinstance(state["weights"], list) or not all(isinstance(w, float) for w in state["weights"])):
         problems.append("the weights' fingerprint must be a list of numbers")
     return problems

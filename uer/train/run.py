@@ -131,9 +131,11 @@ def start_problem(output: str, overwrite: bool, resuming: bool, log) -> str | No
                 "continue that run with --resume")
         return (f"--output_model_path {output} already holds another run's files ({shown}): {what}, give "
                 "--overwrite to start a new run that replaces them, or choose another output path")
+    from uer.train.checkpoint import remove
+
     removed = [path for path in files if path != output]
     for path in removed:
-        os.remove(path)
+        remove(path)
     named = [p for p in removed if not p.endswith((".state", ".json"))] or removed  # their files go along
     said = [f"removed the earlier run's checkpoints {', '.join(named)}"] if removed else []
     if output in files:

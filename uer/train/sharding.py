@@ -3,13 +3,15 @@
 Each transformer layer (encoder and decoder) is a unit of its own, gathered for its forward and
 backward and freed after; the whole model is the last unit (embedding, target, the rest). Every
 rank keeps 1/world of the parameters, gradients and AdamW moments (--fsdp_hybrid: 1/node, the
-shards replicated across nodes). What leaves a sharded run is what leaves any run: the zoo-format
-model file and a training state whose optimizer part is numbered as an unsharded optimizer's, so
-a checkpoint continues under any topology.
+shards replicated across nodes). The final model (and the best one) is gathered and written as
+by any run, a zoo-format file. Intermediate checkpoints are distributed checkpoints (DCP): the
+directory <out>-<step>, where every rank wrote its shards, beside the usual <out>-<step>.state;
+DCP reshards on loading, so they continue under DDP, in one process, or sharded again.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.distributed as dist
@@ -86,24 +88,9 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """optimizer.state_dict() as an unsharded run's (parameters numbered in group order); under
-    FSDP gathered from the shards, a collective whose values reach rank 0 alone."""
-    if not is_sharded(model):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    full = get_optimizer_state_dict(model, optimizer,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if "param_groups" not in full:  # (not rank 0)
-        return {}
-    ids: dict[str, int] = {}
-    groups = [dict(g, params=[ids.setdefault(name, len(ids)) for name in g["params"]]) for g in full["param_groups"]]
-    return {"state": {ids[name]: v for name, v in full["state"].items()}, "param_groups": groups}
-
-
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """The inverse of optimizer_state: every rank takes its shard of the saved (whole) state."""
+    """An optimizer state saved by an unsharded run (optimizer.state_dict(), parameters numbered in
+    group order) into this run's optimizer: under FSDP every rank takes its shard of it."""
     if not is_sharded(model):
         optimizer.load_state_dict(saved)
         return
@@ -121,3 +108,45 @@ def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+# -- distributed checkpoints (torch.distributed.checkpoint) ------------------------------------------
+
+def save_distributed(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, is_main: bool) -> None:
+    """The weights and the optimizer state as a DCP directory at `path`: every rank writes its own
+    shards (no gathering), into <path>.partial, which rank 0 renames when all have written (a
+    collective; the directory must be on a filesystem every rank sees)."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    partial = path + ".partial"
+    if is_main and os.path.exists(partial):  # a save that was cut short
+        shutil.rmtree(partial)
+    dist.barrier()
+    weights, moments = get_state_dict(model, optimizer)
+    dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=partial)
+    dist.barrier()  # every shard written
+    if is_main:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(partial, path)
+    dist.barrier()
+
+
+def load_distributed(path: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A DCP directory written by save_distributed into this run's model and optimizer, sharded or
+    not (DCP reshards to any topology)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    module = getattr(model, "module", model)  # DDP: the module the optimizer's parameters belong to
+    weights, moments = get_state_dict(module, optimizer)
+    state = {"model": weights, "optimizer": moments}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def is_distributed_checkpoint(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata"))

@@ -34,8 +34,8 @@ from uer.train.distributed import Rank, agree, end_with_launcher, finish, from_t
 from uer.kernels import use_kernels
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.train.precision import NonFinite, Precision, autocast
-from uer.train.sharding import all_finite, gradient_sync, is_sharded, load_optimizer_state, local, model_state, \
-    optimizer_state, shard
+from uer.train.sharding import all_finite, gradient_sync, is_distributed_checkpoint, is_sharded, load_distributed, \
+    load_optimizer_state, local, model_state, save_distributed, shard
 from uer.train.stop import StopRequest, Stopped, signal_name
 from uer.train.run import OutputLock, apply_to_optimizer, fingerprint, new_identity, record, resume_changes, \
     same_fingerprint, start_problem
@@ -366,13 +366,16 @@ def restore(path: str, step: int, tcfg: TrainConfig, mcfg: ModelConfig, rank: Ra
     if problems:
         raise UerError(f"--resume: {state_path(path)} does not fit this run's model and optimizer:\n  "
                        + "\n  ".join(problems[:20]))
-    load_model(unwrap(model), path)
-    # (under FSDP the weights are shards: the file's are the ones loaded)
-    weights = read_state_dict(path) if is_sharded(model) else unwrap(model).state_dict()
-    if not same_fingerprint(fingerprint(weights), state["weights"]):
-        raise UerError(f"--resume: {path} holds other weights than the ones its training state "
-                       f"{state_path(path)} was saved with (the pair was mixed up or the model file replaced)")
-    load_optimizer_state(model, optimizer, state["optimizer"])
+    if is_distributed_checkpoint(path):  # (a sharded run's: weights and optimizer state together)
+        load_distributed(path, model, optimizer)
+    else:
+        load_model(unwrap(model), path)
+        # (under FSDP the weights are shards: the file's are the ones loaded)
+        weights = read_state_dict(path) if is_sharded(model) else unwrap(model).state_dict()
+        if not same_fingerprint(fingerprint(weights), state["weights"]):
+            raise UerError(f"--resume: {path} holds other weights than the ones its training state "
+                           f"{state_path(path)} was saved with (the pair was mixed up or the model file replaced)")
+        load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     apply_to_optimizer(tcfg, optimizer, scheduler)
     if state["scaler"]:
@@ -408,13 +411,19 @@ def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision
     with --keep_checkpoints N, the older complete checkpoints beyond the newest N are removed."""
     rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
     guard_weights(model, step, tcfg)
-    weights, moments = model_state(model), optimizer_state(model, optimizer)  # collectives under FSDP
+    path = f"{tcfg.output_model_path}-{step}"
+    moments = weights = None
+    if is_sharded(model):  # a distributed checkpoint: every rank writes its shards, nothing is gathered
+        save_distributed(path, model, optimizer, rank.is_main)
+    else:
+        weights, moments = model_state(model), optimizer.state_dict()
     if rank.is_main:
-        path = f"{tcfg.output_model_path}-{step}"
-        save_model(None, path, card, state=weights, step=step)
+        if weights is not None:
+            save_model(None, path, card, state=weights, step=step)
         save_training_state(state_path(path), {
             "step": step, "optimizer": moments, "scheduler": scheduler.state_dict(),
-            "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run, "weights": fingerprint(weights),
+            "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run,
+            "weights": None if weights is None else fingerprint(weights),
             "batches_consumed_per_rank": step * tcfg.accumulation_steps})
         if tcfg.keep_checkpoints:
             prune_checkpoints(tcfg.output_model_path, tcfg.keep_checkpoints)
