@@ -85,17 +85,21 @@ def test_fsdp_trains_as_ddp_and_its_checkpoints_continue_either_way(tmp_path, ei
     ddp = run(tmp_path, "ddp", mcfg, eight)
     fsdp = run(tmp_path, "fsdp", mcfg, eight, fsdp=True)
     assert_same_model(ddp, fsdp)
-    for step in (2, 4):  # FSDP's checkpoints are distributed ones: a directory of both ranks' shards
-        shards = sorted(os.listdir(f"{fsdp}-{step}"))
-        assert ".metadata" in shards and len([f for f in shards if f.endswith(".distcp")]) == 2, shards
-        state = load_training_state(f"{fsdp}-{step}.state")
-        assert state["optimizer"] is None and state["step"] == step  # (the moments are in the shards)
-    assert not [p for p in os.listdir(tmp_path / "fsdp") if p.endswith(".partial")]
+    background = run(tmp_path, "async", mcfg, eight, fsdp=True, async_checkpoint=True)  # written while training
+    assert_same_model(ddp, background)
+    for out in (fsdp, background):
+        for step in (2, 4):  # FSDP's checkpoints are distributed ones: a directory of both ranks' shards
+            shards = sorted(os.listdir(f"{out}-{step}"))
+            assert ".metadata" in shards and len([f for f in shards if f.endswith(".distcp")]) == 2, shards
+            state = load_training_state(f"{out}-{step}.state")
+            assert state["optimizer"] is None and state["step"] == step  # (the moments are in the shards)
+        assert not [p for p in os.listdir(os.path.dirname(out)) if p.endswith(".partial")]
     log = open(fsdp + ".log", encoding="utf-8").read()
     held, total = (float(x) for x in log.split("rank 0 holds ")[1].split(" M parameters")[0].split(" M of the "))
     assert abs(held / total - 0.5) < 0.01, log  # half the parameters (and so of their gradients and moments)
     # an FSDP checkpoint continues under FSDP and DDP, a DDP one under FSDP: the uninterrupted run's weights
-    for source, name, kw in ((fsdp, "again", {"fsdp": True}), (fsdp, "as_ddp", {}), (ddp, "as_fsdp", {"fsdp": True})):
+    for source, name, kw in ((background, "again", {"fsdp": True}), (fsdp, "as_ddp", {}),
+                             (ddp, "as_fsdp", {"fsdp": True})):
         (tmp_path / name).mkdir()
         for suffix in ("", ".state"):
             copy = shutil.copytree if os.path.isdir(f"{source}-2{suffix}") else shutil.copy

@@ -103,6 +103,7 @@ class TrainConfig:
     activation_checkpointing: bool = _d("activation_checkpointing")
     fsdp: bool = _d("fsdp")
     fsdp_hybrid: bool = _d("fsdp_hybrid")
+    async_checkpoint: bool = _d("async_checkpoint")
     compile: bool = _d("compile")
     kernels: str = _d("kernels")  # see uer.kernels
     world_size: int = _d("world_size")

@@ -205,6 +205,9 @@ _DECLARED = [
                    "model files are written whole, as always.", flag=True),
     Option("fsdp_hybrid", "With --fsdp: shard within each node and replicate across nodes (HSDP), so that only "
                           "gradients cross the nodes.", flag=True),
+    Option("async_checkpoint", "With --fsdp: write the step checkpoints in the background while training goes on "
+                               "(each rank's shards are first copied to memory); one is complete once written.",
+           flag=True),
     Option("compile", "torch.compile the model for training: a minute or more of compiling at the start (and once "
                       "more when the batch shape first changes), then fused kernels; pays on GPUs and in long "
                       "runs.", flag=True),
@@ -289,7 +292,8 @@ COMMANDS: dict[str, Command] = {
                      "instances_buffer_size length_buckets labels_num dropout seed"),
         ("model", MODEL), ("masking", MASKING),
         ("optimizer", "learning_rate warmup weight_decay max_grad_norm beta1 beta2 adam_bias_correction"),
-        ("precision and devices", "fp16 fp16_opt_level bf16 activation_checkpointing fsdp fsdp_hybrid compile kernels "
+        ("precision and devices", "fp16 fp16_opt_level bf16 activation_checkpointing fsdp fsdp_hybrid async_checkpoint "
+                                  "compile kernels "
                                   "batch_worker "
                                   "keep_freed_memory progress_bar world_size gpu_ranks master_ip backend "
                                   "dist_timeout")),

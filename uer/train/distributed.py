@@ -94,6 +94,8 @@ def launch_problems(cfg: TrainConfig) -> list[str]:
                  "checkpoint of a sharded run continues in one process as it is)")
     if cfg.fsdp_hybrid and not cfg.fsdp:
         p.append("--fsdp_hybrid is a way of --fsdp: give both")
+    if cfg.async_checkpoint and not cfg.fsdp:
+        p.append("--async_checkpoint writes the distributed checkpoints of --fsdp: give both")
     if cfg.fsdp and cfg.fp16 and cfg.fp16_opt_level != "O0":
         p.append("--fsdp with --fp16: not available (the loss scaler would judge each shard's gradients apart); "
                  "use --bf16, which needs no loss scale")

@@ -135,6 +135,51 @@ def save_distributed(path: str, model: nn.Module, optimizer: torch.optim.Optimiz
     dist.barrier()
 
 
+class BackgroundSaves:
+    """--async_checkpoint: distributed checkpoints written while training goes on. save() copies
+    every rank's shards to memory and returns; the files are written by a thread, whose collectives
+    run on a process group of their own. A checkpoint becomes complete (renamed from .partial, its
+    .state written by `finish` on rank 0) in wait(): before the next one, before the final model,
+    at a stop."""
+
+    def __init__(self, is_main: bool):
+        self.is_main = is_main
+        self.group = dist.new_group(backend="gloo")
+        self.pending = None
+
+    def save(self, path: str, model: nn.Module, optimizer: torch.optim.Optimizer, finish) -> None:
+        import shutil
+
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        self.wait()
+        partial = path + ".partial"
+        if self.is_main and os.path.exists(partial):
+            shutil.rmtree(partial)
+        dist.barrier()
+        weights, moments = get_state_dict(model, optimizer)
+        future = dcp.async_save({"model": weights, "optimizer": moments}, checkpoint_id=partial,
+                                process_group=self.group)
+        self.pending = (future, path, finish)
+
+    def wait(self) -> None:
+        if self.pending is None:
+            return
+        import shutil
+
+        future, path, finish = self.pending
+        self.pending = None
+        future.result()
+        dist.barrier(group=self.group)  # every rank's shards written
+        if self.is_main:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            os.replace(path + ".partial", path)
+            finish()
+        dist.barrier(group=self.group)
+
+
 def load_distributed(path: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """A DCP directory written by save_distributed into this run's model and optimizer, sharded or
     not (DCP reshards to any topology)."""

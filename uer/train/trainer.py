@@ -8,6 +8,7 @@ Checkpoints go to <output_model_path>-<step>, and the final model to <output_mod
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -34,8 +35,8 @@ from uer.train.distributed import Rank, agree, end_with_launcher, finish, from_t
 from uer.kernels import use_kernels
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.train.precision import NonFinite, Precision, autocast
-from uer.train.sharding import all_finite, gradient_sync, is_distributed_checkpoint, is_sharded, load_distributed, \
-    load_optimizer_state, local, model_state, save_distributed, shard
+from uer.train.sharding import BackgroundSaves, all_finite, gradient_sync, is_distributed_checkpoint, is_sharded, \
+    load_distributed, load_optimizer_state, local, model_state, save_distributed, shard
 from uer.train.stop import StopRequest, Stopped, signal_name
 from uer.train.run import OutputLock, apply_to_optimizer, fingerprint, new_identity, record, resume_changes, \
     same_fingerprint, start_problem
@@ -217,6 +218,7 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
         log(describe(tcfg, mcfg, model, dataset, device, rank, found, kernels))
         target, prepare = unwrap(model).target, unwrap(model).prepare
         dev = DevEvaluation(tcfg, special, masking, rank, device, card, words) if tcfg.dev_dataset_path else None
+        saves = BackgroundSaves(rank.is_main) if tcfg.async_checkpoint and is_sharded(model) else None
         window, history, t_start, norm = Window(), [], time.perf_counter(), None
         model.train()
         for step in range(start + 1, tcfg.total_steps + 1):
@@ -256,10 +258,12 @@ def _train(tcfg, mcfg, dataset, special, masking, log, rank, progress, worker, d
                 dev.run(step, model, history, log)
                 model.train()
             if checkpoint:
-                save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run, card)
+                save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run, card, saves)
             if (signum := stop.now()) and step < tcfg.total_steps:
                 stop_here(signum, step, checkpoint, model, optimizer, scheduler, precision, tcfg, rank, device,
-                          run, log, card)
+                          run, log, card, saves)
+    if saves is not None:
+        saves.wait()  # the last step checkpoint complete before the run ends
     guard(precision, tcfg)
     guard_weights(model, tcfg.total_steps, tcfg)
     final = model_state(model)  # under FSDP a collective: every rank takes part
@@ -390,12 +394,14 @@ def restore(path: str, step: int, tcfg: TrainConfig, mcfg: ModelConfig, rank: Ra
 
 
 def stop_here(signum: int, step: int, saved: bool, model, optimizer, scheduler, precision, tcfg, rank, device,
-              run, log, card=None) -> None:
+              run, log, card=None, saves=None) -> None:
     """A requested stop (uer.train.stop): the checkpoint of this step (unless it was just written),
     then Stopped, whose exit status names the signal."""
     guard(precision, tcfg)
     if not saved:
-        save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run, card)
+        save_checkpoint(step, model, optimizer, scheduler, precision, tcfg, rank, device, run, card, saves)
+    if saves is not None:
+        saves.wait()
     if rank.distributed:
         dist.barrier()  # no rank exits before rank 0 has written the checkpoint
     path = f"{tcfg.output_model_path}-{step}"
@@ -406,27 +412,35 @@ def stop_here(signum: int, step: int, saved: bool, model, optimizer, scheduler, 
 
 
 def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision, tcfg: TrainConfig,
-                    rank: Rank, device: torch.device, run: dict, card: dict | None = None) -> None:
+                    rank: Rank, device: torch.device, run: dict, card: dict | None = None, saves=None) -> None:
     """<output_model_path>-<step> and its training state (rank 0; every rank sends its RNG); then,
-    with --keep_checkpoints N, the older complete checkpoints beyond the newest N are removed."""
+    with --keep_checkpoints N, the older complete checkpoints beyond the newest N are removed.
+    saves (--async_checkpoint): the writer that completes it in the background."""
     rngs = gather(rng_state(device), rank)  # a collective: every rank takes part
     guard_weights(model, step, tcfg)
     path = f"{tcfg.output_model_path}-{step}"
     moments = weights = None
-    if is_sharded(model):  # a distributed checkpoint: every rank writes its shards, nothing is gathered
+    if is_sharded(model) and saves is None:  # a distributed checkpoint: each rank writes its shards
         save_distributed(path, model, optimizer, rank.is_main)
-    else:
+    elif not is_sharded(model):
         weights, moments = model_state(model), optimizer.state_dict()
+    state = {"step": step, "optimizer": moments, "scheduler": copy.deepcopy(scheduler.state_dict()),
+             "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run,
+             "weights": None if weights is None else fingerprint(weights),
+             "batches_consumed_per_rank": step * tcfg.accumulation_steps}
+
+    def finish() -> None:  # rank 0, once the model part is complete
+        save_training_state(state_path(path), state)
+        if tcfg.keep_checkpoints:
+            prune_checkpoints(tcfg.output_model_path, tcfg.keep_checkpoints)
+
+    if saves is not None and is_sharded(model):
+        saves.save(path, model, optimizer, finish)
+        return
     if rank.is_main:
         if weights is not None:
             save_model(None, path, card, state=weights, step=step)
-        save_training_state(state_path(path), {
-            "step": step, "optimizer": moments, "scheduler": scheduler.state_dict(),
-            "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run,
-            "weights": None if weights is None else fingerprint(weights),
-            "batches_consumed_per_rank": step * tcfg.accumulation_steps})
-        if tcfg.keep_checkpoints:
-            prune_checkpoints(tcfg.output_model_path, tcfg.keep_checkpoints)
+        finish()
 
 
 def warn_free_space(output: str, model, log) -> None:
