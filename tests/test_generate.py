@@ -76,7 +76,7 @@ def test_generate_script_on_every_generating_model(tmp_path):
     (tmp_path / "in.txt").write_text("今天天气\n我们[MASK]学习\n", encoding="utf-8")
     common = ["--test_path", str(tmp_path / "in.txt"), "--top_k", "1", "--seq_length", "24"]
     for target, extra in (("prefixlm", dict(mask="causal_with_prefix")),
-                          ("mt", dict(SEQ2SEQ, tgt_vocab_size=len(en))), ("t5", SEQ2SEQ)):
+                          ("mt", dict(SEQ2SEQ, tgt_vocab_size=len(en))), ("t5", SEQ2SEQ), ("gsg", SEQ2SEQ)):
         torch.manual_seed(0)
         cfg = ModelConfig(vocab_size=len(zh), target=target, **{**TINY, **extra})
         path = str(tmp_path / f"{target}.bin")

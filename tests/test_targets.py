@@ -256,6 +256,34 @@ def test_prefixlm_instances_predict_the_target_alone(tmp_path, zh_vocab):
     assert pos[3:] == [width + 2, width + 3, width + 4, width + 5]  # the second row: 乙 丙 丁 [SEP]
 
 
+@pytest.mark.parametrize("strategy", ["lead", "random"])
+def test_gap_sentences_become_one_mask_each_and_the_decoder_target(tmp_path, zh_vocab, strategy):
+    """PEGASUS (gsg): in each run of whole sentences that fits, max(1, round(0.3 n)) sentences
+    (the first ones with lead) are a [MASK] each in the source and, in order, the decoder's target."""
+    sp = zh_vocab.special_ids()
+    chars = "一二三四五六七八九十百千万甲乙丙丁戊己庚辛壬癸天地人"
+    sentences = [chars[k:k + 3] for k in range(0, 27, 3)]  # 9 distinct sentences of 3 characters
+    text = "\n".join(sentences[:7]) + "\n\n" + "\n".join(sentences[7:]) + "\n"
+    ids = {s: [zh_vocab.w2i[c] for c in s] for s in sentences}
+    ds = build(tmp_path, text, "gsg", zh_vocab, seq_length=14, sentence_selection_strategy=strategy)
+    # runs of at most 12 tokens: 4 + 3 sentences of the first document, 2 of the second
+    runs, seen = [sentences[:4], sentences[4:7], sentences[7:]], []
+    assert len(ds) == 3
+    for i, run in enumerate(runs):
+        src, tgt = ds.ragged("tokens", i).tolist(), ds.ragged("tgt_tokens", i).tolist()
+        k = max(1, round(0.3 * len(run)))
+        gaps = [s for s in run if ids[s][0] not in src]
+        assert len(gaps) == k and src.count(sp.mask) == k and src[0] == sp.cls and src[-1] == sp.sep
+        assert tgt == [sp.cls] + [t for s in gaps for t in ids[s]] + [sp.sep]
+        kept = [s for s in run if s not in gaps]
+        assert [t for t in src if t not in (sp.cls, sp.sep, sp.mask)] == [t for s in kept for t in ids[s]]
+        if strategy == "lead":
+            assert gaps == run[:k]
+        seen += gaps
+    b = first_batch(ds, zh_vocab)  # the decoder reads [CLS] + gaps and predicts gaps + [SEP]
+    assert b["tgt_in"][0, 0] == sp.cls and b["dec_tgt"].tolist()[:3] == ids[seen[0]]
+
+
 def test_causal_with_prefix_sees_the_prefix_whole_and_the_target_causally():
     from uer.model.encoders import prefix_mask
 
@@ -344,6 +372,9 @@ SYSTEMS = {
     "Prefix LM": (MT_CORPUS, "--target prefixlm",
                   "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
                   "--mask causal_with_prefix --target prefixlm", {}),
+    "PEGASUS (gsg)": (BERT_CORPUS, "--target gsg --tgt_seq_length 48",
+                      "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
+                      "--mask fully_visible --tgt_embedding word_pos --decoder transformer --target gsg", {}),
     "Classifier (cls)": (CLS_CORPUS, "--target cls",
                          "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
                          "--mask fully_visible --target cls --labels_num 2 --pooling mean", {}, 240),

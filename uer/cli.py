@@ -45,7 +45,7 @@ def _preprocess(argv: list[str] | None) -> int:
 
 def dataset_problems(header: dict, path: str, mcfg, vocab, tgt_vocab=None) -> list[str]:
     """Whether the dataset fits the model and vocabularies pretrain was given."""
-    from uer.registry import EMBEDDINGS
+    from uer.registry import EMBEDDINGS, TARGETS
 
     p = []
     target = mcfg.target
@@ -61,7 +61,7 @@ def dataset_problems(header: dict, path: str, mcfg, vocab, tgt_vocab=None) -> li
                  f"({header.get('tgt_vocab_source')}, {header.get('tgt_vocab_size')} tokens) than "
                  f"{tgt_vocab.source} ({len(tgt_vocab)} tokens)")
     lengths = [("seq_length", header["seq_length"], mcfg.embedding)]
-    if target in ("mt", "t5"):
+    if getattr(TARGETS.get(target), "has_decoder", False):
         lengths.append(("tgt_seq_length", header.get("tgt_seq_length", 0), mcfg.tgt_embedding))
     for name, n, emb in lengths:
         if getattr(EMBEDDINGS.get(emb), "use_position", False) and n > mcfg.max_seq_length:

@@ -121,7 +121,11 @@ _DECLARED = [
     Option("processes_num", "Worker processes.", 1, int),
     Option("docs_buffer_size", "Documents per buffer: the pool random next sentences are drawn from.", 100000, int),
     Option("seq_length", "Sequence length S: the longest input in tokens, [CLS] and [SEP] included.", 128, int),
-    Option("tgt_seq_length", "Target sequence length (mt, t5).", 128, int),
+    Option("tgt_seq_length", "Target sequence length (mt, t5, gsg).", 128, int),
+    Option("sentence_selection_strategy", "gsg: which sentences become gaps, the first ones (lead) or any (random).",
+           "random", choices=("lead", "random")),
+    Option("gap_sentence_ratio", "gsg: the fraction of a run's sentences that become gaps (at least one, and one "
+                                 "stays).", 0.3, float),
     Option("dup_factor", "Copies of each instance, each with its own static mask (1 with --dynamic_masking).", 5,
            int),
     Option("short_seq_prob", "Probability of a shorter target length for a document (bert).", 0.1, float),
@@ -280,7 +284,8 @@ COMMANDS: dict[str, Command] = {
     "preprocess": Command("preprocess.py", "Turn a text corpus into a dataset file for one pre-training target.", (
         ("files", f"corpus_path {VOCAB} dataset_path log_level"),
         ("instances", "tokenizer do_lower_case processes_num target docs_buffer_size seq_length tgt_seq_length "
-                      f"dup_factor short_seq_prob full_sentences seed dynamic_masking {MASKING}")),
+                      f"dup_factor short_seq_prob full_sentences seed dynamic_masking {MASKING} "
+                      "sentence_selection_strategy gap_sentence_ratio")),
         {"corpus_path": {"required": True}, "dataset_path": {"help": "Output dataset file."},
          "target": {"registry": "instance_builder", "help": "Pre-training target the dataset is built for."}}),
     "pretrain": Command("pretrain.py", "Pre-train a model assembled from an embedding, an encoder, an optional "

@@ -37,6 +37,8 @@ class BuilderConfig:
     docs_buffer_size: int = default("docs_buffer_size")
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     tgt_seq_length: int = default("tgt_seq_length")
+    sentence_selection_strategy: str = default("sentence_selection_strategy")
+    gap_sentence_ratio: float = default("gap_sentence_ratio")
 
     @classmethod
     def from_options(cls, values) -> "BuilderConfig":
@@ -572,6 +574,56 @@ class MtBuilder(UnmaskedBuilder):
         return {"src": src, "seg": real_mask(seqs, src.shape[1]), "tgt_in": tgt_in,
                 "tgt_seg": real_mask([t[:-1] for t in tgts], tgt_in.shape[1]),
                 "dec_pos": dec_pos, "dec_tgt": dec_tgt}
+
+
+@register(INSTANCE_BUILDERS, "gsg")
+class GsgBuilder(UnmaskedBuilder):
+    """PEGASUS's gap sentences: each document is cut into runs of whole sentences that fit
+    seq_length - 2 tokens; in a run of n >= 2 sentences, max(1, round(gap_sentence_ratio * n)) of
+    them (the first ones with --sentence_selection_strategy lead, any with random) become one
+    [MASK] each in src = [CLS] run [SEP], and tgt = [CLS] the gap sentences in order [SEP], cut to
+    tgt_seq_length + 1, is what the decoder generates. A sentence longer than seq_length - 2 is
+    cut."""
+    corpus_format = "documents"
+    format_help = "documents of one sentence a line, a blank line between documents"
+
+    def fields(self, token_dtype, store_size) -> list[Field]:
+        dtype = np.dtype(token_dtype).name
+        return [Field("tokens", True, dtype), Field("tgt_tokens", True, dtype)]
+
+    def runs(self, sentences: list[np.ndarray]) -> list[list[np.ndarray]]:
+        room, out, run, used = self.cfg.seq_length - 2, [], [], 0
+        for sent in sentences:
+            sent = sent[:room]
+            if run and used + len(sent) > room:
+                out.append(run)
+                run, used = [], 0
+            run.append(sent)
+            used += len(sent)
+        return out + ([run] if run else [])
+
+    def gaps(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        k = min(n - 1, max(1, round(self.cfg.gap_sentence_ratio * n)))  # at least one sentence stays
+        if self.cfg.sentence_selection_strategy == "lead":
+            return np.arange(k)
+        return np.sort(rng.choice(n, k, replace=False))
+
+    def build_unit(self, corpus, docs, pool, rng):
+        sp, T = self.special, self.cfg.tgt_seq_length
+        out = Instances(["tokens", "tgt_tokens"], [])
+        for d in docs:
+            for run in self.runs(corpus.sentences(d)):
+                if len(run) < 2:
+                    continue
+                chosen = set(self.gaps(len(run), rng).tolist())
+                src = [[sp.mask] if k in chosen else sent for k, sent in enumerate(run)]
+                tgt = [run[k] for k in sorted(chosen)]
+                out.add(tokens=np.concatenate([[sp.cls], *src, [sp.sep]]).astype(np.int64),
+                        tgt_tokens=np.concatenate([[sp.cls], *tgt, [sp.sep]]).astype(np.int64)[:T + 1])
+        return out.to_chunk()
+
+    def collate(self, ds, indices, rng):
+        return MtBuilder.collate(self, ds, indices, rng)
 
 
 @register(INSTANCE_BUILDERS, "prefixlm")

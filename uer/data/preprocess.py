@@ -266,6 +266,7 @@ def preprocess_problems(args) -> list[str]:
     expect(p, 0 <= args.short_seq_prob <= 1, f"--short_seq_prob must be in [0, 1], got {args.short_seq_prob}")
     expect(p, args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
     p += finite_problems(vars(args)) + masking_problems(args.span_geo_prob, args.span_max_length)
+    expect(p, 0 < args.gap_sentence_ratio < 1, f"--gap_sentence_ratio must be in (0, 1), got {args.gap_sentence_ratio}")
     if args.whole_word_masking:
         p += whole_word_problems(args.target, args.user_dict_path)
     elif args.user_dict_path is not None:

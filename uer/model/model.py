@@ -129,7 +129,7 @@ def model_problems(cfg: ModelConfig) -> list[str]:
     p: list[str] = []
     slots = [("--embedding", cfg.embedding, EMBEDDINGS), ("--encoder", cfg.encoder, ENCODERS),
              ("--target", cfg.target, TARGETS)]
-    if cfg.target in ("mt", "t5"):
+    if getattr(TARGETS.get(cfg.target), "has_decoder", False):
         slots += [("--tgt_embedding", cfg.tgt_embedding, EMBEDDINGS), ("--decoder", cfg.decoder, DECODERS)]
     for kind, name, registry in slots:
         expect(p, name in registry, f"{kind} {name}: not available (available: {', '.join(sorted(registry))})")

@@ -37,6 +37,8 @@ class Target(nn.Module):
     #: 0 of every row, which the model adds) and gets hidden as rows [N, H] that they index (see
     #: Model); otherwise forward gets hidden [B, L, H]
     reads: tuple[str, ...] | None = None
+    #: whether it holds a target embedding and a decoder (--tgt_embedding, --decoder)
+    has_decoder = False
 
     def counts(self, batch: dict) -> dict[str, int]:
         """Predictions per loss term in this batch, known on the host before the forward."""
@@ -288,6 +290,7 @@ class Seq2SeqTarget(Target):
     input, tgt_seg [B, T] (1 = real), dec_pos/dec_tgt the predicted tokens; seg masks the source."""
     tied_weight_name = "output_layer.weight"
     tie_source = "target.embedding"
+    has_decoder = True
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
@@ -347,3 +350,10 @@ class T5Target(Seq2SeqTarget):
     """Span corruption: the decoder predicts the masked tokens, over the source vocabulary, with
     its own (untied) embedding."""
     terms = {"t5": "dec_tgt"}
+
+
+@register(TARGETS, "gsg")
+class GsgTarget(Seq2SeqTarget):
+    """PEGASUS's gap-sentence generation: the decoder generates the sentences the source lost to
+    [MASK]s, over the source vocabulary."""
+    terms = {"gsg": "dec_tgt"}

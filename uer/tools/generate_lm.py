@@ -1,8 +1,8 @@
 """Generate from each line of --test_path with a trained model, one output line per input line in
 --prediction_path: greedy with --top_k 1, else top-k / top-p sampling. An lm model continues the
 line (the output: the line and its continuation); a prefixlm model reads the line as the prefix,
-and mt and t5 models as the source (the output: the generated target alone; t5 fills the line's
-[MASK] tokens). Transformers keep a KV cache."""
+and mt, t5 and gsg models as the source (the output: the generated target alone; t5 fills the
+line's [MASK] tokens, gsg writes the sentences of its [MASK]s). Transformers keep a KV cache."""
 
 import logging
 
@@ -15,7 +15,7 @@ from uer.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("lm", "prefixlm", "mt", "t5")
+TARGETS = ("lm", "prefixlm", "mt", "t5", "gsg")
 
 
 def source_ids(m: Pretrained, line: str) -> list[int]:
@@ -43,7 +43,7 @@ def main(argv=None):
     target = m.cfg.target
     if target not in TARGETS:
         raise UerError(f"--target {target}: generate_lm.py generates from {', '.join(TARGETS)} models")
-    seq2seq = target in ("mt", "t5")
+    seq2seq = m.model.target.has_decoder
     limits = [("--seq_length", args.seq_length)] + ([("--tgt_seq_length", args.tgt_seq_length)] if seq2seq else [])
     for option, n in limits:
         if n > m.cfg.max_seq_length:
