@@ -49,7 +49,7 @@ def measure(rank: int, world: int, port: int, shape: dict, mode: dict, batch: in
 
         apply_activation_checkpointing(model)
     if mode.get("fsdp"):
-        shard(model, torch.device("cpu"), world, world, False, False)
+        shard(model, torch.device("cpu"), world, world, False)
         inner = model
     else:
         model = DDP(model)

@@ -1,6 +1,7 @@
 """Elastic, fault-tolerant launch (#30 item 5): under torchrun --max-restarts, a rank killed with
 SIGKILL makes the group restart, and the restarted run continues by itself from the newest complete
 checkpoint (--resume implied), ending with the parameters of a run that was never killed."""
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, free_port, pretrain_args
+from conftest import ROOT, TINY, free_port, pretrain_args
 from uer.train.checkpoint import read_state_dict
 
 pytestmark = pytest.mark.e2e
@@ -20,11 +21,15 @@ STEPS = ["--total_steps", "20", "--save_checkpoint_steps", "10", "--report_steps
 
 
 def torchrun(dataset, out, *extra):
+    """A tiny model (small checkpoints: the steps and restarts are what is tested)."""
+    recipe = os.path.join(os.path.dirname(str(out)), "tiny.json")
+    with open(recipe, "w", encoding="utf-8") as f:
+        json.dump(TINY, f)
     port = free_port()
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-         *pretrain_args(dataset, out, *STEPS, *extra)],
+         *pretrain_args(dataset, out, *STEPS, "--config_path", recipe, *extra)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

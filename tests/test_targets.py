@@ -457,7 +457,9 @@ def test_bf16_pretraining_runs_on_any_cpu(tmp_path, system):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("system", list(SYSTEMS))
+# (the whole word spans' loader path has its own tests in tests/test_whole_word.py)
+@pytest.mark.parametrize("system", [pytest.param(s, marks=pytest.mark.slow) if s == "RoBERTa, whole word spans" else s
+                                    for s in SYSTEMS])
 def test_documented_system_trains(tmp_path, system):
     steps = (*SYSTEMS[system], 40)[4]
     proc = pretrain_system(tmp_path, system, steps, FAST_PRECISION)

@@ -24,13 +24,13 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard(model: nn.Module, device: torch.device, world_size: int, per_node: int, hybrid: bool,
-          bf16: bool) -> None:
+def shard(model: nn.Module, device: torch.device, world_size: int, per_node: int, hybrid: bool) -> None:
     """fully_shard each transformer layer, then the model. A layer reused by --parameter_sharing
-    stays in the model's unit (it runs several times a step). bf16: the gathered parameters are
-    bf16 (half the traffic), the gradients reduced in fp32."""
+    stays in the model's unit (it runs several times a step). The shards and their all-gathers stay
+    in the weights' dtype: --bf16 is autocast, as without FSDP (bf16 gathered weights would meet
+    autocast's fp32 LayerNorm inputs, which the CPU kernels refuse)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
     from uer.model.decoders import TransformerDecoderLayer
     from uer.model.layers import TransformerLayer
@@ -39,12 +39,11 @@ def shard(model: nn.Module, device: torch.device, world_size: int, per_node: int
         mesh = init_device_mesh(device.type, (world_size // per_node, per_node), mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh(device.type, (world_size,))
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
     shared = getattr(model.encoder, "parameter_sharing", False)
     for module in model.modules():
         if isinstance(module, TransformerDecoderLayer) or (isinstance(module, TransformerLayer) and not shared):
-            fully_shard(module, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def gradient_sync(model: nn.Module, sync: bool, distributed: bool):

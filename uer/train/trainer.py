@@ -301,7 +301,7 @@ def build_for_training(tcfg: TrainConfig, mcfg: ModelConfig, rank: Rank, device:
 
         apply_activation_checkpointing(model)
     if tcfg.fsdp:
-        shard(model, device, rank.world_size, rank.local_count, tcfg.fsdp_hybrid, tcfg.bf16)
+        shard(model, device, rank.world_size, rank.local_count, tcfg.fsdp_hybrid)
         held, total = sum(local(p).numel() for p in model.parameters()), sum(p.numel() for p in model.parameters())
         log(f"FSDP over {rank.world_size} processes" + (f" (sharded within nodes of {rank.local_count})"
                                                          if tcfg.fsdp_hybrid else "")
