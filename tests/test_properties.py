@@ -12,6 +12,7 @@ from uer.data.builders import INSTANCE_BUILDERS, BuilderConfig
 from uer.data.dataset import Dataset
 from uer.data.loader import builder_for
 from uer.data.preprocess import PreprocessJob, build_dataset
+from uer.errors import UerError
 from uer.vocab import Vocab
 
 VOCAB = Vocab.load(ZH_VOCAB)
@@ -217,6 +218,56 @@ def test_prefixlm_pairs(tmp_path_factory, rows, seq_length, seed):
         assert int(ds.arrays["seg_split"][i]) == len(s) + 2
 
 
+@SETTINGS
+@given(shape=documents, seq_length=st.integers(6, 40), tgt_seq_length=st.integers(2, 40),
+       ratio=st.sampled_from([0.1, 0.3, 0.5, 0.9]), strategy=st.sampled_from(["lead", "random"]),
+       seed=st.integers(0, 2**16))
+def test_gsg_gap_sentences(tmp_path_factory, shape, seq_length, tgt_seq_length, ratio, strategy, seed):
+    """Each source is [CLS] a run of whole sentences [SEP] with some sentences replaced by one
+    [MASK] each; the target is [CLS] exactly those sentences in order [SEP]; every sentence of the
+    corpus appears once, in the source or in the target, and at least one stays in the source."""
+    tmp = tmp_path_factory.mktemp("gsg")
+    docs = make_corpus(shape, np.random.default_rng(seed))
+    corpus = "".join("\n".join(text(s) for s in d) + "\n\n" for d in docs)
+    if not any(len(d) >= 2 for d in docs):
+        return  # no run of two sentences: preprocess says there is nothing to build
+    try:
+        ds = build(tmp, "gsg", corpus, seq_length=seq_length, tgt_seq_length=tgt_seq_length,
+                   gap_sentence_ratio=ratio, sentence_selection_strategy=strategy, seed=seed)
+    except UerError as e:  # every run of whole sentences that fits seq_length holds one sentence
+        assert "no training instance could be built" in str(e), e
+        return
+    first = {s[0]: s[:seq_length - 2] for d in docs for s in d}  # a sentence by its first token
+    seen = []
+    for src, tgt in zip(instances(ds), instances(ds, "tgt_tokens")):
+        assert src[0] == SP.cls and src[-1] == SP.sep and len(src) <= seq_length
+        assert tgt[0] == SP.cls and len(tgt) <= tgt_seq_length + 1
+        body, kept, k = src[1:-1], [], 0
+        while k < len(body):
+            if body[k] == SP.mask:
+                kept.append(None)
+                k += 1
+            else:
+                sent = first[body[k]]
+                assert body[k:k + len(sent)] == sent
+                kept.append(sent)
+                k += len(sent)
+        gaps = kept.count(None)
+        assert 1 <= gaps < len(kept)
+        if strategy == "lead":
+            assert kept[:gaps] == [None] * gaps
+        # the target: the gap sentences, in order, cut to tgt_seq_length + 1
+        rest, gap_sents = tgt[1:], []
+        while rest and rest != [SP.sep]:
+            sent = first[rest[0]]
+            assert rest[:len(sent)] == sent[:len(rest)]
+            gap_sents.append(sent)
+            rest = rest[len(sent):]
+        assert len(gap_sents) <= gaps
+        seen += [s[0] for s in kept if s] + [s[0] for s in gap_sents]
+    assert len(seen) == len(set(seen)), "a sentence appears twice"
+
+
 def test_every_builder_is_covered():
-    covered = {"mlm", "t5", "lm", "bilm", "bert", "albert", "cls", "mt", "prefixlm"}
+    covered = {"mlm", "t5", "lm", "bilm", "bert", "albert", "cls", "mt", "prefixlm", "gsg"}
     assert set(INSTANCE_BUILDERS) <= covered, set(INSTANCE_BUILDERS) - covered
