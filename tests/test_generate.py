@@ -1,5 +1,5 @@
 """Generation from every model that generates (#28 item 6): lm (tests/test_scripts.py), prefixlm,
-and the encoder-decoder models mt and t5, with their KV caches giving the logits of a full
+and the encoder-decoder models mt, t5 and bart, with their KV caches giving the logits of a full
 recompute, which is the training forward; and generate_lm.py on each."""
 import pytest
 import torch
@@ -13,12 +13,14 @@ from uer.train.checkpoint import save_model
 from uer.vocab import Vocab
 
 SEQ2SEQ = dict(tgt_embedding="word_pos", decoder="transformer", mask="fully_visible")
+BART = dict(SEQ2SEQ, embedding="word_pos", decoder_layernorm_positioning="post", share_embedding=True, tie_weights=True,
+            has_lmtarget_bias=True)
 
 
 def model_of(target: str, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     extra = {"prefixlm": dict(mask="causal_with_prefix"), "mt": dict(SEQ2SEQ, tgt_vocab_size=900),
-             "t5": dict(SEQ2SEQ)}[target]
+             "t5": dict(SEQ2SEQ), "bart": BART}[target]
     model = build_model(ModelConfig(vocab_size=1200, target=target, **{**TINY, **extra, **kw})).eval()
     perturb(model, seed=1, scale=0.2)  # LayerNorms and biases off their defaults
     return model
@@ -43,7 +45,7 @@ def test_prefixlm_cache_gives_the_logits_of_a_full_recompute(kw):
     assert out == full.generate(prompt, 20, top_k=1) and out[:len(prompt)] == prompt and len(out) == 20
 
 
-@pytest.mark.parametrize("target", ["mt", "t5"])
+@pytest.mark.parametrize("target", ["mt", "t5", "bart"])
 def test_encoder_decoder_cache_gives_the_logits_of_the_training_forward(target):
     model = model_of(target)
     source = [101, 800, 103, 1000, 102]
@@ -76,7 +78,8 @@ def test_generate_script_on_every_generating_model(tmp_path):
     (tmp_path / "in.txt").write_text("今天天气\n我们[MASK]学习\n", encoding="utf-8")
     common = ["--test_path", str(tmp_path / "in.txt"), "--top_k", "1", "--seq_length", "24"]
     for target, extra in (("prefixlm", dict(mask="causal_with_prefix")),
-                          ("mt", dict(SEQ2SEQ, tgt_vocab_size=len(en))), ("t5", SEQ2SEQ), ("gsg", SEQ2SEQ)):
+                          ("mt", dict(SEQ2SEQ, tgt_vocab_size=len(en))), ("t5", SEQ2SEQ), ("gsg", SEQ2SEQ),
+                          ("bart", BART)):
         torch.manual_seed(0)
         cfg = ModelConfig(vocab_size=len(zh), target=target, **{**TINY, **extra})
         path = str(tmp_path / f"{target}.bin")

@@ -29,7 +29,7 @@ def job(corpus, out, target="bert", processes=1, vocab=None, **builder):
     ("bert", BERT_CORPUS, {}),
     ("mlm", DOC_CORPUS, {"full_sentences": True}),
     ("bert", BERT_CORPUS, {"dynamic_masking": True, "docs_buffer_size": 300}),
-    ("gsg", BERT_CORPUS, {"docs_buffer_size": 300}),  # its random gap sentences too
+    ("bart", BERT_CORPUS, {"docs_buffer_size": 300}),  # its random noise too (as gsg's gap sentences)
 ])
 def test_same_dataset_for_any_process_count(tmp_path, zh_vocab, target, corpus, extra):
     a, b = tmp_path / "p1.pt", tmp_path / "p3.pt"

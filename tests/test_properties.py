@@ -268,6 +268,35 @@ def test_gsg_gap_sentences(tmp_path_factory, shape, seq_length, tgt_seq_length, 
     assert len(seen) == len(set(seen)), "a sentence appears twice"
 
 
+@SETTINGS
+@given(shape=documents, seq_length=st.integers(8, 40), ratio=st.sampled_from([0.0, 0.15, 0.3, 0.6]),
+       lam=st.sampled_from([0.5, 3.0]), permute=st.booleans(), dup=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_bart_noise(tmp_path_factory, shape, seq_length, ratio, lam, permute, dup, seed):
+    """Each target is [CLS] a run of whole sentences of one document [SEP], every sentence in one
+    run; its source hides exactly round(ratio * n) of the run's n tokens behind [MASK]s, keeps the
+    others (in order within each sentence, the sentences in order without permutation), and is no
+    longer than seq_length."""
+    tmp = tmp_path_factory.mktemp("bart")
+    docs = make_corpus(shape, np.random.default_rng(seed))
+    corpus = "".join("\n".join(text(s) for s in d) + "\n\n" for d in docs)
+    ds = build(tmp, "bart", corpus, seq_length=seq_length, tgt_seq_length=seq_length, infilling_ratio=ratio,
+               poisson_lambda=lam, sentence_permutation=permute, dup_factor=dup, seed=seed)
+    runs = []
+    for src, tgt in zip(instances(ds), instances(ds, "tgt_tokens")):
+        assert src[0] == tgt[0] == SP.cls and src[-1] == tgt[-1] == SP.sep and len(src) <= seq_length
+        run, kept = tgt[1:-1], [t for t in src[1:-1] if t != SP.mask]
+        assert len(run) - len(kept) == round(ratio * len(run))
+        assert set(kept) <= set(run) and len(set(kept)) == len(kept)
+        if not permute:
+            assert kept == [t for t in run if t in set(kept)]
+        runs.append(tuple(run))
+    # the runs: every document's sentences (cut to seq_length - 2) in order, each in one run, dup times
+    expected = [t for d in docs for s in d for t in s[:seq_length - 2]]
+    assert len(runs) % dup == 0
+    assert [t for r in runs[:len(runs) // dup] for t in r] == expected
+    assert runs == runs[:len(runs) // dup] * dup
+
+
 def test_every_builder_is_covered():
-    covered = {"mlm", "t5", "lm", "bilm", "bert", "albert", "cls", "mt", "prefixlm", "gsg"}
+    covered = {"mlm", "t5", "lm", "bilm", "bert", "albert", "cls", "mt", "prefixlm", "gsg", "bart"}
     assert set(INSTANCE_BUILDERS) <= covered, set(INSTANCE_BUILDERS) - covered

@@ -375,6 +375,11 @@ SYSTEMS = {
     "PEGASUS (gsg)": (BERT_CORPUS, "--target gsg --tgt_seq_length 48",
                       "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
                       "--mask fully_visible --tgt_embedding word_pos --decoder transformer --target gsg", {}),
+    "BART": (BERT_CORPUS, "--target bart",
+             "--config_path models/bart_base_config.json --embedding word_pos --encoder transformer "
+             "--mask fully_visible --layernorm_positioning post --tgt_embedding word_pos --decoder transformer "
+             "--decoder_layernorm_positioning post --share_embedding --tie_weights --has_lmtarget_bias --target bart",
+             {}),
     "Classifier (cls)": (CLS_CORPUS, "--target cls",
                          "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
                          "--mask fully_visible --target cls --labels_num 2 --pooling mean", {}, 240),

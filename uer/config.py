@@ -51,6 +51,8 @@ class ModelConfig:
     parameter_sharing: bool = _d("parameter_sharing")
     tgt_embedding: str = _d("tgt_embedding")
     decoder: str = _d("decoder")
+    decoder_layernorm_positioning: str = _d("decoder_layernorm_positioning")
+    share_embedding: bool = _d("share_embedding")
     target: str = _d("target")
     pooling: str = _d("pooling")
     labels_num: int | None = _d("labels_num")

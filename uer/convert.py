@@ -1,6 +1,7 @@
 """Checkpoint conversion between uer (the reference key names, SPEC 4) and HuggingFace transformers,
 both directions, for BERT (BertForPreTraining / BertForMaskedLM), GPT-2 (GPT2LMHeadModel), ALBERT
-(AlbertForPreTraining) and LLaMA (LlamaForCausalLM, as a model directory with its config.json).
+(AlbertForPreTraining), and, as model directories with their config.json, LLaMA (LlamaForCausalLM)
+and BART (BartForConditionalGeneration).
 Sizes are read from the tensors; nothing is hard-coded.
 
 Each family is a table of (uer key, HF key) pairs, `{i}` standing for a layer index, plus the few
@@ -333,6 +334,140 @@ def llama_to_hf(uer: dict, cfg) -> dict:
     return out
 
 
+BART_ATTN = [("linear_layers.0", "q_proj"), ("linear_layers.1", "k_proj"), ("linear_layers.2", "v_proj"),
+             ("final_linear", "out_proj")]
+#: what a uer model must be to be a BartForConditionalGeneration: (field, required value)
+BART_SHAPE = [("embedding", "word_pos"), ("remove_embedding_layernorm", False), ("encoder", "transformer"),
+              ("mask", "fully_visible"), ("layernorm_positioning", "post"), ("layernorm", "torch"),
+              ("feed_forward", "dense"), ("remove_transformer_bias", False), ("rotary_position_embedding", False),
+              ("local_kv_heads_num", None), ("parameter_sharing", False),
+              ("factorized_embedding_parameterization", False), ("tgt_embedding", "word_pos"),
+              ("decoder", "transformer"), ("decoder_layernorm_positioning", "post"), ("target", "bart"),
+              ("share_embedding", True), ("tie_weights", True)]
+#: transformers' positions of BART start at 2: rows 0 and 1 of its tables are never read
+BART_POSITION_OFFSET = 2
+
+
+def bart_pairs(layers_num: int) -> list[tuple[str, str]]:
+    """(uer key, HF key) of every tensor but the position tables and the output bias."""
+    pairs = [("embedding.word_embedding.weight", "model.shared.weight"),
+             ("target.embedding.word_embedding.weight", "model.shared.weight"),
+             ("target.output_layer.weight", "model.shared.weight")]
+    for side, u_side in (("encoder", "embedding"), ("decoder", "target.embedding")):
+        pairs += [(f"{u_side}.layer_norm.gamma", f"model.{side}.layernorm_embedding.weight"),
+                  (f"{u_side}.layer_norm.beta", f"model.{side}.layernorm_embedding.bias")]
+    for i in range(layers_num):
+        enc, dec = f"encoder.transformer.{i}.", f"target.decoder.transformer_decoder.{i}."
+        henc, hdec = f"model.encoder.layers.{i}.", f"model.decoder.layers.{i}."
+        layer = [(enc + f"self_attn.{u}", henc + f"self_attn.{h}") for u, h in BART_ATTN]
+        layer += [(enc + "layer_norm_1", henc + "self_attn_layer_norm"), (enc + "feed_forward.linear_1", henc + "fc1"),
+                  (enc + "feed_forward.linear_2", henc + "fc2"), (enc + "layer_norm_2", henc + "final_layer_norm")]
+        layer += [(dec + f"self_attn.{u}", hdec + f"self_attn.{h}") for u, h in BART_ATTN]
+        layer += [(dec + f"context_attn.{u}", hdec + f"encoder_attn.{h}") for u, h in BART_ATTN]
+        layer += [(dec + "layer_norm_1", hdec + "self_attn_layer_norm"),
+                  (dec + "layer_norm_2", hdec + "encoder_attn_layer_norm"),
+                  (dec + "feed_forward.linear_1", hdec + "fc1"), (dec + "feed_forward.linear_2", hdec + "fc2"),
+                  (dec + "layer_norm_3", hdec + "final_layer_norm")]
+        for u, h in layer:
+            ln = "layer_norm" in u
+            pairs += [(f"{u}.{'gamma' if ln else 'weight'}", f"{h}.weight"),
+                      (f"{u}.{'beta' if ln else 'bias'}", f"{h}.bias")]
+    return pairs
+
+
+def bart_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
+    """transformers' BartConfig fields -> a uer recipe; what uer cannot build exactly is refused,
+    every reason in one error."""
+    p = []
+    if conf.get("model_type") != "bart":
+        p.append(f"{where}: model_type is {conf.get('model_type')!r}, expected 'bart'")
+    missing = [k for k in ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "vocab_size")
+               if not isinstance(conf.get(k), int)]
+    if missing:
+        raise UerError(f"{where}: no whole-number {', '.join(missing)}")
+    for enc, dec in (("encoder_layers", "decoder_layers"), ("encoder_attention_heads", "decoder_attention_heads"),
+                     ("encoder_ffn_dim", "decoder_ffn_dim")):
+        if conf.get(dec, conf[enc]) != conf[enc]:
+            p.append(f"{where}: {enc} {conf[enc]} and {dec} {conf.get(dec)} differ; uer's decoder has the encoder's "
+                     "layers_num, heads_num and feedforward_size")
+    for flag, what in (("scale_embedding", "embeddings scaled by sqrt(d_model)"),
+                       ("normalize_before", "pre-LN layers (mBART)"),
+                       ("add_final_layer_norm", "a final LayerNorm (mBART)")):
+        if conf.get(flag, False):
+            p.append(f"{where}: {flag} is true ({what}); uer builds BART's layout, without it")
+    if not conf.get("tie_word_embeddings", True):
+        p.append(f"{where}: tie_word_embeddings is false; uer's bart ties lm_head to the shared embedding")
+    act = conf.get("activation_function", "gelu")
+    ours = [u for u, names in HF_ACTS.items() if act in names]
+    if not ours:
+        p.append(f"{where}: activation_function {act!r} is not one of uer's activations "
+                 f"({', '.join(n for names in HF_ACTS.values() for n in names)})")
+    if p:
+        raise UerError("cannot convert this BART model to uer:\n  " + "\n  ".join(p))
+    H = conf["d_model"]
+    return {"emb_size": H, "hidden_size": H, "feedforward_size": conf["encoder_ffn_dim"],
+            "heads_num": conf["encoder_attention_heads"], "layers_num": conf["encoder_layers"], "hidden_act": ours[0],
+            "dropout": conf.get("dropout", 0.1), "max_seq_length": conf.get("max_position_embeddings", 1024),
+            "layernorm": "torch", "layernorm_eps": 1e-5, "embedding": "word_pos", "encoder": "transformer",
+            "mask": "fully_visible", "layernorm_positioning": "post", "tgt_embedding": "word_pos",
+            "decoder": "transformer", "decoder_layernorm_positioning": "post", "target": "bart",
+            "share_embedding": True, "tie_weights": True, "has_lmtarget_bias": True}
+
+
+def bart_config_to_hf(cfg, special=None) -> dict:
+    """A uer ModelConfig (BART-shaped) -> transformers' BartConfig fields (config.json); special:
+    the vocabulary's special ids, for the start, end and padding tokens."""
+    wrong = [f"{k} is {getattr(cfg, k)!r}, BartForConditionalGeneration needs {want!r}" for k, want in BART_SHAPE
+             if getattr(cfg, k) != want]
+    if cfg.emb_size != cfg.hidden_size:
+        wrong.append(f"emb_size {cfg.emb_size} differs from hidden_size {cfg.hidden_size}")
+    if abs(cfg.layernorm_eps - 1e-5) > 1e-12:
+        wrong.append(f"layernorm_eps is {cfg.layernorm_eps:g}; BART's LayerNorms use 1e-5")
+    if wrong:
+        raise UerError("this model is not a BART model:\n  " + "\n  ".join(wrong))
+    ids = {} if special is None else {"pad_token_id": special.pad, "bos_token_id": special.cls,
+                                      "eos_token_id": special.sep, "decoder_start_token_id": special.cls,
+                                      "forced_eos_token_id": special.sep}
+    return {"architectures": ["BartForConditionalGeneration"], "model_type": "bart", "vocab_size": cfg.vocab_size,
+            "d_model": cfg.hidden_size, "encoder_layers": cfg.layers_num, "decoder_layers": cfg.layers_num,
+            "encoder_attention_heads": cfg.heads_num, "decoder_attention_heads": cfg.heads_num,
+            "encoder_ffn_dim": cfg.feedforward_size, "decoder_ffn_dim": cfg.feedforward_size,
+            "activation_function": HF_ACTS[cfg.hidden_act][0], "max_position_embeddings": cfg.max_seq_length,
+            "dropout": cfg.dropout, "attention_dropout": cfg.dropout, "activation_dropout": 0.0,
+            "scale_embedding": False, "tie_word_embeddings": True, "is_encoder_decoder": True,
+            "init_std": 0.02, "torch_dtype": "float32", **ids}
+
+
+def bart_from_hf(hf: dict, recipe: dict) -> dict:
+    n = _check_layers(recipe["layers_num"], count_layers(hf, r"model\.encoder\.layers\.(\d+)\."))
+    hf = dict(hf)
+    if "model.shared.weight" not in hf:  # some files keep the shared table under the encoder's name only
+        hf["model.shared.weight"] = _take(hf, "model.encoder.embed_tokens.weight", "HF BART")
+    out = {u: _take(hf, h, "HF BART") for u, h in bart_pairs(n)}
+    for side, u_side in (("encoder", "embedding"), ("decoder", "target.embedding")):
+        table = _take(hf, f"model.{side}.embed_positions.weight", "HF BART")
+        out[f"{u_side}.position_embedding.weight"] = table[BART_POSITION_OFFSET:]
+    V = out["target.output_layer.weight"].shape[0]
+    out["target.output_layer.bias"] = hf.get("final_logits_bias", torch.zeros(1, V)).reshape(V)
+    return _ordered(out)
+
+
+def bart_to_hf(uer: dict, cfg) -> dict:
+    n = _check_layers(cfg.layers_num, count_layers(uer, r"encoder\.transformer\.(\d+)\."))
+    out = {}
+    for u, h in bart_pairs(n):
+        out.setdefault(h, _take(uer, u, "uer BART"))
+    word = out["model.shared.weight"]
+    out["model.encoder.embed_tokens.weight"] = out["model.decoder.embed_tokens.weight"] = out["lm_head.weight"] = word
+    for side, u_side in (("encoder", "embedding"), ("decoder", "target.embedding")):
+        table = _take(uer, f"{u_side}.position_embedding.weight", "uer BART")
+        out[f"model.{side}.embed_positions.weight"] = torch.cat([table.new_zeros(BART_POSITION_OFFSET, table.shape[1]),
+                                                                 table])
+    bias = uer.get("target.output_layer.bias")
+    out["final_logits_bias"] = (bias if bias is not None else word.new_zeros(word.shape[0])).reshape(1, -1)
+    return out
+
+
 def read_hf_dir(path: str) -> tuple[dict, dict]:
     """(config.json, the state dict) of a transformers model directory: model.safetensors, its
     shards (model.safetensors.index.json) or pytorch_model.bin."""
@@ -377,23 +512,34 @@ def write_hf_dir(path: str, conf: dict, state: dict) -> None:
     write_json(conf, os.path.join(path, "config.json"))
 
 
-def llama_cli(direction: str, argv=None, prog: str | None = None) -> int:
-    """The body of scripts/convert_llama_from_<a>_to_<b>.py."""
+#: the families converted as model directories with a recipe: (recipe from config.json, state from HF,
+#: config.json from a ModelConfig and the special ids, state to HF, the transformers class)
+DIR_FAMILIES = {"llama": (llama_recipe_from_hf, llama_from_hf, lambda cfg, special: llama_config_to_hf(cfg),
+                          llama_to_hf, "LlamaForCausalLM"),
+                "bart": (bart_recipe_from_hf, bart_from_hf, bart_config_to_hf, bart_to_hf,
+                         "BartForConditionalGeneration")}
+
+
+def dir_cli(family: str, direction: str, argv=None, prog: str | None = None) -> int:
+    """The body of scripts/convert_{llama,bart}_from_<a>_to_<b>.py: a transformers directory <-> a
+    uer model file and its recipe."""
     from uer.errors import run_cli
+
+    recipe_from_hf, from_hf, config_to_hf, to_hf, arch = DIR_FAMILIES[family]
 
     def main(argv):
         import os
 
         from uer.options import parse
 
-        args, _ = parse(f"convert_llama_{direction}", argv, prog=prog)
+        args, _ = parse(f"convert_{family}_{direction}", argv, prog=prog)
         from uer.checkpoint import read_state_dict, write_state_dict
         from uer.utils import write_json
 
         if direction == "from_huggingface_to_uer":
             conf, hf = read_hf_dir(args.input_dir)
-            recipe = llama_recipe_from_hf(conf, os.path.join(args.input_dir, "config.json"))
-            out = llama_from_hf(hf, recipe)
+            recipe = recipe_from_hf(conf, os.path.join(args.input_dir, "config.json"))
+            out = from_hf(hf, recipe)
             write_state_dict(out, args.output_model_path)
             recipe_path = args.output_config_path or os.path.splitext(args.output_model_path)[0] + "_config.json"
             write_json(recipe, recipe_path)
@@ -404,18 +550,32 @@ def llama_cli(direction: str, argv=None, prog: str | None = None) -> int:
         from uer.model import model_problems
 
         state = read_state_dict(args.input_model_path)
-        vocab_size = _take(state, "embedding.word_embedding.weight", "uer LLaMA").shape[0]
+        vocab_size = _take(state, "embedding.word_embedding.weight", f"uer {family}").shape[0]
         cfg = build_model_config(load_recipe(args.config_path), {}, set(), vocab_size)
         problems = model_problems(cfg)
+        special = None
+        if getattr(args, "vocab_path", None):
+            from uer.vocab import Vocab
+
+            vocab = Vocab.load(args.vocab_path)
+            if len(vocab) != vocab_size:
+                problems.append(f"--vocab_path {args.vocab_path} has {len(vocab)} tokens, the model's embedding "
+                                f"{vocab_size} rows")
+            special = vocab.special_ids()
         if problems:
             from uer.errors import ConfigError
 
             raise ConfigError(problems, what=f"model recipe {args.config_path}")
-        write_hf_dir(args.output_dir, llama_config_to_hf(cfg), llama_to_hf(state, cfg))
-        logger.info(f"Wrote {args.output_dir}: config.json and model.safetensors (LlamaForCausalLM).")
+        write_hf_dir(args.output_dir, config_to_hf(cfg, special), to_hf(state, cfg))
+        logger.info(f"Wrote {args.output_dir}: config.json and model.safetensors ({arch}).")
         return 0
 
     return run_cli(main, argv)
+
+
+def llama_cli(direction: str, argv=None, prog: str | None = None) -> int:
+    """The body of scripts/convert_llama_from_<a>_to_<b>.py."""
+    return dir_cli("llama", direction, argv, prog)
 
 
 def _ordered(state: dict) -> dict:
@@ -433,8 +593,8 @@ def convert_cli(family: str, direction: str, argv=None, prog: str | None = None)
     transformers model directory (uer.hf) with --input_dir / --output_dir."""
     from uer.errors import run_cli
 
-    if family == "llama":
-        return llama_cli(direction, argv, prog)
+    if family in DIR_FAMILIES:
+        return dir_cli(family, direction, argv, prog)
 
     def main(argv):
         from uer import components
@@ -553,7 +713,7 @@ def convert_main(argv=None) -> int:
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    families = sorted(FAMILIES) + ["llama"]
+    families = sorted(FAMILIES) + sorted(DIR_FAMILIES)
     usage = (f"usage: uer-convert {{{','.join(families)}}} {{{','.join(DIRECTIONS)}}} [options]; "
              "uer-convert FAMILY DIRECTION --help lists the options")
     if argv[:1] in (["-h"], ["--help"]):

@@ -18,8 +18,8 @@ import shutil
 import torch
 
 from uer.config import ModelConfig
-from uer.convert import (HF_ACTS, albert_from_hf, albert_to_hf, bert_from_hf, bert_to_hf, gpt2_from_hf, gpt2_to_hf,
-                         llama_config_to_hf, llama_from_hf, llama_recipe_from_hf, llama_to_hf, read_hf_dir)
+from uer.convert import (HF_ACTS, albert_from_hf, albert_to_hf, bart_config_to_hf, bart_to_hf, bert_from_hf,
+                         bert_to_hf, gpt2_from_hf, gpt2_to_hf, llama_config_to_hf, llama_from_hf, llama_recipe_from_hf, llama_to_hf, read_hf_dir)
 from uer.errors import UerError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ TOLERANCE = 1e-4
 #: (family, uer target) -> the transformers class
 ARCHITECTURES = {("bert", "bert"): "BertForPreTraining", ("bert", "mlm"): "BertForMaskedLM",
                  ("albert", "albert"): "AlbertForPreTraining", ("gpt2", "lm"): "GPT2LMHeadModel",
-                 ("llama", "lm"): "LlamaForCausalLM"}
+                 ("llama", "lm"): "LlamaForCausalLM", ("bart", "bart"): "BartForConditionalGeneration"}
 _ENCODER = [("encoder", "transformer"), ("feed_forward", "dense"), ("remove_transformer_bias", False),
             ("rotary_position_embedding", False), ("local_kv_heads_num", None)]
 #: what each family's uer model must be: (field, value)
@@ -49,17 +49,17 @@ SHAPES = {
 def family_of(cfg: ModelConfig) -> str:
     if cfg.target == "lm":
         return "llama" if cfg.rotary_position_embedding or cfg.feed_forward == "gated" else "gpt2"
-    return {"bert": "bert", "mlm": "bert", "albert": "albert"}.get(cfg.target, "")
+    return {"bert": "bert", "mlm": "bert", "albert": "albert", "bart": "bart"}.get(cfg.target, "")
 
 
 def shape_problems(cfg: ModelConfig) -> list[str]:
     """Why no transformers class holds this model at all (its weights would not map)."""
     family = family_of(cfg)
     if not family:
-        return [f"--target {cfg.target}: no transformers model directory for it (bert, mlm, albert and lm are)"]
-    if family == "llama":
+        return [f"--target {cfg.target}: no transformers model directory for it (bert, mlm, albert, lm and bart are)"]
+    if family in ("llama", "bart"):
         try:
-            llama_config_to_hf(cfg)
+            (llama_config_to_hf if family == "llama" else bart_config_to_hf)(cfg)
         except UerError as e:
             return [str(e)]
         return []
@@ -90,6 +90,8 @@ def hf_config(cfg: ModelConfig, special) -> dict:
               "torch_dtype": "float32"}
     if family == "llama":
         return {**llama_config_to_hf(cfg), "pad_token_id": special.pad}
+    if family == "bart":
+        return bart_config_to_hf(cfg, special)
     if family == "gpt2":
         return {**common, "model_type": "gpt2", "n_embd": cfg.hidden_size, "n_layer": cfg.layers_num,
                 "n_head": cfg.heads_num, "n_inner": cfg.feedforward_size, "n_positions": cfg.max_seq_length,
@@ -115,6 +117,8 @@ def hf_state(cfg: ModelConfig, state: dict) -> dict:
         return albert_to_hf(state)
     if family == "gpt2":
         return gpt2_to_hf(state, cfg.layers_num)
+    if family == "bart":
+        return bart_to_hf(state, cfg)
     return llama_to_hf(state, cfg)
 
 
@@ -185,6 +189,12 @@ def measured_difference(path: str, cfg: ModelConfig, model, special) -> float:
     length = min(12, cfg.max_seq_length)
     src = torch.randint(0, cfg.vocab_size, (2, length), generator=g)
     src[:, 0] = special.cls
+    if family_of(cfg) == "bart":  # the source, and the decoder reading it back
+        with torch.no_grad():
+            ours = model.eval().logits({"src": src, "seg": torch.ones_like(src), "tgt_in": src,
+                                        "tgt_seg": torch.ones_like(src)})["bart"]
+            theirs = hf(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=src).logits
+        return float((ours.float() - theirs.float()).abs().max())
     with torch.no_grad():
         ours = model.eval().logits({"src": src, "seg": torch.ones_like(src)})
         out = hf(input_ids=src, attention_mask=torch.ones_like(src),

@@ -121,11 +121,16 @@ _DECLARED = [
     Option("processes_num", "Worker processes.", 1, int),
     Option("docs_buffer_size", "Documents per buffer: the pool random next sentences are drawn from.", 100000, int),
     Option("seq_length", "Sequence length S: the longest input in tokens, [CLS] and [SEP] included.", 128, int),
-    Option("tgt_seq_length", "Target sequence length (mt, t5, gsg).", 128, int),
+    Option("tgt_seq_length", "Target sequence length (mt, t5, gsg, bart).", 128, int),
     Option("sentence_selection_strategy", "gsg: which sentences become gaps, the first ones (lead) or any (random).",
            "random", choices=("lead", "random")),
     Option("gap_sentence_ratio", "gsg: the fraction of a run's sentences that become gaps (at least one, and one "
                                  "stays).", 0.3, float),
+    Option("infilling_ratio", "bart: the fraction of a run's tokens that text infilling hides, in spans that each "
+                              "become one [MASK].", 0.3, float),
+    Option("poisson_lambda", "bart: the mean length of text infilling's spans (Poisson; a span of length 0 inserts "
+                             "a [MASK]).", 3.0, float),
+    Option("sentence_permutation", "bart: shuffle the sentences of each run before text infilling.", True, _bool),
     Option("dup_factor", "Copies of each instance, each with its own static mask (1 with --dynamic_masking).", 5,
            int),
     Option("short_seq_prob", "Probability of a shorter target length for a document (bert).", 0.1, float),
@@ -165,8 +170,13 @@ _DECLARED = [
     Option("factorized_embedding_parameterization", "Embedding size E projected to hidden size H (ALBERT).",
            flag=True),
     Option("parameter_sharing", "One transformer layer applied layers_num times (ALBERT).", flag=True),
-    Option("tgt_embedding", "Decoder input embedding (mt, t5).", "word_pos", registry="embedding"),
-    Option("decoder", "Decoder (mt, t5).", "transformer", registry="decoder"),
+    Option("tgt_embedding", "Decoder input embedding (mt, t5, gsg, bart).", "word_pos", registry="embedding"),
+    Option("decoder", "Decoder (mt, t5, gsg, bart).", "transformer", registry="decoder"),
+    Option("decoder_layernorm_positioning", "The decoder's LayerNorm: before each sub-layer, without dropout (pre, "
+                                            "the reference mt/t5 decoder), or after it, with --dropout (post, "
+                                            "BART's).", "pre", choices=("pre", "post")),
+    Option("share_embedding", "The decoder reads the encoder's word embedding: one table for both sides (BART); "
+                              "needs one vocabulary for source and target.", flag=True),
     Option("pooling", "Pooling (cls target).", "first", choices=POOLINGS),
     Option("target", "Pre-training target.", "bert", registry="target"),
     Option("tie_weights", "Share the word embedding with the output projection.", flag=True),
@@ -274,7 +284,8 @@ class Command:
 VOCAB = "vocab_path spm_model_path tgt_vocab_path tgt_spm_model_path"
 MODEL = ("embedding remove_embedding_layernorm encoder mask layernorm_positioning layernorm hidden_act "
          "feed_forward remove_transformer_bias rotary_position_embedding rope_base local_kv_heads_num bidirectional "
-         "factorized_embedding_parameterization parameter_sharing tgt_embedding decoder pooling target "
+         "factorized_embedding_parameterization parameter_sharing tgt_embedding decoder decoder_layernorm_positioning "
+         "share_embedding pooling target "
          "tie_weights has_lmtarget_bias")
 INFERENCE = (("model", f"load_model_path config_path {VOCAB} tokenizer labels_num {MODEL}"),)
 MASKING = "span_masking span_geo_prob span_max_length whole_word_masking user_dict_path"
@@ -285,7 +296,8 @@ COMMANDS: dict[str, Command] = {
         ("files", f"corpus_path {VOCAB} dataset_path log_level"),
         ("instances", "tokenizer do_lower_case processes_num target docs_buffer_size seq_length tgt_seq_length "
                       f"dup_factor short_seq_prob full_sentences seed dynamic_masking {MASKING} "
-                      "sentence_selection_strategy gap_sentence_ratio")),
+                      "sentence_selection_strategy gap_sentence_ratio infilling_ratio poisson_lambda "
+                      "sentence_permutation")),
         {"corpus_path": {"required": True}, "dataset_path": {"help": "Output dataset file."},
          "target": {"registry": "instance_builder", "help": "Pre-training target the dataset is built for."}}),
     "pretrain": Command("pretrain.py", "Pre-train a model assembled from an embedding, an encoder, an optional "
@@ -339,9 +351,10 @@ COMMANDS: dict[str, Command] = {
         ("generation", "test_path prediction_path seq_length tgt_seq_length top_k top_p temperature seed"),),
         {"load_model_path": {"required": True}, "test_path": {"required": True, "help": "Prompts, one a line."},
          "prediction_path": {"required": True, "help": "Output: each prompt with its continuation (lm), or the "
-                                                       "generated target (prefixlm, mt, t5)."},
-         "seq_length": {"help": "Total length, prompt included (lm, prefixlm); the longest source (mt, t5)."},
-         "tgt_seq_length": {"help": "mt, t5: the longest generated target, its start token included."},
+                                                       "generated target (prefixlm, mt, t5, gsg, bart)."},
+         "seq_length": {"help": "Total length, prompt included (lm, prefixlm); the longest source (mt, t5, gsg, "
+                                "bart)."},
+         "tgt_seq_length": {"help": "mt, t5, gsg, bart: the longest generated target, its start token included."},
          "target": {"default": "lm"}, "mask": {"default": "causal"}}),
     "extract_embeddings": Command("extract_embeddings.py", "", (
         ("files", f"load_model_path {VOCAB} word_embedding_path"),),
@@ -388,6 +401,19 @@ for _family in ("bert", "gpt2", "albert"):
                                     "tokenizer files; its logits are checked against uer's."}})
 
 
+COMMANDS["convert_bart_from_huggingface_to_uer"] = Command(
+    "convert_bart_from_huggingface_to_uer.py", "Convert a transformers BartForConditionalGeneration directory to a "
+                                               "uer model file (--target bart) and its recipe.",
+    (("files", "input_dir output_model_path output_config_path"),),
+    {"input_dir": {"required": True}, "output_model_path": {"required": True}})
+COMMANDS["convert_bart_from_uer_to_huggingface"] = Command(
+    "convert_bart_from_uer_to_huggingface.py", "Convert a uer bart model to a transformers "
+                                               "BartForConditionalGeneration directory.",
+    (("files", "input_model_path config_path vocab_path output_dir"),),
+    {"input_model_path": {"required": True}, "output_dir": {"required": True},
+     "config_path": {"required": True, "help": "The model's recipe (JSON)."},
+     "vocab_path": {"help": "The model's vocabulary: its [CLS], [SEP] and [PAD] become the directory's start, "
+                            "end and padding tokens (for generation in transformers)."}})
 COMMANDS["convert_llama_from_huggingface_to_uer"] = Command(
     "convert_llama_from_huggingface_to_uer.py", "Convert a transformers LlamaForCausalLM directory to a uer model "
                                                 "file and its recipe.",

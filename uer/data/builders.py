@@ -39,6 +39,9 @@ class BuilderConfig:
     tgt_seq_length: int = default("tgt_seq_length")
     sentence_selection_strategy: str = default("sentence_selection_strategy")
     gap_sentence_ratio: float = default("gap_sentence_ratio")
+    infilling_ratio: float = default("infilling_ratio")
+    poisson_lambda: float = default("poisson_lambda")
+    sentence_permutation: bool = default("sentence_permutation")
 
     @classmethod
     def from_options(cls, values) -> "BuilderConfig":
@@ -624,6 +627,60 @@ class GsgBuilder(UnmaskedBuilder):
 
     def collate(self, ds, indices, rng):
         return MtBuilder.collate(self, ds, indices, rng)
+
+
+@register(INSTANCE_BUILDERS, "bart")
+class BartBuilder(GsgBuilder):
+    """BART's noising of each run of whole sentences that fits seq_length - 2 tokens (the runs of
+    gsg; a sentence longer than that is cut): the run's sentences shuffled (--sentence_permutation),
+    then text infilling: spans of Poisson(--poisson_lambda) lengths that together cover
+    round(--infilling_ratio * n) of the run's n tokens, each span replaced by one [MASK] (a span of
+    length 0 inserts one), an unhidden token between any two. src = [CLS] noised run [SEP],
+    tgt = [CLS] the original run [SEP] cut to tgt_seq_length + 1, rebuilt by the decoder.
+    --dup_factor copies of every run, each with noise of its own."""
+
+    @property
+    def dup_factor(self) -> int:
+        return self.cfg.dup_factor
+
+    def infill(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """ids with text infilling's spans each replaced by one [MASK]; at most seq_length - 2 long."""
+        n, mask = len(ids), self.special.mask
+        m = int(round(self.cfg.infilling_ratio * n))
+        lengths = []
+        while sum(lengths) < m:
+            lengths.append(int(rng.poisson(self.cfg.poisson_lambda)))
+        if lengths:
+            lengths[-1] -= sum(lengths) - m
+        gaps = n - m + 1  # spans go between the n - m tokens kept, one span a gap at most
+        while len(lengths) > gaps:  # too many spans: one joins another
+            extra = lengths.pop()
+            lengths[int(rng.integers(len(lengths)))] += extra
+        room = self.cfg.seq_length - 2
+        while n - m + len(lengths) > room and 0 in lengths:  # insertions may not lengthen a full run
+            lengths.remove(0)
+        at = dict(zip(sorted(rng.choice(gaps, len(lengths), replace=False).tolist()), lengths))
+        out, k = [], 0
+        for g in range(gaps):
+            if g in at:
+                out.append(mask)
+                k += at[g]
+            if g < n - m:
+                out.append(ids[k])
+                k += 1
+        return np.asarray(out, dtype=np.int64)
+
+    def build_unit(self, corpus, docs, pool, rng):
+        sp, T = self.special, self.cfg.tgt_seq_length
+        out = Instances(["tokens", "tgt_tokens"], [])
+        runs = [run for d in docs for run in self.runs(corpus.sentences(d))]
+        for _ in range(self.dup_factor):
+            for run in runs:
+                order = rng.permutation(len(run)) if self.cfg.sentence_permutation else range(len(run))
+                noised = self.infill(np.concatenate([run[k] for k in order]), rng)
+                out.add(tokens=np.concatenate([[sp.cls], noised, [sp.sep]]).astype(np.int64),
+                        tgt_tokens=np.concatenate([[sp.cls], *run, [sp.sep]]).astype(np.int64)[:T + 1])
+        return out.to_chunk()
 
 
 @register(INSTANCE_BUILDERS, "prefixlm")

@@ -267,6 +267,8 @@ def preprocess_problems(args) -> list[str]:
     expect(p, args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
     p += finite_problems(vars(args)) + masking_problems(args.span_geo_prob, args.span_max_length)
     expect(p, 0 < args.gap_sentence_ratio < 1, f"--gap_sentence_ratio must be in (0, 1), got {args.gap_sentence_ratio}")
+    expect(p, 0 <= args.infilling_ratio < 1, f"--infilling_ratio must be in [0, 1), got {args.infilling_ratio}")
+    expect(p, args.poisson_lambda > 0, f"--poisson_lambda must be positive, got {args.poisson_lambda}")
     if args.whole_word_masking:
         p += whole_word_problems(args.target, args.user_dict_path)
     elif args.user_dict_path is not None:

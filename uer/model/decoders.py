@@ -1,4 +1,4 @@
-"""Decoder slot (inside the mt and t5 targets: keys under `target.decoder.`)."""
+"""Decoder slot (inside the mt, t5, gsg and bart targets: keys under `target.decoder.`)."""
 from __future__ import annotations
 
 import torch
@@ -6,31 +6,42 @@ from torch import nn
 
 from uer.config import ModelConfig
 from uer.model.layers import feed_forward, layer_norm, self_attention
+from uer.model.ops import Dropout
 from uer.registry import DECODERS, register
 
 
 class TransformerDecoderLayer(nn.Module):
-    """Pre-LN, no dropout (SPEC 3.5): causal self-attention, attention over the encoder output
-    (source padding invisible), feed-forward."""
+    """Pre-LN, no dropout (SPEC 3.5, the reference mt/t5 decoder): x + SelfAttn(LN1(x)),
+    x + CrossAttn(LN2(x), memory), x + FFN(LN3(x)). Post-LN (--decoder_layernorm_positioning post,
+    BART's): LN1(x + Drop(SelfAttn(x))), LN2(x + Drop(CrossAttn(x, memory))), LN3(x + Drop(FFN(x))),
+    with --dropout as BART trains. Self-attention is causal; source padding is invisible."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = self_attention(cfg, 0.0)
-        self.context_attn = self_attention(cfg, 0.0)
+        self.pre = cfg.decoder_layernorm_positioning == "pre"
+        p = 0.0 if self.pre else cfg.dropout
+        self.self_attn = self_attention(cfg, p)
+        self.context_attn = self_attention(cfg, p)
         self.layer_norm_1 = layer_norm(cfg)
         self.layer_norm_2 = layer_norm(cfg)
         self.layer_norm_3 = layer_norm(cfg)
         self.feed_forward = feed_forward(cfg)
+        self.dropouts = nn.ModuleList([Dropout(p) for _ in range(3)])
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
                 cache: dict | None = None) -> torch.Tensor:
         """cache (generation): {"self": ..., "memory": ...}, the keys and values of the positions
         decoded so far and of the memory; x then holds only the new positions."""
         mine, theirs = (None, None) if cache is None else (cache.setdefault("self", {}), cache.setdefault("memory", {}))
-        h = self.layer_norm_1(x)
-        x = x + self.self_attn(h, h, None, True, mine)
-        x = x + self.context_attn(self.layer_norm_2(x), memory, memory_mask, cache=theirs)
-        return x + self.feed_forward(self.layer_norm_3(x))
+        if self.pre:
+            h = self.layer_norm_1(x)
+            x = x + self.self_attn(h, h, None, True, mine)
+            x = x + self.context_attn(self.layer_norm_2(x), memory, memory_mask, cache=theirs)
+            return x + self.feed_forward(self.layer_norm_3(x))
+        drop_1, drop_2, drop_3 = self.dropouts
+        x = self.layer_norm_1(drop_1(self.self_attn(x, x, None, True, mine), x))
+        x = self.layer_norm_2(drop_2(self.context_attn(x, memory, memory_mask, cache=theirs), x))
+        return self.layer_norm_3(drop_3(self.feed_forward(x), x))
 
 
 @register(DECODERS, "transformer")

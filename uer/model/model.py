@@ -109,8 +109,16 @@ def tie_weights(model: Model) -> None:
     setattr(model.target.get_submodule(module_name), attr, source.weight)
 
 
+def share_embedding(model: Model) -> None:
+    """--share_embedding: the decoder's word embedding is the encoder's, one parameter (BART);
+    made before --tie_weights, so the output layer shares it too."""
+    model.target.embedding.word_embedding.weight = model.embedding.word_embedding.weight
+
+
 def build_model(cfg: ModelConfig, init: bool = True) -> Model:
     model = Model(cfg)
+    if cfg.share_embedding:
+        share_embedding(model)
     if cfg.tie_weights:
         tie_weights(model)
     if init:
@@ -158,6 +166,17 @@ def model_problems(cfg: ModelConfig) -> list[str]:
     expect(p, not cfg.bidirectional or cfg.encoder in ("rnn", "lstm", "gru"),
            f"--bidirectional applies to --encoder rnn, lstm or gru, not {cfg.encoder} "
            "(birnn, bilstm and bigru are bidirectional by design)")
+    expect(p, cfg.decoder_layernorm_positioning in ("pre", "post"),
+           f"decoder_layernorm_positioning must be pre or post, got {cfg.decoder_layernorm_positioning!r}")
+    expect(p, cfg.decoder_layernorm_positioning == "pre" or target.has_decoder,
+           f"--decoder_layernorm_positioning post: --target {cfg.target} has no decoder")
+    if cfg.share_embedding:
+        if not target.has_decoder:
+            p.append(f"--share_embedding: --target {cfg.target} has no decoder whose embedding could share the "
+                     "encoder's")
+        elif cfg.tgt_vocab_size not in (None, cfg.vocab_size):
+            p.append(f"--share_embedding: the target vocabulary ({cfg.tgt_vocab_size} tokens) is not the source "
+                     f"vocabulary ({cfg.vocab_size}); one table serves both only with one vocabulary")
     if cfg.tie_weights:
         d = target.tie_in_features(cfg)
         if d is None:

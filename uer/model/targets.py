@@ -357,3 +357,12 @@ class GsgTarget(Seq2SeqTarget):
     """PEGASUS's gap-sentence generation: the decoder generates the sentences the source lost to
     [MASK]s, over the source vocabulary."""
     terms = {"gsg": "dec_tgt"}
+
+
+@register(TARGETS, "bart")
+class BartTarget(Seq2SeqTarget):
+    """BART's denoising: the encoder reads a run of sentences shuffled and with spans hidden behind
+    one [MASK] each, and the decoder rebuilds the original run, over the source vocabulary
+    (transformers' BartForConditionalGeneration: --decoder_layernorm_positioning post
+    --share_embedding --tie_weights --has_lmtarget_bias)."""
+    terms = {"bart": "dec_tgt"}

@@ -1,8 +1,9 @@
 """Generate from each line of --test_path with a trained model, one output line per input line in
 --prediction_path: greedy with --top_k 1, else top-k / top-p sampling. An lm model continues the
 line (the output: the line and its continuation); a prefixlm model reads the line as the prefix,
-and mt, t5 and gsg models as the source (the output: the generated target alone; t5 fills the
-line's [MASK] tokens, gsg writes the sentences of its [MASK]s). Transformers keep a KV cache."""
+and mt, t5, gsg and bart models as the source (the output: the generated target alone; t5 fills
+the line's [MASK] tokens, gsg writes the sentences of its [MASK]s, bart the line rebuilt).
+Transformers keep a KV cache."""
 
 import logging
 
@@ -15,7 +16,7 @@ from uer.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("lm", "prefixlm", "mt", "t5", "gsg")
+TARGETS = ("lm", "prefixlm", "mt", "t5", "gsg", "bart")
 
 
 def source_ids(m: Pretrained, line: str) -> list[int]:
