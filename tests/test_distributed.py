@@ -139,7 +139,9 @@ def nodes(eight, out, layout, extras):
     return [(p.returncode, *o) for p, o in zip(procs, outs)]
 
 
-@pytest.mark.parametrize("layout", [((0,), (1,)), ((0,), (1, 2))], ids=["2 processes", "3 processes"])
+# (two one-process nodes are slow only: the three-process layout has a one-process node too)
+@pytest.mark.parametrize("layout", [pytest.param(((0,), (1,)), marks=pytest.mark.slow), ((0,), (1, 2))],
+                         ids=["2 processes", "3 processes"])
 def test_options_given_on_node_0_only_are_taken_by_every_rank(tmp_path, eight, layout):
     """The manual: the report and checkpoint intervals (and the dev set) need only be given on
     Node-0. The run ends with the same weights as one where every node had them."""

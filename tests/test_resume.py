@@ -230,15 +230,19 @@ def test_a_training_state_of_another_model_is_refused(tmp_path, setup):
         run[run.index("--config_path") + 1] = str(recipe)
         assert run_script(*run, timeout=300).returncode == 0
         shutil.copy(tmp_path / str(ff) / "m.bin-2.state", tmp_path / f"{ff}.state")
-    for ff, other in ((64, 128), (128, 64)):
-        shutil.copy(tmp_path / f"{other}.state", tmp_path / str(ff) / "m.bin-2.state")
-        run = args(setup, tmp_path / str(ff) / "m.bin", 2, "--resume")
-        run[run.index("--config_path") + 1] = str(recipes[ff])
-        proc = run_script(*run, timeout=300)
-        assert_clean_error(proc, f"feedforward_size: {other} -> {ff}")  # the run's record says so first
-        # a state whose record lies about its options: its moments are checked against the model
-        forged = torch.load(tmp_path / f"{other}.state", weights_only=True)
-        forged["run"]["model"]["feedforward_size"] = ff
-        torch.save(forged, tmp_path / str(ff) / "m.bin-2.state")
-        proc = run_script(*run, timeout=300)
-        assert_clean_error(proc, "m.bin-2.state does not fit", f"({other}, 32), the model's parameter ({ff}, 32)")
+    # the wider state beside the narrower model: the run's record says so first
+    ff, other = 64, 128
+    shutil.copy(tmp_path / f"{other}.state", tmp_path / str(ff) / "m.bin-2.state")
+    run = args(setup, tmp_path / str(ff) / "m.bin", 2, "--resume")
+    run[run.index("--config_path") + 1] = str(recipes[ff])
+    assert_clean_error(run_script(*run, timeout=300), f"feedforward_size: {other} -> {ff}")
+    # the narrower one beside the wider model, its record lying about its options: its moments are
+    # checked against the model
+    ff, other = 128, 64
+    forged = torch.load(tmp_path / f"{other}.state", weights_only=True)
+    forged["run"]["model"]["feedforward_size"] = ff
+    torch.save(forged, tmp_path / str(ff) / "m.bin-2.state")
+    run = args(setup, tmp_path / str(ff) / "m.bin", 2, "--resume")
+    run[run.index("--config_path") + 1] = str(recipes[ff])
+    assert_clean_error(run_script(*run, timeout=300), "m.bin-2.state does not fit",
+                       f"({other}, 32), the model's parameter ({ff}, 32)")

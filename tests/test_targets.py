@@ -461,9 +461,14 @@ def test_bf16_pretraining_runs_on_any_cpu(tmp_path, system):
     assert len(losses) == 4 and all(np.isfinite(losses)), proc.stdout
 
 
+# slow only, where another system trains the same parts: the whole word datasets have their own
+# tests in tests/test_whole_word.py and train as BERT and RoBERTa do; GPT's parts train in GPT-2,
+# Prefix LM and BERT
+SLOW_SYSTEMS = ("RoBERTa, whole word spans", "BERT, whole word masking", "GPT")
+
+
 @pytest.mark.e2e
-# (the whole word spans' loader path has its own tests in tests/test_whole_word.py)
-@pytest.mark.parametrize("system", [pytest.param(s, marks=pytest.mark.slow) if s == "RoBERTa, whole word spans" else s
+@pytest.mark.parametrize("system", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_SYSTEMS else s
                                     for s in SYSTEMS])
 def test_documented_system_trains(tmp_path, system):
     steps = (*SYSTEMS[system], 40)[4]
