@@ -365,6 +365,12 @@ SYSTEMS = {
     "T5": (DOC_CORPUS, "--target t5 --dynamic_masking --tgt_seq_length 48",
            "--config_path models/bert_base_config.json --embedding word_pos_seg --encoder transformer "
            "--mask fully_visible --tgt_embedding word_pos --decoder transformer --target t5", {}),
+    "T5 v1.1": (DOC_CORPUS, "--target t5 --dynamic_masking --span_masking --sentinel_tokens --tgt_seq_length 48",
+                "--config_path models/t5_v1_1_base_config.json --embedding word --remove_embedding_layernorm "
+                "--encoder transformer --mask fully_visible --layernorm_positioning pre --layernorm rms "
+                "--feed_forward gated --hidden_act gelu_fast --remove_transformer_bias --relative_position_embedding "
+                "--remove_attention_scale --tgt_embedding word --decoder transformer --decoder_final_layernorm "
+                "--share_embedding --tie_weights --target t5", {}),
     "Transformer (mt)": (MT_CORPUS, "--target mt --vocab_path EN --tgt_vocab_path ZH",
                          "--vocab_path EN --tgt_vocab_path ZH --config_path models/bert_base_config.json "
                          "--embedding word_pos_seg --encoder transformer --mask fully_visible "

@@ -38,6 +38,10 @@ class ModelConfig:
     remove_transformer_bias: bool = _d("remove_transformer_bias")
     rotary_position_embedding: bool = _d("rotary_position_embedding")
     rope_base: float = _d("rope_base")
+    relative_position_embedding: bool = _d("relative_position_embedding")
+    relative_attention_buckets_num: int = _d("relative_attention_buckets_num")
+    relative_attention_max_distance: int = _d("relative_attention_max_distance")
+    remove_attention_scale: bool = _d("remove_attention_scale")
     local_kv_heads_num: int | None = _d("local_kv_heads_num")
     kernel_size: int = 3
     block_size: int = 2
@@ -52,6 +56,7 @@ class ModelConfig:
     tgt_embedding: str = _d("tgt_embedding")
     decoder: str = _d("decoder")
     decoder_layernorm_positioning: str = _d("decoder_layernorm_positioning")
+    decoder_final_layernorm: bool = _d("decoder_final_layernorm")
     share_embedding: bool = _d("share_embedding")
     target: str = _d("target")
     pooling: str = _d("pooling")

@@ -1,7 +1,7 @@
 """Checkpoint conversion between uer (the reference key names, SPEC 4) and HuggingFace transformers,
 both directions, for BERT (BertForPreTraining / BertForMaskedLM), GPT-2 (GPT2LMHeadModel), ALBERT
-(AlbertForPreTraining), and, as model directories with their config.json, LLaMA (LlamaForCausalLM)
-and BART (BartForConditionalGeneration).
+(AlbertForPreTraining), and, as model directories with their config.json, LLaMA (LlamaForCausalLM),
+BART (BartForConditionalGeneration) and T5 v1.1 (T5ForConditionalGeneration).
 Sizes are read from the tensors; nothing is hard-coded.
 
 Each family is a table of (uer key, HF key) pairs, `{i}` standing for a layer index, plus the few
@@ -468,6 +468,138 @@ def bart_to_hf(uer: dict, cfg) -> dict:
     return out
 
 
+T5_ATTN = [("linear_layers.0", "q"), ("linear_layers.1", "k"), ("linear_layers.2", "v"), ("final_linear", "o")]
+#: what a uer model must be to be a T5ForConditionalGeneration (T5 v1.1's layout): (field, required value)
+T5_SHAPE = [("embedding", "word"), ("remove_embedding_layernorm", True), ("encoder", "transformer"),
+            ("mask", "fully_visible"), ("layernorm_positioning", "pre"), ("layernorm", "rms"),
+            ("remove_transformer_bias", True), ("rotary_position_embedding", False), ("local_kv_heads_num", None),
+            ("parameter_sharing", False), ("factorized_embedding_parameterization", False),
+            ("relative_position_embedding", True), ("remove_attention_scale", True), ("tgt_embedding", "word"),
+            ("decoder", "transformer"), ("decoder_layernorm_positioning", "pre"), ("decoder_final_layernorm", True),
+            ("share_embedding", True), ("has_lmtarget_bias", False), ("target", "t5")]
+
+
+def t5_pairs(layers_num: int, gated: bool) -> list[tuple[str, str]]:
+    """(uer key, HF key) of every tensor but the output layer."""
+    pairs = [("embedding.word_embedding.weight", "shared.weight"),
+             ("target.embedding.word_embedding.weight", "shared.weight"),
+             ("encoder.relative_position_bias.weight",
+              "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+             ("target.decoder.relative_position_bias.weight",
+              "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+             ("encoder.layer_norm.gamma", "encoder.final_layer_norm.weight"),
+             ("target.decoder.layer_norm.gamma", "decoder.final_layer_norm.weight")]
+    ff = [("linear_gate", "wi_0"), ("linear_1", "wi_1"), ("linear_2", "wo")] if gated else \
+        [("linear_1", "wi"), ("linear_2", "wo")]
+    for i in range(layers_num):
+        enc, dec = f"encoder.transformer.{i}.", f"target.decoder.transformer_decoder.{i}."
+        henc, hdec = f"encoder.block.{i}.layer.", f"decoder.block.{i}.layer."
+        pairs += [(f"{enc}self_attn.{u}.weight", f"{henc}0.SelfAttention.{h}.weight") for u, h in T5_ATTN]
+        pairs += [(enc + "layer_norm_1.gamma", henc + "0.layer_norm.weight"),
+                  (enc + "layer_norm_2.gamma", henc + "1.layer_norm.weight")]
+        pairs += [(f"{enc}feed_forward.{u}.weight", f"{henc}1.DenseReluDense.{h}.weight") for u, h in ff]
+        pairs += [(f"{dec}self_attn.{u}.weight", f"{hdec}0.SelfAttention.{h}.weight") for u, h in T5_ATTN]
+        pairs += [(f"{dec}context_attn.{u}.weight", f"{hdec}1.EncDecAttention.{h}.weight") for u, h in T5_ATTN]
+        pairs += [(dec + "layer_norm_1.gamma", hdec + "0.layer_norm.weight"),
+                  (dec + "layer_norm_2.gamma", hdec + "1.layer_norm.weight"),
+                  (dec + "layer_norm_3.gamma", hdec + "2.layer_norm.weight")]
+        pairs += [(f"{dec}feed_forward.{u}.weight", f"{hdec}2.DenseReluDense.{h}.weight") for u, h in ff]
+    return pairs
+
+
+def t5_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
+    """transformers' T5Config fields -> a uer recipe (T5 v1.1's layout; tie_weights is settled by
+    t5_from_hf from the weights); what uer cannot build exactly is refused, every reason in one
+    error."""
+    p = []
+    if conf.get("model_type") != "t5":
+        p.append(f"{where}: model_type is {conf.get('model_type')!r}, expected 't5'")
+    missing = [k for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_heads", "vocab_size")
+               if not isinstance(conf.get(k), int)]
+    if missing:
+        raise UerError(f"{where}: no whole-number {', '.join(missing)}")
+    H = conf["d_model"]
+    if conf["d_kv"] * conf["num_heads"] != H:
+        p.append(f"{where}: d_kv {conf['d_kv']} x num_heads {conf['num_heads']} differs from d_model {H} "
+                 "(uer's heads split the hidden size)")
+    if (conf.get("num_decoder_layers") or conf["num_layers"]) != conf["num_layers"]:
+        p.append(f"{where}: num_layers {conf['num_layers']} and num_decoder_layers {conf['num_decoder_layers']} "
+                 "differ; uer's decoder has the encoder's layers_num")
+    if conf.get("scale_decoder_outputs", conf.get("tie_word_embeddings", True)):
+        p.append(f"{where}: the decoder's output is scaled by d_model^-0.5 before lm_head (T5 v1.0's tied layout); "
+                 "uer builds T5 v1.1's, without it")
+    proj = conf.get("feed_forward_proj", "relu")
+    gated = proj.startswith("gated-")
+    act = conf.get("dense_act_fn") or ("gelu_new" if proj == "gated-gelu" else proj.split("-")[-1])
+    ours = [u for u, names in HF_ACTS.items() if act in names]
+    if not ours:
+        p.append(f"{where}: the feed-forward activation {act!r} is not one of uer's "
+                 f"({', '.join(n for names in HF_ACTS.values() for n in names)})")
+    if p:
+        raise UerError("cannot convert this T5 model to uer:\n  " + "\n  ".join(p))
+    return {"emb_size": H, "hidden_size": H, "feedforward_size": conf["d_ff"], "heads_num": conf["num_heads"],
+            "layers_num": conf["num_layers"], "hidden_act": ours[0], "dropout": conf.get("dropout_rate", 0.1),
+            "max_seq_length": conf.get("n_positions") or 512, "layernorm": "rms",
+            "layernorm_eps": conf.get("layer_norm_epsilon", 1e-6), "feed_forward": "gated" if gated else "dense",
+            "remove_transformer_bias": True, "embedding": "word", "remove_embedding_layernorm": True,
+            "encoder": "transformer", "mask": "fully_visible", "layernorm_positioning": "pre",
+            "relative_position_embedding": True,
+            "relative_attention_buckets_num": conf.get("relative_attention_num_buckets", 32),
+            "relative_attention_max_distance": conf.get("relative_attention_max_distance", 128),
+            "remove_attention_scale": True, "tgt_embedding": "word", "decoder": "transformer",
+            "decoder_final_layernorm": True, "share_embedding": True, "target": "t5", "tie_weights": True}
+
+
+def t5_config_to_hf(cfg, special=None) -> dict:
+    """A uer ModelConfig (T5 v1.1-shaped) -> transformers' T5Config fields. tie_word_embeddings is
+    false in both readings of it: transformers 4 then keeps lm_head apart and unscaled (written
+    equal to the shared table when uer ties them), transformers 5 always ties it and scales nothing."""
+    wrong = [f"{k} is {getattr(cfg, k)!r}, T5ForConditionalGeneration needs {want!r}" for k, want in T5_SHAPE
+             if getattr(cfg, k) != want]
+    if cfg.emb_size != cfg.hidden_size:
+        wrong.append(f"emb_size {cfg.emb_size} differs from hidden_size {cfg.hidden_size}")
+    if cfg.feed_forward == "gated" and cfg.hidden_act == "gelu":
+        wrong.append("hidden_act is 'gelu' (exact); T5's gated-gelu is the tanh approximation: --hidden_act gelu_fast")
+    if wrong:
+        raise UerError("this model is not a T5 (v1.1) model:\n  " + "\n  ".join(wrong))
+    act = HF_ACTS[cfg.hidden_act][0]
+    proj = ("gated-" if cfg.feed_forward == "gated" else "") + ("gelu" if act == "gelu_pytorch_tanh" else act)
+    ids = {} if special is None else {"pad_token_id": special.pad, "eos_token_id": special.sep,
+                                      "decoder_start_token_id": special.cls}
+    return {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "vocab_size": cfg.vocab_size,
+            "d_model": cfg.hidden_size, "d_kv": cfg.hidden_size // cfg.heads_num, "d_ff": cfg.feedforward_size,
+            "num_layers": cfg.layers_num, "num_decoder_layers": cfg.layers_num, "num_heads": cfg.heads_num,
+            "relative_attention_num_buckets": cfg.relative_attention_buckets_num,
+            "relative_attention_max_distance": cfg.relative_attention_max_distance,
+            "dropout_rate": cfg.dropout, "layer_norm_epsilon": cfg.layernorm_eps, "feed_forward_proj": proj,
+            "dense_act_fn": act, "is_gated_act": cfg.feed_forward == "gated", "tie_word_embeddings": False,
+            "scale_decoder_outputs": False, "is_encoder_decoder": True, "n_positions": cfg.max_seq_length,
+            "initializer_factor": 1.0, "torch_dtype": "float32", **ids}
+
+
+def t5_from_hf(hf: dict, recipe: dict) -> dict:
+    """The uer state; recipe["tie_weights"] says whether the file's lm_head is the shared table."""
+    n = _check_layers(recipe["layers_num"], count_layers(hf, r"encoder\.block\.(\d+)\."))
+    hf = dict(hf)
+    if "shared.weight" not in hf:
+        hf["shared.weight"] = _take(hf, "encoder.embed_tokens.weight", "HF T5")
+    out = {u: _take(hf, h, "HF T5") for u, h in t5_pairs(n, recipe["feed_forward"] == "gated")}
+    head = hf.get("lm_head.weight")
+    recipe["tie_weights"] = head is None or torch.equal(head, hf["shared.weight"])
+    out["target.output_layer.weight"] = hf["shared.weight"] if recipe["tie_weights"] else head
+    return _ordered(out)
+
+
+def t5_to_hf(uer: dict, cfg) -> dict:
+    n = _check_layers(cfg.layers_num, count_layers(uer, r"encoder\.transformer\.(\d+)\."))
+    out = {}
+    for u, h in t5_pairs(n, cfg.feed_forward == "gated"):
+        out.setdefault(h, _take(uer, u, "uer T5"))
+    out["encoder.embed_tokens.weight"] = out["decoder.embed_tokens.weight"] = out["shared.weight"]
+    out["lm_head.weight"] = _take(uer, "target.output_layer.weight", "uer T5")
+    return out
+
+
 def read_hf_dir(path: str) -> tuple[dict, dict]:
     """(config.json, the state dict) of a transformers model directory: model.safetensors, its
     shards (model.safetensors.index.json) or pytorch_model.bin."""
@@ -517,11 +649,12 @@ def write_hf_dir(path: str, conf: dict, state: dict) -> None:
 DIR_FAMILIES = {"llama": (llama_recipe_from_hf, llama_from_hf, lambda cfg, special: llama_config_to_hf(cfg),
                           llama_to_hf, "LlamaForCausalLM"),
                 "bart": (bart_recipe_from_hf, bart_from_hf, bart_config_to_hf, bart_to_hf,
-                         "BartForConditionalGeneration")}
+                         "BartForConditionalGeneration"),
+                "t5": (t5_recipe_from_hf, t5_from_hf, t5_config_to_hf, t5_to_hf, "T5ForConditionalGeneration")}
 
 
 def dir_cli(family: str, direction: str, argv=None, prog: str | None = None) -> int:
-    """The body of scripts/convert_{llama,bart}_from_<a>_to_<b>.py: a transformers directory <-> a
+    """The body of scripts/convert_{llama,bart,t5}_from_<a>_to_<b>.py: a transformers directory <-> a
     uer model file and its recipe."""
     from uer.errors import run_cli
 

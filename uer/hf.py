@@ -19,7 +19,8 @@ import torch
 
 from uer.config import ModelConfig
 from uer.convert import (HF_ACTS, albert_from_hf, albert_to_hf, bart_config_to_hf, bart_to_hf, bert_from_hf,
-                         bert_to_hf, gpt2_from_hf, gpt2_to_hf, llama_config_to_hf, llama_from_hf, llama_recipe_from_hf, llama_to_hf, read_hf_dir)
+                         bert_to_hf, gpt2_from_hf, gpt2_to_hf, llama_config_to_hf, llama_from_hf, llama_recipe_from_hf,
+                         llama_to_hf, read_hf_dir, t5_config_to_hf, t5_to_hf)
 from uer.errors import UerError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,10 @@ TOLERANCE = 1e-4
 #: (family, uer target) -> the transformers class
 ARCHITECTURES = {("bert", "bert"): "BertForPreTraining", ("bert", "mlm"): "BertForMaskedLM",
                  ("albert", "albert"): "AlbertForPreTraining", ("gpt2", "lm"): "GPT2LMHeadModel",
-                 ("llama", "lm"): "LlamaForCausalLM", ("bart", "bart"): "BartForConditionalGeneration"}
+                 ("llama", "lm"): "LlamaForCausalLM", ("bart", "bart"): "BartForConditionalGeneration",
+                 ("t5", "t5"): "T5ForConditionalGeneration"}
+#: the encoder-decoder families: config.json and the state from uer's
+SEQ2SEQ = {"bart": (bart_config_to_hf, bart_to_hf), "t5": (t5_config_to_hf, t5_to_hf)}
 _ENCODER = [("encoder", "transformer"), ("feed_forward", "dense"), ("remove_transformer_bias", False),
             ("rotary_position_embedding", False), ("local_kv_heads_num", None)]
 #: what each family's uer model must be: (field, value)
@@ -49,6 +53,8 @@ SHAPES = {
 def family_of(cfg: ModelConfig) -> str:
     if cfg.target == "lm":
         return "llama" if cfg.rotary_position_embedding or cfg.feed_forward == "gated" else "gpt2"
+    if cfg.target == "t5":  # T5 v1.1's layout; uer's reference t5 has no transformers class
+        return "t5" if cfg.relative_position_embedding else ""
     return {"bert": "bert", "mlm": "bert", "albert": "albert", "bart": "bart"}.get(cfg.target, "")
 
 
@@ -56,10 +62,11 @@ def shape_problems(cfg: ModelConfig) -> list[str]:
     """Why no transformers class holds this model at all (its weights would not map)."""
     family = family_of(cfg)
     if not family:
-        return [f"--target {cfg.target}: no transformers model directory for it (bert, mlm, albert, lm and bart are)"]
-    if family in ("llama", "bart"):
+        return [f"--target {cfg.target}: no transformers model directory for it (bert, mlm, albert, lm, bart and "
+                "t5 with --relative_position_embedding are)"]
+    if family == "llama" or family in SEQ2SEQ:
         try:
-            (llama_config_to_hf if family == "llama" else bart_config_to_hf)(cfg)
+            (llama_config_to_hf if family == "llama" else SEQ2SEQ[family][0])(cfg)
         except UerError as e:
             return [str(e)]
         return []
@@ -90,8 +97,8 @@ def hf_config(cfg: ModelConfig, special) -> dict:
               "torch_dtype": "float32"}
     if family == "llama":
         return {**llama_config_to_hf(cfg), "pad_token_id": special.pad}
-    if family == "bart":
-        return bart_config_to_hf(cfg, special)
+    if family in SEQ2SEQ:
+        return SEQ2SEQ[family][0](cfg, special)
     if family == "gpt2":
         return {**common, "model_type": "gpt2", "n_embd": cfg.hidden_size, "n_layer": cfg.layers_num,
                 "n_head": cfg.heads_num, "n_inner": cfg.feedforward_size, "n_positions": cfg.max_seq_length,
@@ -117,8 +124,8 @@ def hf_state(cfg: ModelConfig, state: dict) -> dict:
         return albert_to_hf(state)
     if family == "gpt2":
         return gpt2_to_hf(state, cfg.layers_num)
-    if family == "bart":
-        return bart_to_hf(state, cfg)
+    if family in SEQ2SEQ:
+        return SEQ2SEQ[family][1](state, cfg)
     return llama_to_hf(state, cfg)
 
 
@@ -189,10 +196,10 @@ def measured_difference(path: str, cfg: ModelConfig, model, special) -> float:
     length = min(12, cfg.max_seq_length)
     src = torch.randint(0, cfg.vocab_size, (2, length), generator=g)
     src[:, 0] = special.cls
-    if family_of(cfg) == "bart":  # the source, and the decoder reading it back
+    if family_of(cfg) in SEQ2SEQ:  # the source, and the decoder reading it back
         with torch.no_grad():
             ours = model.eval().logits({"src": src, "seg": torch.ones_like(src), "tgt_in": src,
-                                        "tgt_seg": torch.ones_like(src)})["bart"]
+                                        "tgt_seg": torch.ones_like(src)})[cfg.target]
             theirs = hf(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=src).logits
         return float((ours.float() - theirs.float()).abs().max())
     with torch.no_grad():

@@ -131,6 +131,9 @@ _DECLARED = [
     Option("poisson_lambda", "bart: the mean length of text infilling's spans (Poisson; a span of length 0 inserts "
                              "a [MASK]).", 3.0, float),
     Option("sentence_permutation", "bart: shuffle the sentences of each run before text infilling.", True, _bool),
+    Option("sentinel_tokens", "t5: T5's span corruption: each run of masked tokens becomes one sentinel in the source "
+                              "(the vocabulary's [unused1], [unused2], ... in turn), and the decoder writes each "
+                              "sentinel followed by its run.", flag=True),
     Option("dup_factor", "Copies of each instance, each with its own static mask (1 with --dynamic_masking).", 5,
            int),
     Option("short_seq_prob", "Probability of a shorter target length for a document (bert).", 0.1, float),
@@ -164,6 +167,17 @@ _DECLARED = [
     Option("rotary_position_embedding", "Rotary position embedding (RoPE) on each layer's queries and keys; "
                                         "takes an embedding without positions (--embedding word).", flag=True),
     Option("rope_base", "RoPE's base (LLaMA: 10000; LLaMA 3: 500000).", 10000.0, float),
+    Option("relative_position_embedding", "T5's relative position bias: a learned scalar per head and bucket of "
+                                          "key-query distance, added to the attention scores of every layer (one "
+                                          "table for the encoder, one for the decoder); takes embeddings without "
+                                          "positions (--embedding word, --tgt_embedding word).", flag=True),
+    Option("relative_attention_buckets_num", "--relative_position_embedding: the distance buckets (half for each "
+                                             "direction in the encoder; exact below half of them, log-spaced above).",
+           32, int),
+    Option("relative_attention_max_distance", "--relative_position_embedding: the distance where the last bucket "
+                                              "begins.", 128, int),
+    Option("remove_attention_scale", "Attention scores without the 1/sqrt(head size) factor (T5's, which folds it "
+                                     "into the initialisation).", flag=True),
     Option("local_kv_heads_num", "Key/value heads (grouped-query attention; must divide heads_num; default: "
                                  "heads_num).", None, int),
     Option("bidirectional", "Bidirectional rnn/lstm/gru.", flag=True),
@@ -175,6 +189,8 @@ _DECLARED = [
     Option("decoder_layernorm_positioning", "The decoder's LayerNorm: before each sub-layer, without dropout (pre, "
                                             "the reference mt/t5 decoder), or after it, with --dropout (post, "
                                             "BART's).", "pre", choices=("pre", "post")),
+    Option("decoder_final_layernorm", "A LayerNorm after the decoder's last layer (T5's; the reference mt/t5 decoder "
+                                      "has none).", flag=True),
     Option("share_embedding", "The decoder reads the encoder's word embedding: one table for both sides (BART); "
                               "needs one vocabulary for source and target.", flag=True),
     Option("pooling", "Pooling (cls target).", "first", choices=POOLINGS),
@@ -283,9 +299,11 @@ class Command:
 
 VOCAB = "vocab_path spm_model_path tgt_vocab_path tgt_spm_model_path"
 MODEL = ("embedding remove_embedding_layernorm encoder mask layernorm_positioning layernorm hidden_act "
-         "feed_forward remove_transformer_bias rotary_position_embedding rope_base local_kv_heads_num bidirectional "
+         "feed_forward remove_transformer_bias rotary_position_embedding rope_base relative_position_embedding "
+         "relative_attention_buckets_num relative_attention_max_distance remove_attention_scale local_kv_heads_num "
+         "bidirectional "
          "factorized_embedding_parameterization parameter_sharing tgt_embedding decoder decoder_layernorm_positioning "
-         "share_embedding pooling target "
+         "decoder_final_layernorm share_embedding pooling target "
          "tie_weights has_lmtarget_bias")
 INFERENCE = (("model", f"load_model_path config_path {VOCAB} tokenizer labels_num {MODEL}"),)
 MASKING = "span_masking span_geo_prob span_max_length whole_word_masking user_dict_path"
@@ -297,7 +315,7 @@ COMMANDS: dict[str, Command] = {
         ("instances", "tokenizer do_lower_case processes_num target docs_buffer_size seq_length tgt_seq_length "
                       f"dup_factor short_seq_prob full_sentences seed dynamic_masking {MASKING} "
                       "sentence_selection_strategy gap_sentence_ratio infilling_ratio poisson_lambda "
-                      "sentence_permutation")),
+                      "sentence_permutation sentinel_tokens")),
         {"corpus_path": {"required": True}, "dataset_path": {"help": "Output dataset file."},
          "target": {"registry": "instance_builder", "help": "Pre-training target the dataset is built for."}}),
     "pretrain": Command("pretrain.py", "Pre-train a model assembled from an embedding, an encoder, an optional "
@@ -414,6 +432,19 @@ COMMANDS["convert_bart_from_uer_to_huggingface"] = Command(
      "config_path": {"required": True, "help": "The model's recipe (JSON)."},
      "vocab_path": {"help": "The model's vocabulary: its [CLS], [SEP] and [PAD] become the directory's start, "
                             "end and padding tokens (for generation in transformers)."}})
+COMMANDS["convert_t5_from_huggingface_to_uer"] = Command(
+    "convert_t5_from_huggingface_to_uer.py", "Convert a transformers T5ForConditionalGeneration directory (T5 v1.1) "
+                                             "to a uer model file (--target t5) and its recipe.",
+    (("files", "input_dir output_model_path output_config_path"),),
+    {"input_dir": {"required": True}, "output_model_path": {"required": True}})
+COMMANDS["convert_t5_from_uer_to_huggingface"] = Command(
+    "convert_t5_from_uer_to_huggingface.py", "Convert a uer T5 v1.1 model to a transformers "
+                                             "T5ForConditionalGeneration directory.",
+    (("files", "input_model_path config_path vocab_path output_dir"),),
+    {"input_model_path": {"required": True}, "output_dir": {"required": True},
+     "config_path": {"required": True, "help": "The model's recipe (JSON)."},
+     "vocab_path": {"help": "The model's vocabulary: its [CLS], [SEP] and [PAD] become the directory's decoder "
+                            "start, end and padding tokens (for generation in transformers)."}})
 COMMANDS["convert_llama_from_huggingface_to_uer"] = Command(
     "convert_llama_from_huggingface_to_uer.py", "Convert a transformers LlamaForCausalLM directory to a uer model "
                                                 "file and its recipe.",

@@ -42,6 +42,9 @@ class BuilderConfig:
     infilling_ratio: float = default("infilling_ratio")
     poisson_lambda: float = default("poisson_lambda")
     sentence_permutation: bool = default("sentence_permutation")
+    sentinel_tokens: bool = default("sentinel_tokens")
+    #: with sentinel_tokens, their ids in order (the vocabulary's [unusedN]; set by preprocess)
+    sentinel_ids: tuple = ()
 
     @classmethod
     def from_options(cls, values) -> "BuilderConfig":
@@ -472,13 +475,37 @@ class AlbertBuilder(BertBuilder):
 @register(INSTANCE_BUILDERS, "t5")
 class T5Builder(MlmBuilder):
     """The dataset of mlm; the decoder reads [CLS] + the original ids of the masked positions (in
-    position order) + [SEP], at most tgt_seq_length tokens, and predicts each next one."""
+    position order) + [SEP], at most tgt_seq_length tokens, and predicts each next one. With
+    --sentinel_tokens (T5's span corruption), each run of masked positions is one sentinel in the
+    source instead, and the decoder's ids are: sentinel 0, run 0, sentinel 1, run 1, ..., the next
+    sentinel; an instance with more runs than sentinels keeps the rest unmasked."""
+
+    def corrupt(self, ids: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source, decoder body) of an instance whose sorted masked positions are pos."""
+        sentinels = self.cfg.sentinel_ids
+        runs = np.split(pos, np.flatnonzero(np.diff(pos) != 1) + 1) if len(pos) else []
+        runs = runs[:len(sentinels)]
+        src, body, last = [], [], 0
+        for k, run in enumerate(runs):
+            src += [ids[last:run[0]], [sentinels[k]]]
+            body += [[sentinels[k]], ids[run[0]:run[-1] + 1]]
+            last = run[-1] + 1
+        src.append(ids[last:])
+        if len(runs) < len(sentinels):
+            body.append([sentinels[len(runs)]])
+        return (np.concatenate(src).astype(np.int64),
+                np.concatenate(body).astype(np.int64) if body else np.zeros(0, np.int64))
 
     def collate(self, ds, indices, rng):
         seqs, src = self._pad_batch(ds, indices)
         sp, T = self.special, self.cfg.tgt_seq_length
         rows = self._masked(ds, indices, seqs, src, rng)
-        dec = [np.concatenate([[sp.cls], orig[:T - 2], [sp.sep]]).astype(np.int64) for _, orig in rows]
+        if self.cfg.sentinel_tokens:
+            seqs, bodies = zip(*[self.corrupt(s, pos) for s, (pos, _) in zip(seqs, rows)])
+            src = pad_rows(seqs, sp.pad)
+        else:
+            bodies = [orig for _, orig in rows]
+        dec = [np.concatenate([[sp.cls], body[:T - 2], [sp.sep]]).astype(np.int64) for body in bodies]
         tgt_in = pad_rows([d[:-1] for d in dec], sp.pad)
         dec_pos, dec_tgt = flat_targets([np.arange(len(d) - 1) for d in dec], [d[1:] for d in dec],
                                         tgt_in.shape[1])

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -142,10 +142,23 @@ def units(n_docs: int, docs_buffer_size: int):
             yield range(u, min(u + UNIT_DOCS, buffer.stop)), buffer
 
 
+def sentinel_ids(vocab: Vocab) -> tuple[int, ...]:
+    """The vocabulary's [unusedN] tokens in the order of N: T5's sentinels."""
+    found = sorted((int(t[7:-1]), i) for t, i in vocab.w2i.items()
+                   if t.startswith("[unused") and t.endswith("]") and t[7:-1].isdigit())
+    return tuple(i for _, i in found)
+
+
 def build_dataset(job: PreprocessJob) -> dict:
     t0 = time.time()
     if job.show_progress is None:
         job = PreprocessJob(**{**job.__dict__, "show_progress": sys.stderr.isatty()})
+    if job.builder.sentinel_tokens:
+        ids = sentinel_ids(job.vocab)
+        if not ids:
+            raise UerError(f"--sentinel_tokens: the vocabulary {job.vocab.source} has no [unusedN] token to serve "
+                           "as a sentinel")
+        job = PreprocessJob(**{**job.__dict__, "builder": replace(job.builder, sentinel_ids=ids)})
     special = job.vocab.special_ids()
     words = None
     if job.builder.masking.whole_word_masking and INSTANCE_BUILDERS[job.target].masked:
@@ -269,6 +282,8 @@ def preprocess_problems(args) -> list[str]:
     expect(p, 0 < args.gap_sentence_ratio < 1, f"--gap_sentence_ratio must be in (0, 1), got {args.gap_sentence_ratio}")
     expect(p, 0 <= args.infilling_ratio < 1, f"--infilling_ratio must be in [0, 1), got {args.infilling_ratio}")
     expect(p, args.poisson_lambda > 0, f"--poisson_lambda must be positive, got {args.poisson_lambda}")
+    expect(p, not args.sentinel_tokens or args.target == "t5",
+           f"--sentinel_tokens is T5's span corruption: for --target t5, not {args.target}")
     if args.whole_word_masking:
         p += whole_word_problems(args.target, args.user_dict_path)
     elif args.user_dict_path is not None:

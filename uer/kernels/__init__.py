@@ -41,6 +41,8 @@ def swap(model: nn.Module, table: dict) -> list[str]:
             kernel = table.get(type(child))
             if kernel is not None:
                 swapped = kernel(child.p) if hasattr(child, "p") else kernel()
+                if getattr(child, "scale", None) is not None:
+                    swapped.scale = child.scale
                 setattr(parent, name, swapped.train(child.training))
                 used.add(kernel.__name__)
     return sorted(used)

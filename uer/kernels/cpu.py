@@ -150,8 +150,8 @@ class CpuAttention(ops.Attention):
 
     def forward(self, q, k, v, attn_mask=None, is_causal=False):
         threshold = cpu_threshold(self.p, self.training)
-        if threshold is None:
-            return super().forward(q, k, v, attn_mask, is_causal)
+        if threshold is None or self.scale is not None or (attn_mask is not None and attn_mask.dtype != torch.bool):
+            return super().forward(q, k, v, attn_mask, is_causal)  # T5's scale and position bias: the stock op
         if k.shape[2] != q.shape[2]:  # grouped-query attention: each K/V head for its query heads
             group = q.shape[2] // k.shape[2]
             k, v = k.repeat_interleave(group, 2), v.repeat_interleave(group, 2)

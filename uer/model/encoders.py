@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uer.config import ModelConfig
-from uer.model.layers import TransformerLayer, layer_norm
+from uer.model.layers import TransformerLayer, biased_mask, layer_norm, relative_position_bias
 from uer.model.ops import Dropout
 from uer.registry import EMBEDDINGS, ENCODERS, register
 
@@ -48,7 +48,8 @@ class TransformerEncoder(Encoder):
         super().__init__()
         self.causal = cfg.mask == "causal"
         self.prefix = cfg.mask == "causal_with_prefix"
-        self.selects_rows = cfg.mask == "fully_visible"
+        # the last layer at chosen rows alone: its queries' position bias would need gathering too
+        self.selects_rows = cfg.mask == "fully_visible" and not cfg.relative_position_embedding
         self.layers_num = cfg.layers_num
         self.parameter_sharing = cfg.parameter_sharing
         if cfg.factorized_embedding_parameterization:
@@ -60,6 +61,7 @@ class TransformerEncoder(Encoder):
             self.transformer = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.layers_num)])
         if cfg.layernorm_positioning == "pre":
             self.layer_norm = layer_norm(cfg)
+        self.relative_position_bias = relative_position_bias(cfg, bidirectional=cfg.mask != "causal")
 
     def forward(self, emb: torch.Tensor, seg: torch.Tensor, caches: list[dict] | None = None,
                 rows: tuple | None = None) -> torch.Tensor:
@@ -74,10 +76,17 @@ class TransformerEncoder(Encoder):
             mask = None if caches is not None and "k" in caches[0] else prefix_mask(seg)
         else:
             mask = (seg > 0)[:, None, None, :]  # [B, 1, 1, L]: padding keys are invisible
+        causal = self.causal
+        if self.relative_position_bias is not None:  # one bias for every layer, the mask folded in
+            past = caches[0]["k"].shape[1] if caches is not None and "k" in caches[0] else 0
+            L = x.shape[1]
+            if self.causal:
+                mask = torch.ones(L, past + L, dtype=torch.bool, device=x.device).tril(past)
+            mask, causal = biased_mask(self.relative_position_bias(past, L, past + L, x.device), mask), False
         for i in range(self.layers_num):
             layer = self.transformer if self.parameter_sharing else self.transformer[i]
             last = rows if i == self.layers_num - 1 else None
-            x = layer(x, mask, self.causal, caches[i] if caches is not None else None, rows=last)
+            x = layer(x, mask, causal, caches[i] if caches is not None else None, rows=last)
         if hasattr(self, "layer_norm"):
             x = self.layer_norm(x)
         return x
@@ -110,6 +119,23 @@ class TransformerEncoder(Encoder):
                          f"heads_num = {cfg.hidden_size // cfg.heads_num} must be even")
             if not cfg.rope_base > 1:
                 p.append(f"--rope_base must be greater than 1, got {cfg.rope_base}")
+        if cfg.relative_position_embedding:
+            emb = EMBEDDINGS.get(cfg.embedding)
+            if emb is not None and emb.use_position:
+                p.append(f"--relative_position_embedding puts the positions into attention, but --embedding "
+                         f"{cfg.embedding} adds positions too: use --embedding word")
+            if cfg.rotary_position_embedding:
+                p.append("--relative_position_embedding and --rotary_position_embedding are two ways of giving "
+                         "attention the positions: choose one")
+            if cfg.mask == "causal_with_prefix":
+                p.append("--relative_position_embedding: not available with --mask causal_with_prefix")
+            if not (isinstance(cfg.relative_attention_buckets_num, int) and cfg.relative_attention_buckets_num >= 4):
+                p.append(f"--relative_attention_buckets_num must be at least 4, got "
+                         f"{cfg.relative_attention_buckets_num}")
+            elif not cfg.relative_attention_max_distance > cfg.relative_attention_buckets_num // 2:
+                p.append(f"--relative_attention_max_distance {cfg.relative_attention_max_distance} must exceed the "
+                         f"exact distances, half of --relative_attention_buckets_num "
+                         f"({cfg.relative_attention_buckets_num // 2})")
         if cfg.mask == "causal_with_prefix" and cfg.target != "prefixlm":
             p.append(f"--mask causal_with_prefix reads segment 1 as the prefix of a prefixlm instance: use it with "
                      f"--target prefixlm, not {cfg.target}")

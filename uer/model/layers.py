@@ -1,6 +1,8 @@
 """Building blocks shared by the slots. Parameter names follow the reference checkpoints."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,7 +84,7 @@ class MultiHeadedAttention(nn.Module):
     heads_num / kv_heads query heads. rope_base: RoPE on the queries and keys (self-attention)."""
 
     def __init__(self, hidden_size: int, heads_num: int, dropout: float, kv_heads: int | None = None,
-                 bias: bool = True, rope_base: float | None = None):
+                 bias: bool = True, rope_base: float | None = None, scale: float | None = None):
         super().__init__()
         self.heads_num = heads_num
         self.kv_heads = kv_heads or heads_num
@@ -91,7 +93,7 @@ class MultiHeadedAttention(nn.Module):
         self.linear_layers = nn.ModuleList([nn.Linear(hidden_size, size, bias=bias)
                                             for size in (hidden_size, kv_size, kv_size)])
         self.rotary = RotaryEmbedding(self.per_head, rope_base) if rope_base else None
-        self.attention = Attention(dropout)
+        self.attention = Attention(dropout, scale)
         self.final_linear = nn.Linear(hidden_size, hidden_size, bias=bias)
 
     def _project(self, x: torch.Tensor, first: int, n: int) -> list[torch.Tensor]:
@@ -183,7 +185,55 @@ def layer_norm(cfg: ModelConfig) -> LayerNorm:
 def self_attention(cfg: ModelConfig, dropout: float, rope: bool = False) -> MultiHeadedAttention:
     return MultiHeadedAttention(cfg.hidden_size, cfg.heads_num, dropout, cfg.local_kv_heads_num,
                                 bias=not cfg.remove_transformer_bias,
-                                rope_base=cfg.rope_base if rope and cfg.rotary_position_embedding else None)
+                                rope_base=cfg.rope_base if rope and cfg.rotary_position_embedding else None,
+                                scale=1.0 if cfg.remove_attention_scale else None)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's relative position bias: `weight` [buckets, heads], a learned scalar per head for each
+    bucket of the distance key - query: distances below half the buckets have one each, the longer
+    ones share log-spaced buckets up to max_distance, and, bidirectional (an encoder), each sign has
+    half of the buckets. Computed once a forward, added to every layer's scores (T5 shares it)."""
+
+    def __init__(self, heads: int, buckets: int, max_distance: int, bidirectional: bool):
+        super().__init__()
+        self.buckets, self.max_distance, self.bidirectional = buckets, max_distance, bidirectional
+        self.weight = nn.Parameter(torch.zeros(buckets, heads))
+
+    def bucket(self, relative: torch.Tensor) -> torch.Tensor:
+        n, out = self.buckets, torch.zeros_like(relative)
+        if self.bidirectional:
+            n //= 2
+            out = out + (relative > 0).long() * n
+            distance = relative.abs()
+        else:
+            distance = (-relative).clamp(min=0)  # a causal query sees no key after it
+        exact = n // 2
+        far = exact + (torch.log(distance.clamp(min=1).float() / exact) / math.log(self.max_distance / exact)
+                       * (n - exact)).long()
+        return out + torch.where(distance < exact, distance, far.clamp(max=n - 1))
+
+    def forward(self, q_start: int, q_len: int, k_len: int, device) -> torch.Tensor:
+        """[1, heads, q_len, k_len] for queries at q_start.. and keys at 0..k_len-1."""
+        q = torch.arange(q_start, q_start + q_len, device=device)
+        k = torch.arange(k_len, device=device)
+        return F.embedding(self.bucket(k[None, :] - q[:, None]), self.weight).permute(2, 0, 1).unsqueeze(0)
+
+    def extra_repr(self) -> str:
+        return f"buckets={self.buckets}, max_distance={self.max_distance}, bidirectional={self.bidirectional}"
+
+
+def relative_position_bias(cfg: ModelConfig, bidirectional: bool) -> RelativePositionBias | None:
+    if not cfg.relative_position_embedding:
+        return None
+    return RelativePositionBias(cfg.heads_num, cfg.relative_attention_buckets_num,
+                                cfg.relative_attention_max_distance, bidirectional)
+
+
+def biased_mask(bias: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """A float attention mask: the position bias where `keep` (boolean, True = may attend,
+    broadcasting to it) allows, -inf elsewhere."""
+    return bias if keep is None else torch.where(keep, bias, float("-inf"))
 
 
 class TransformerLayer(nn.Module):

@@ -170,6 +170,8 @@ def model_problems(cfg: ModelConfig) -> list[str]:
            f"decoder_layernorm_positioning must be pre or post, got {cfg.decoder_layernorm_positioning!r}")
     expect(p, cfg.decoder_layernorm_positioning == "pre" or target.has_decoder,
            f"--decoder_layernorm_positioning post: --target {cfg.target} has no decoder")
+    expect(p, not cfg.decoder_final_layernorm or target.has_decoder,
+           f"--decoder_final_layernorm: --target {cfg.target} has no decoder")
     if cfg.share_embedding:
         if not target.has_decoder:
             p.append(f"--share_embedding: --target {cfg.target} has no decoder whose embedding could share the "

@@ -28,23 +28,26 @@ class Attention(nn.Module):
     """softmax(Q K^T / sqrt(d) + mask) V, with dropout p on the probabilities while training, for
     q [B, Lq, heads, d] and k, v [B, Lk, kv_heads, d] (kv_heads dividing heads: each K/V head
     serves heads / kv_heads consecutive query heads); a boolean mask (True = may attend)
-    broadcasts to [B, heads, Lq, Lk]. Returns [B, Lq, heads * d]."""
+    broadcasts to [B, heads, Lq, Lk], a float one is added to the scores. scale: the factor of
+    the scores (None: 1/sqrt(d)). Returns [B, Lq, heads * d]."""
 
-    def __init__(self, p: float):
+    def __init__(self, p: float, scale: float | None = None):
         super().__init__()
-        self.p = p
+        self.p, self.scale = p, scale
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
         B, Lq, h, d = q.shape
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(q.dtype)  # SDPA takes a float mask of the queries' dtype (autocast)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=attn_mask, is_causal=is_causal,
                                              dropout_p=self.p if self.training else 0.0,
-                                             enable_gqa=k.shape[2] != h)
+                                             enable_gqa=k.shape[2] != h, scale=self.scale)
         return out.transpose(1, 2).reshape(B, Lq, h * d)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}" + ("" if self.scale is None else f", scale={self.scale}")
 
 
 def token_terms(logits: torch.Tensor, labels: torch.Tensor):

@@ -318,6 +318,10 @@ class Seq2SeqTarget(Target):
         if cfg.emb_size != cfg.hidden_size:
             p.append(f"--target {cfg.target}: the decoder reads its embedding directly, so emb_size "
                      f"{cfg.emb_size} must equal hidden_size {cfg.hidden_size}")
+        emb = EMBEDDINGS.get(cfg.tgt_embedding)
+        if cfg.relative_position_embedding and emb is not None and emb.use_position:
+            p.append(f"--relative_position_embedding puts the positions into the decoder's attention too, but "
+                     f"--tgt_embedding {cfg.tgt_embedding} adds positions: use --tgt_embedding word")
         if cfg.rotary_position_embedding:
             p.append(f"--rotary_position_embedding applies to the encoder, and --target {cfg.target}'s decoder "
                      f"takes its positions from --tgt_embedding {cfg.tgt_embedding}: not available with a "
