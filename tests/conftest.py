@@ -26,6 +26,12 @@ MINI_DOC = os.path.join(SHARED, "corpora", "literature_mini.txt")
 TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "layers_num": 2, "dropout": 0.0}
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end tests first (a stable sort): the long ones start early, and the two worker
+    processes (pytest-xdist) end together on the short unit tests."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
     """A unit test runs in this process: one that starts Python in a child process (a command,

@@ -469,8 +469,8 @@ def test_bf16_pretraining_runs_on_any_cpu(tmp_path, system):
 
 # slow only, where another system trains the same parts: the whole word datasets have their own
 # tests in tests/test_whole_word.py and train as BERT and RoBERTa do; GPT's parts train in GPT-2,
-# Prefix LM and BERT
-SLOW_SYSTEMS = ("RoBERTa, whole word spans", "BERT, whole word masking", "GPT")
+# Prefix LM and BERT; the modern encoder's in LLaMA-style (gated, RoPE, no bias) and RoBERTa (mlm)
+SLOW_SYSTEMS = ("RoBERTa, whole word spans", "BERT, whole word masking", "GPT", "Modern encoder (mlm)")
 
 
 @pytest.mark.e2e
