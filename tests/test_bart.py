@@ -208,3 +208,20 @@ def test_export_hf_writes_a_bart_directory_with_its_logits_checked(tmp_path, zh_
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok.convert_ids_to_tokens([back.config.decoder_start_token_id, back.config.eos_token_id]) == ["[CLS]",
                                                                                                          "[SEP]"]
+
+
+def test_the_noise_options_are_for_their_targets_only(tmp_path):
+    from conftest import BERT_CORPUS, ZH_VOCAB
+    from uer.data.preprocess import preprocess_problems
+    from uer.options import parse
+
+    argv = ["--corpus_path", BERT_CORPUS, "--vocab_path", ZH_VOCAB, "--dataset_path", str(tmp_path / "d.pt")]
+    args, explicit = parse("preprocess", argv + ["--target", "mlm", "--infilling_ratio", "0.2",
+                                                 "--gap_sentence_ratio", "0.5"])
+    p = preprocess_problems(args, frozenset(explicit))
+    assert "--infilling_ratio is read by --target bart only, not mlm" in p
+    assert "--gap_sentence_ratio is read by --target gsg only, not mlm" in p
+    args, explicit = parse("preprocess", argv + ["--target", "bart", "--infilling_ratio", "1.5",
+                                                 "--poisson_lambda", "0", "--sentence_permutation", "false"])
+    p = preprocess_problems(args, frozenset(explicit))
+    assert p == ["--infilling_ratio must be in [0, 1), got 1.5", "--poisson_lambda must be positive, got 0.0"]

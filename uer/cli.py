@@ -19,9 +19,9 @@ def _preprocess(argv: list[str] | None) -> int:
     from uer.vocab import load_vocab
 
     components.load("tokenizer", "instance_builder")
-    args, _ = parse("preprocess", argv)
+    args, explicit = parse("preprocess", argv)
     logs.setup(args.log_level)
-    problems = preprocess_problems(args)
+    problems = preprocess_problems(args, frozenset(explicit))
     if problems:
         raise ConfigError(problems)
     vocab = load_vocab(args.vocab_path, args.spm_model_path)

@@ -263,8 +263,16 @@ def _check_format(job: PreprocessJob, builder: InstanceBuilder, n_lines: int, n_
                        f"line, use --target mlm)")
 
 
-def preprocess_problems(args) -> list[str]:
+#: options that only one target's builder reads: given for another target, they are refused
+TARGET_OPTIONS = {"sentence_selection_strategy": "gsg", "gap_sentence_ratio": "gsg", "infilling_ratio": "bart",
+                  "poisson_lambda": "bart", "sentence_permutation": "bart"}
+
+
+def preprocess_problems(args, explicit: frozenset = frozenset()) -> list[str]:
+    """explicit: the options given on the command line (those of another target are refused)."""
     p: list[str] = []
+    p += [f"--{name} is read by --target {TARGET_OPTIONS[name]} only, not {args.target}"
+          for name in sorted(explicit) if TARGET_OPTIONS.get(name, args.target) != args.target]
     p += input_problems({f"--{n}": getattr(args, n) for n in ("corpus_path", "vocab_path", "spm_model_path")})
     if not args.vocab_path and not args.spm_model_path:
         p.append("give --vocab_path or --spm_model_path")
