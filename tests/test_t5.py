@@ -248,3 +248,20 @@ def test_sentinels_are_for_t5_only(tmp_path):
     args, _ = parse("preprocess", ["--corpus_path", DOC_CORPUS, "--vocab_path", ZH_VOCAB, "--target", "mlm",
                                    "--sentinel_tokens", "--dataset_path", str(tmp_path / "d.pt")])
     assert "--sentinel_tokens is T5's span corruption: for --target t5, not mlm" in preprocess_problems(args)
+
+
+def test_generation_input_takes_the_sentinels(zh_vocab):
+    """generate_lm.py --sentinel_tokens: the line's k-th [MASK] is the k-th sentinel, as in the
+    source a model pre-trained with --sentinel_tokens saw; without it, the mask token."""
+    from uer.api import Pretrained
+    from uer.data.preprocess import sentinel_ids
+    from uer.tokenizers import build_tokenizer
+    from uer.tools.generate_lm import source_ids
+
+    m = Pretrained(uer_t5(len(zh_vocab)), None, zh_vocab, build_tokenizer("bert", zh_vocab))
+    sentinels = sentinel_ids(zh_vocab)
+    ids = source_ids(m, "今天[MASK]好[MASK]", sentinels)
+    tok = [zh_vocab.w2i[c] for c in "今天好"]
+    assert ids == tok[:2] + [sentinels[0], tok[2], sentinels[1]]
+    assert source_ids(m, "今天[MASK]好[MASK]") == tok[:2] + [zh_vocab.special_ids().mask, tok[2],
+                                                              zh_vocab.special_ids().mask]

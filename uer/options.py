@@ -366,13 +366,16 @@ COMMANDS: dict[str, Command] = {
          "output_path": {"required": True, "help": "Where the features go (a torch tensor file)."},
          "batch_size": {"default": 64, "help": "Sentences per forward pass."}}),
     "generate_lm": Command("generate_lm.py", "", INFERENCE + (
-        ("generation", "test_path prediction_path seq_length tgt_seq_length top_k top_p temperature seed"),),
+        ("generation", "test_path prediction_path seq_length tgt_seq_length top_k top_p temperature seed "
+                       "sentinel_tokens"),),
         {"load_model_path": {"required": True}, "test_path": {"required": True, "help": "Prompts, one a line."},
          "prediction_path": {"required": True, "help": "Output: each prompt with its continuation (lm), or the "
                                                        "generated target (prefixlm, mt, t5, gsg, bart)."},
          "seq_length": {"help": "Total length, prompt included (lm, prefixlm); the longest source (mt, t5, gsg, "
                                 "bart)."},
          "tgt_seq_length": {"help": "mt, t5, gsg, bart: the longest generated target, its start token included."},
+         "sentinel_tokens": {"help": "t5 models pre-trained with --sentinel_tokens: the line's k-th [MASK] becomes "
+                                     "the k-th sentinel ([unused1], [unused2], ...)."},
          "target": {"default": "lm"}, "mask": {"default": "causal"}}),
     "extract_embeddings": Command("extract_embeddings.py", "", (
         ("files", f"load_model_path {VOCAB} word_embedding_path"),),

@@ -2,7 +2,8 @@
 --prediction_path: greedy with --top_k 1, else top-k / top-p sampling. An lm model continues the
 line (the output: the line and its continuation); a prefixlm model reads the line as the prefix,
 and mt, t5, gsg and bart models as the source (the output: the generated target alone; t5 fills
-the line's [MASK] tokens, gsg writes the sentences of its [MASK]s, bart the line rebuilt).
+the line's [MASK] tokens (each the next sentinel with --sentinel_tokens, for a model pre-trained
+so), gsg writes the sentences of its [MASK]s, bart the line rebuilt).
 Transformers keep a KV cache."""
 
 import logging
@@ -19,11 +20,14 @@ logger = logging.getLogger(__name__)
 TARGETS = ("lm", "prefixlm", "mt", "t5", "gsg", "bart")
 
 
-def source_ids(m: Pretrained, line: str) -> list[int]:
-    """The line's ids, a literal [MASK] kept as the mask token (t5's input)."""
+def source_ids(m: Pretrained, line: str, sentinels: tuple[int, ...] = ()) -> list[int]:
+    """The line's ids, a literal [MASK] kept as the mask token (t5's input), or, with sentinels
+    (a model pre-trained with --sentinel_tokens), the k-th [MASK] as the k-th sentinel."""
     ids: list[int] = []
     for k, part in enumerate(line.split("[MASK]")):
-        ids += ([m.special.mask] if k else []) + m.tokenizer.encode(part)
+        if k:
+            ids.append(sentinels[min(k - 1, len(sentinels) - 1)] if sentinels else m.special.mask)
+        ids += m.tokenizer.encode(part)
     return ids
 
 
@@ -53,10 +57,19 @@ def main(argv=None):
     sample = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                   generator=torch.Generator().manual_seed(args.seed))
     sp, tsp = m.special, m.tgt_special
+    sentinels = ()
+    if args.sentinel_tokens:
+        from uer.data.preprocess import sentinel_ids
+
+        if target != "t5":
+            raise UerError(f"--sentinel_tokens: the sentinels of T5's span corruption are for t5 models, not {target}")
+        sentinels = sentinel_ids(m.vocab)
+        if not sentinels:
+            raise UerError(f"--sentinel_tokens: the vocabulary {m.vocab.source} has no [unusedN] token")
     out = []
     for line in prompts:
         if seq2seq:
-            source = ([sp.cls] + source_ids(m, line) + [sp.sep])[:args.seq_length]
+            source = ([sp.cls] + source_ids(m, line, sentinels) + [sp.sep])[:args.seq_length]
             ids = gen.generate(source, args.tgt_seq_length, start_id=tsp.cls, stop_id=tsp.sep, **sample)
             out.append(m.decode([i for i in ids if i != tsp.sep], m.tgt_vocab) + "\n")
             continue
