@@ -225,3 +225,35 @@ def test_the_noise_options_are_for_their_targets_only(tmp_path):
                                                  "--poisson_lambda", "0", "--sentence_permutation", "false"])
     p = preprocess_problems(args, frozenset(explicit))
     assert p == ["--infilling_ratio must be in [0, 1), got 1.5", "--poisson_lambda must be positive, got 0.0"]
+
+
+def test_dynamic_noise_is_drawn_afresh_for_every_batch(tmp_path, zh_vocab):
+    """--dynamic_masking: the dataset keeps each run as it is (and its sentences' lengths); every
+    batch noises it anew, hiding the ratio, and the decoder's target is the run."""
+    from test_targets import build
+
+    from uer.data.loader import BatchLoader
+
+    sp = zh_vocab.special_ids()
+    chars = "一二三四五六七八九十百千万甲乙丙丁戊己庚辛壬癸天地人"
+    sentences = [chars[k:k + 3] for k in range(0, 27, 3)]
+    text = "\n".join(sentences[:7]) + "\n\n" + "\n".join(sentences[7:]) + "\n"
+    ds = build(tmp_path, text, "bart", zh_vocab, seq_length=14, dynamic_masking=True, dup_factor=3)
+    assert len(ds) == 3 and ds.header["dup_factor"] == 1  # the runs once: the copies are the epochs
+    runs = [sentences[:4], sentences[4:7], sentences[7:]]
+    assert [ds.ragged("sent_lengths", i).tolist() for i in range(3)] == [[3] * 4, [3] * 3, [3, 2]]
+    loader = BatchLoader(ds, sp, batch_size=3)
+    seen = set()
+    for epoch in range(4):
+        b = loader.batch(epoch, 0, np.arange(3))
+        width = b["tgt_in"].shape[1]
+        for r, run in enumerate(runs):
+            original = [zh_vocab.w2i[c] for s in run for c in s]
+            src = [t for t in b["src"][r].tolist() if t != sp.pad]
+            kept = [t for t in src[1:-1] if t != sp.mask]
+            assert src[0] == sp.cls and src[-1] == sp.sep and set(kept) <= set(original)
+            assert len(original) - len(kept) == round(0.3 * len(original))
+            dec = [t for p, t in zip(b["dec_pos"].tolist(), b["dec_tgt"].tolist()) if p // width == r]
+            assert dec == original + [sp.sep]
+            seen.add((r, tuple(src)))
+    assert len(seen) > 6  # the noise differs from batch to batch

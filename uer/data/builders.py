@@ -596,14 +596,18 @@ class MtBuilder(UnmaskedBuilder):
         return out.to_chunk()
 
     def collate(self, ds, indices, rng):
-        seqs, src = self._pad_batch(ds, indices)
-        tgts = [np.asarray(ds.ragged("tgt_tokens", int(i))) for i in indices]
-        tgt_in = pad_rows([t[:-1] for t in tgts], 0)
-        dec_pos, dec_tgt = flat_targets([np.arange(len(t) - 1) for t in tgts], [t[1:] for t in tgts],
-                                        tgt_in.shape[1])
-        return {"src": src, "seg": real_mask(seqs, src.shape[1]), "tgt_in": tgt_in,
-                "tgt_seg": real_mask([t[:-1] for t in tgts], tgt_in.shape[1]),
-                "dec_pos": dec_pos, "dec_tgt": dec_tgt}
+        seqs = self.instance_tokens(ds, indices)
+        return seq2seq_batch(seqs, [np.asarray(ds.ragged("tgt_tokens", int(i))) for i in indices],
+                             self.special.pad)
+
+
+def seq2seq_batch(seqs, tgts, pad: int) -> dict:
+    """An encoder-decoder batch: the sources, and the decoder reading tgt[:-1] to predict tgt[1:]."""
+    src = pad_rows(seqs, pad)
+    tgt_in = pad_rows([t[:-1] for t in tgts], 0)
+    dec_pos, dec_tgt = flat_targets([np.arange(len(t) - 1) for t in tgts], [t[1:] for t in tgts], tgt_in.shape[1])
+    return {"src": src, "seg": real_mask(seqs, src.shape[1]), "tgt_in": tgt_in,
+            "tgt_seg": real_mask([t[:-1] for t in tgts], tgt_in.shape[1]), "dec_pos": dec_pos, "dec_tgt": dec_tgt}
 
 
 @register(INSTANCE_BUILDERS, "gsg")
@@ -664,11 +668,25 @@ class BartBuilder(GsgBuilder):
     round(--infilling_ratio * n) of the run's n tokens, each span replaced by one [MASK] (a span of
     length 0 inserts one), an unhidden token between any two. src = [CLS] noised run [SEP],
     tgt = [CLS] the original run [SEP] cut to tgt_seq_length + 1, rebuilt by the decoder.
-    --dup_factor copies of every run, each with noise of its own."""
+    --dup_factor copies of every run, each with noise of its own; with --dynamic_masking the runs
+    are stored as they are and noised afresh in every batch."""
 
     @property
     def dup_factor(self) -> int:
-        return self.cfg.dup_factor
+        return 1 if self.cfg.dynamic_masking else self.cfg.dup_factor
+
+    def fields(self, token_dtype, store_size) -> list[Field]:
+        if not self.cfg.dynamic_masking:
+            return super().fields(token_dtype, store_size)
+        # --dynamic_masking: the run as it is and its sentences' lengths; the noise comes per batch
+        return [Field("tokens", True, np.dtype(token_dtype).name), Field("sent_lengths", True, "uint32")]
+
+    def noise(self, run: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """[CLS] the run's sentences shuffled and infilled [SEP]."""
+        sp = self.special
+        order = rng.permutation(len(run)) if self.cfg.sentence_permutation else range(len(run))
+        noised = self.infill(np.concatenate([run[k] for k in order]), rng)
+        return np.concatenate([[sp.cls], noised, [sp.sep]]).astype(np.int64)
 
     def infill(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """ids with text infilling's spans each replaced by one [MASK]; at most seq_length - 2 long."""
@@ -701,13 +719,28 @@ class BartBuilder(GsgBuilder):
         sp, T = self.special, self.cfg.tgt_seq_length
         out = Instances(["tokens", "tgt_tokens"], [])
         runs = [run for d in docs for run in self.runs(corpus.sentences(d))]
+        if self.cfg.dynamic_masking:
+            out = Instances(["tokens", "sent_lengths"], [])
+            for run in runs:
+                out.add(tokens=np.concatenate([[sp.cls], *run, [sp.sep]]).astype(np.int64),
+                        sent_lengths=np.array([len(x) for x in run], dtype=np.int64))
+            return out.to_chunk()
         for _ in range(self.dup_factor):
             for run in runs:
-                order = rng.permutation(len(run)) if self.cfg.sentence_permutation else range(len(run))
-                noised = self.infill(np.concatenate([run[k] for k in order]), rng)
-                out.add(tokens=np.concatenate([[sp.cls], noised, [sp.sep]]).astype(np.int64),
+                out.add(tokens=self.noise(run, rng),
                         tgt_tokens=np.concatenate([[sp.cls], *run, [sp.sep]]).astype(np.int64)[:T + 1])
         return out.to_chunk()
+
+    def collate(self, ds, indices, rng):
+        if not self.cfg.dynamic_masking:
+            return super().collate(ds, indices, rng)
+        seqs, tgts, T = [], [], self.cfg.tgt_seq_length
+        for i in indices:
+            tokens = np.asarray(ds.ragged("tokens", int(i))).astype(np.int64)
+            bounds = np.cumsum(np.asarray(ds.ragged("sent_lengths", int(i))).astype(np.int64))
+            seqs.append(self.noise(np.split(tokens[1:-1], bounds[:-1]), rng))
+            tgts.append(tokens[:T + 1])
+        return seq2seq_batch(seqs, tgts, self.special.pad)
 
 
 @register(INSTANCE_BUILDERS, "prefixlm")
