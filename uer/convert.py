@@ -252,17 +252,23 @@ def llama_pairs(layers_num: int, bias: bool) -> list[tuple[str, str]]:
     return pairs
 
 
+def _config_problems(conf: dict, kind: str, ints: tuple[str, ...], where: str) -> list[str]:
+    """The first checks of a config.json for `kind`: its model_type, and the whole-number sizes
+    uer reads (missing ones are an error at once, the later checks read them)."""
+    missing = [k for k in ints if not isinstance(conf.get(k), int)]
+    if missing:
+        raise UerError(f"{where}: no whole-number {', '.join(missing)}")
+    if conf.get("model_type") != kind:
+        return [f"{where}: model_type is {conf.get('model_type')!r}, expected {kind!r}"]
+    return []
+
+
 def llama_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
     """transformers' LlamaConfig fields -> a uer recipe; what uer cannot build exactly is refused,
     every reason in one error."""
-    p = []
-    if conf.get("model_type") != "llama":
-        p.append(f"{where}: model_type is {conf.get('model_type')!r}, expected 'llama'")
+    p = _config_problems(conf, "llama", ("hidden_size", "num_attention_heads", "intermediate_size",
+                                         "num_hidden_layers", "vocab_size"), where)
     H, heads = conf.get("hidden_size"), conf.get("num_attention_heads")
-    missing = [k for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers",
-                           "vocab_size") if not isinstance(conf.get(k), int)]
-    if missing:
-        raise UerError(f"{where}: no whole-number {', '.join(missing)}")
     head_dim = conf.get("head_dim") or H // heads
     if head_dim * heads != H:
         p.append(f"{where}: head_dim {head_dim} x num_attention_heads {heads} differs from hidden_size {H} "
@@ -378,13 +384,8 @@ def bart_pairs(layers_num: int) -> list[tuple[str, str]]:
 def bart_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
     """transformers' BartConfig fields -> a uer recipe; what uer cannot build exactly is refused,
     every reason in one error."""
-    p = []
-    if conf.get("model_type") != "bart":
-        p.append(f"{where}: model_type is {conf.get('model_type')!r}, expected 'bart'")
-    missing = [k for k in ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "vocab_size")
-               if not isinstance(conf.get(k), int)]
-    if missing:
-        raise UerError(f"{where}: no whole-number {', '.join(missing)}")
+    p = _config_problems(conf, "bart", ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
+                                        "vocab_size"), where)
     for enc, dec in (("encoder_layers", "decoder_layers"), ("encoder_attention_heads", "decoder_attention_heads"),
                      ("encoder_ffn_dim", "decoder_ffn_dim")):
         if conf.get(dec, conf[enc]) != conf[enc]:
@@ -511,13 +512,7 @@ def t5_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
     """transformers' T5Config fields -> a uer recipe (T5 v1.1's layout; tie_weights is settled by
     t5_from_hf from the weights); what uer cannot build exactly is refused, every reason in one
     error."""
-    p = []
-    if conf.get("model_type") != "t5":
-        p.append(f"{where}: model_type is {conf.get('model_type')!r}, expected 't5'")
-    missing = [k for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_heads", "vocab_size")
-               if not isinstance(conf.get(k), int)]
-    if missing:
-        raise UerError(f"{where}: no whole-number {', '.join(missing)}")
+    p = _config_problems(conf, "t5", ("d_model", "d_kv", "d_ff", "num_layers", "num_heads", "vocab_size"), where)
     H = conf["d_model"]
     if conf["d_kv"] * conf["num_heads"] != H:
         p.append(f"{where}: d_kv {conf['d_kv']} x num_heads {conf['num_heads']} differs from d_model {H} "

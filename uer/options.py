@@ -422,43 +422,24 @@ for _family in ("bert", "gpt2", "albert"):
                                     "tokenizer files; its logits are checked against uer's."}})
 
 
-COMMANDS["convert_bart_from_huggingface_to_uer"] = Command(
-    "convert_bart_from_huggingface_to_uer.py", "Convert a transformers BartForConditionalGeneration directory to a "
-                                               "uer model file (--target bart) and its recipe.",
-    (("files", "input_dir output_model_path output_config_path"),),
-    {"input_dir": {"required": True}, "output_model_path": {"required": True}})
-COMMANDS["convert_bart_from_uer_to_huggingface"] = Command(
-    "convert_bart_from_uer_to_huggingface.py", "Convert a uer bart model to a transformers "
-                                               "BartForConditionalGeneration directory.",
-    (("files", "input_model_path config_path vocab_path output_dir"),),
-    {"input_model_path": {"required": True}, "output_dir": {"required": True},
-     "config_path": {"required": True, "help": "The model's recipe (JSON)."},
-     "vocab_path": {"help": "The model's vocabulary: its [CLS], [SEP] and [PAD] become the directory's start, "
-                            "end and padding tokens (for generation in transformers)."}})
-COMMANDS["convert_t5_from_huggingface_to_uer"] = Command(
-    "convert_t5_from_huggingface_to_uer.py", "Convert a transformers T5ForConditionalGeneration directory (T5 v1.1) "
-                                             "to a uer model file (--target t5) and its recipe.",
-    (("files", "input_dir output_model_path output_config_path"),),
-    {"input_dir": {"required": True}, "output_model_path": {"required": True}})
-COMMANDS["convert_t5_from_uer_to_huggingface"] = Command(
-    "convert_t5_from_uer_to_huggingface.py", "Convert a uer T5 v1.1 model to a transformers "
-                                             "T5ForConditionalGeneration directory.",
-    (("files", "input_model_path config_path vocab_path output_dir"),),
-    {"input_model_path": {"required": True}, "output_dir": {"required": True},
-     "config_path": {"required": True, "help": "The model's recipe (JSON)."},
-     "vocab_path": {"help": "The model's vocabulary: its [CLS], [SEP] and [PAD] become the directory's decoder "
-                            "start, end and padding tokens (for generation in transformers)."}})
-COMMANDS["convert_llama_from_huggingface_to_uer"] = Command(
-    "convert_llama_from_huggingface_to_uer.py", "Convert a transformers LlamaForCausalLM directory to a uer model "
-                                                "file and its recipe.",
-    (("files", "input_dir output_model_path output_config_path"),),
-    {"input_dir": {"required": True}, "output_model_path": {"required": True}})
-COMMANDS["convert_llama_from_uer_to_huggingface"] = Command(
-    "convert_llama_from_uer_to_huggingface.py", "Convert a LLaMA-style uer model to a transformers "
-                                                "LlamaForCausalLM directory.",
-    (("files", "input_model_path config_path output_dir"),),
-    {"input_model_path": {"required": True}, "output_dir": {"required": True},
-     "config_path": {"required": True, "help": "The model's recipe (JSON)."}})
+#: the families converted as transformers model directories with a recipe (uer.convert.DIR_FAMILIES):
+#: (the transformers class, what the uer model is, whether its directory takes the vocabulary's special ids)
+_DIR_FAMILIES = {"llama": ("LlamaForCausalLM", "a LLaMA-style uer model", False),
+                 "bart": ("BartForConditionalGeneration", "a uer bart model", True),
+                 "t5": ("T5ForConditionalGeneration", "a uer T5 v1.1 model (--target t5)", True)}
+for _family, (_class, _model, _special) in _DIR_FAMILIES.items():
+    COMMANDS[f"convert_{_family}_from_huggingface_to_uer"] = Command(
+        f"convert_{_family}_from_huggingface_to_uer.py", f"Convert a transformers {_class} directory to a uer model "
+                                                         "file and its recipe.",
+        (("files", "input_dir output_model_path output_config_path"),),
+        {"input_dir": {"required": True}, "output_model_path": {"required": True}})
+    COMMANDS[f"convert_{_family}_from_uer_to_huggingface"] = Command(
+        f"convert_{_family}_from_uer_to_huggingface.py", f"Convert {_model} to a transformers {_class} directory.",
+        (("files", "input_model_path config_path " + ("vocab_path " if _special else "") + "output_dir"),),
+        {"input_model_path": {"required": True}, "output_dir": {"required": True},
+         "config_path": {"required": True, "help": "The model's recipe (JSON)."},
+         "vocab_path": {"help": "The model's vocabulary: its [CLS], [SEP] and [PAD] become the directory's decoder "
+                                "start, end and padding tokens (for generation in transformers)."}})
 
 
 def build_parser(command: str, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
