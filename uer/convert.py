@@ -263,6 +263,17 @@ def _config_problems(conf: dict, kind: str, ints: tuple[str, ...], where: str) -
     return []
 
 
+def _our_act(act: str, field: str, where: str, problems: list[str]) -> str | None:
+    """uer's name for transformers' activation `act` (the config's `field`); None, with the problem
+    listed, when uer has no such activation."""
+    ours = [u for u, names in HF_ACTS.items() if act in names]
+    if not ours:
+        problems.append(f"{where}: {field} {act!r} is not one of uer's activations "
+                        f"({', '.join(n for names in HF_ACTS.values() for n in names)})")
+        return None
+    return ours[0]
+
+
 def llama_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
     """transformers' LlamaConfig fields -> a uer recipe; what uer cannot build exactly is refused,
     every reason in one error."""
@@ -281,16 +292,12 @@ def llama_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
     if conf.get("attention_bias", False) != conf.get("mlp_bias", False):
         p.append(f"{where}: attention_bias {conf.get('attention_bias')} and mlp_bias {conf.get('mlp_bias')} "
                  "differ; uer's --remove_transformer_bias removes both or neither")
-    act = conf.get("hidden_act", "silu")
-    ours = [u for u, names in HF_ACTS.items() if act in names]
-    if not ours:
-        p.append(f"{where}: hidden_act {act!r} is not one of uer's activations "
-                 f"({', '.join(n for names in HF_ACTS.values() for n in names)})")
+    act = _our_act(conf.get("hidden_act", "silu"), "hidden_act", where, p)
     if p:
         raise UerError("cannot convert this LLaMA model to uer:\n  " + "\n  ".join(p))
     kv = conf.get("num_key_value_heads") or heads
     recipe = {"emb_size": H, "hidden_size": H, "feedforward_size": conf["intermediate_size"], "heads_num": heads,
-              "layers_num": conf["num_hidden_layers"], "hidden_act": ours[0], "dropout": 0.0,
+              "layers_num": conf["num_hidden_layers"], "hidden_act": act, "dropout": 0.0,
               "max_seq_length": conf.get("max_position_embeddings", 2048),
               "layernorm": "rms", "layernorm_eps": conf.get("rms_norm_eps", 1e-6), "feed_forward": "gated",
               "remove_transformer_bias": not conf.get("attention_bias", False),
@@ -398,16 +405,12 @@ def bart_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
             p.append(f"{where}: {flag} is true ({what}); uer builds BART's layout, without it")
     if not conf.get("tie_word_embeddings", True):
         p.append(f"{where}: tie_word_embeddings is false; uer's bart ties lm_head to the shared embedding")
-    act = conf.get("activation_function", "gelu")
-    ours = [u for u, names in HF_ACTS.items() if act in names]
-    if not ours:
-        p.append(f"{where}: activation_function {act!r} is not one of uer's activations "
-                 f"({', '.join(n for names in HF_ACTS.values() for n in names)})")
+    act = _our_act(conf.get("activation_function", "gelu"), "activation_function", where, p)
     if p:
         raise UerError("cannot convert this BART model to uer:\n  " + "\n  ".join(p))
     H = conf["d_model"]
     return {"emb_size": H, "hidden_size": H, "feedforward_size": conf["encoder_ffn_dim"],
-            "heads_num": conf["encoder_attention_heads"], "layers_num": conf["encoder_layers"], "hidden_act": ours[0],
+            "heads_num": conf["encoder_attention_heads"], "layers_num": conf["encoder_layers"], "hidden_act": act,
             "dropout": conf.get("dropout", 0.1), "max_seq_length": conf.get("max_position_embeddings", 1024),
             "layernorm": "torch", "layernorm_eps": 1e-5, "embedding": "word_pos", "encoder": "transformer",
             "mask": "fully_visible", "layernorm_positioning": "post", "tgt_embedding": "word_pos",
@@ -525,15 +528,12 @@ def t5_recipe_from_hf(conf: dict, where: str = "config.json") -> dict:
                  "uer builds T5 v1.1's, without it")
     proj = conf.get("feed_forward_proj", "relu")
     gated = proj.startswith("gated-")
-    act = conf.get("dense_act_fn") or ("gelu_new" if proj == "gated-gelu" else proj.split("-")[-1])
-    ours = [u for u, names in HF_ACTS.items() if act in names]
-    if not ours:
-        p.append(f"{where}: the feed-forward activation {act!r} is not one of uer's "
-                 f"({', '.join(n for names in HF_ACTS.values() for n in names)})")
+    act = _our_act(conf.get("dense_act_fn") or ("gelu_new" if proj == "gated-gelu" else proj.split("-")[-1]),
+                   "the feed-forward activation", where, p)
     if p:
         raise UerError("cannot convert this T5 model to uer:\n  " + "\n  ".join(p))
     return {"emb_size": H, "hidden_size": H, "feedforward_size": conf["d_ff"], "heads_num": conf["num_heads"],
-            "layers_num": conf["num_layers"], "hidden_act": ours[0], "dropout": conf.get("dropout_rate", 0.1),
+            "layers_num": conf["num_layers"], "hidden_act": act, "dropout": conf.get("dropout_rate", 0.1),
             "max_seq_length": conf.get("n_positions") or 512, "layernorm": "rms",
             "layernorm_eps": conf.get("layer_norm_epsilon", 1e-6), "feed_forward": "gated" if gated else "dense",
             "remove_transformer_bias": True, "embedding": "word", "remove_embedding_layernorm": True,
