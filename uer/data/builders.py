@@ -692,11 +692,12 @@ class BartBuilder(GsgBuilder):
         """ids with text infilling's spans each replaced by one [MASK]; at most seq_length - 2 long."""
         n, mask = len(ids), self.special.mask
         m = int(round(self.cfg.infilling_ratio * n))
-        lengths = []
-        while sum(lengths) < m:
+        lengths, total = [], 0
+        while total < m:
             lengths.append(int(rng.poisson(self.cfg.poisson_lambda)))
+            total += lengths[-1]
         if lengths:
-            lengths[-1] -= sum(lengths) - m
+            lengths[-1] -= total - m
         gaps = n - m + 1  # spans go between the n - m tokens kept, one span a gap at most
         while len(lengths) > gaps:  # too many spans: one joins another
             extra = lengths.pop()
@@ -704,16 +705,13 @@ class BartBuilder(GsgBuilder):
         room = self.cfg.seq_length - 2
         while n - m + len(lengths) > room and 0 in lengths:  # insertions may not lengthen a full run
             lengths.remove(0)
-        at = dict(zip(sorted(rng.choice(gaps, len(lengths), replace=False).tolist()), lengths))
-        out, k = [], 0
-        for g in range(gaps):
-            if g in at:
-                out.append(mask)
-                k += at[g]
-            if g < n - m:
-                out.append(ids[k])
-                k += 1
-        return np.asarray(out, dtype=np.int64)
+        at = np.sort(rng.choice(gaps, len(lengths), replace=False))
+        lengths = np.asarray(lengths, dtype=np.int64)
+        # span i starts after the at[i] tokens kept and the tokens of the spans before it: element
+        # j of arange(m) is the j-th hidden token, so at[i] + arange places span i's
+        hidden = np.zeros(n, dtype=bool)
+        hidden[np.repeat(at, lengths) + np.arange(m)] = True
+        return np.insert(np.asarray(ids)[~hidden], at, mask).astype(np.int64)
 
     def build_unit(self, corpus, docs, pool, rng):
         sp, T = self.special, self.cfg.tgt_seq_length
