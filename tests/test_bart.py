@@ -245,7 +245,7 @@ def test_dynamic_noise_is_drawn_afresh_for_every_batch(tmp_path, zh_vocab):
     loader = BatchLoader(ds, sp, batch_size=3)
     seen = set()
     for epoch in range(4):
-        b = loader.batch(epoch, 0, np.arange(3))
+        b = loader.batch(np.full(3, epoch), np.arange(3))
         width = b["tgt_in"].shape[1]
         for r, run in enumerate(runs):
             original = [zh_vocab.w2i[c] for s in run for c in s]

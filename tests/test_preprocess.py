@@ -145,11 +145,12 @@ def test_loader_batches(tmp_path, zh_vocab):
     r0 = BatchLoader(ds, zh_vocab.special_ids(), 4, rank=0, world_size=2).share
     r1 = BatchLoader(ds, zh_vocab.special_ids(), 4, rank=1, world_size=2).share
     assert r0.stop == r1.start and r0.start == 0 and r1.stop == len(ds)
-    # one epoch visits every instance of the share once
+    # the first len(ds) samples of the stream are epoch 0, every instance once; then epoch 1
     loader = BatchLoader(ds, zh_vocab.special_ids(), batch_size=4, seed=1)
-    epoch = [key for _, key in zip(range(loader.batches_per_epoch), loader.sampler)]
-    assert [(e, b) for e, b, _ in epoch] == [(0, b) for b in range(loader.batches_per_epoch)]
-    assert sorted(i for _, _, indices in epoch for i in indices) == list(range(len(ds)))
+    keys = [key for _, key in zip(range(-(-2 * len(ds) // 4)), loader.sampler)]
+    epochs, instances = (np.concatenate(k) for k in zip(*keys))
+    assert (epochs[:len(ds)] == 0).all() and sorted(instances[:len(ds)]) == list(range(len(ds)))
+    assert (epochs[len(ds):2 * len(ds)] == 1).all() and sorted(instances[len(ds):2 * len(ds)]) == list(range(len(ds)))
 
 
 def _workers() -> list:

@@ -99,7 +99,8 @@ def test_resume_refuses_a_different_run(tmp_path, setup):
     out = tmp_path / "m.bin"
     assert run_script(*args(setup, out, 4), timeout=300).returncode == 0
     proc = run_script(*args(setup, out, 4, "--resume", "--batch_size", "4"), timeout=300)
-    assert_clean_error(proc, "cannot change when a run continues", "batch_size: 8 -> 4")
+    assert_clean_error(proc, "cannot change when a run continues", "global batch", "16 (8 x 2 x 1) -> 8 (4 x 2 x 1)",
+                       "keep it with --batch_size 16 or --batch_size 8 --accumulation_steps 2")
 
 
 def test_an_interrupted_save_leaves_the_previous_file(tmp_path, monkeypatch):

@@ -128,7 +128,9 @@ class InstanceBuilder:
         """Instances of the documents `docs`; `pool` is the document buffer they belong to."""
         raise NotImplementedError
 
-    def collate(self, ds: Dataset, indices: np.ndarray, rng: np.random.Generator) -> dict:
+    def collate(self, ds: Dataset, indices: np.ndarray, rngs: list[np.random.Generator]) -> dict:
+        """The batch of these instances; rngs: one generator an instance, for its draws alone
+        (dynamic masks, noise), so that an instance comes out the same in any batch."""
         raise NotImplementedError
 
     def instance_tokens(self, ds: Dataset, indices) -> list[np.ndarray]:
@@ -163,9 +165,9 @@ class InstanceBuilder:
         seqs = self.instance_tokens(ds, indices)
         return seqs, pad_rows(seqs, self.special.pad)
 
-    def _masked(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
+    def _masked(self, ds: Dataset, indices: np.ndarray, seqs, src, rngs):
         """Per row, the sorted masked positions and their original ids; applies the static masks,
-        or dynamic masking (all rows at once), to src."""
+        or dynamic masking (all rows at once, each with its own generator), to src."""
         if self.static_masking:
             rows = []
             for b, i in enumerate(indices):
@@ -175,14 +177,14 @@ class InstanceBuilder:
             return rows
         lengths = np.array([len(q) for q in seqs], dtype=np.int64)
         masked, pos, counts, orig = self.masker.mask_flat(np.concatenate(seqs) if len(seqs) else
-                                                          np.zeros(0, np.int64), lengths, rng)
+                                                          np.zeros(0, np.int64), lengths, list(rngs))
         src[real_mask(seqs, src.shape[1]) > 0] = masked  # rows are left-aligned
         bounds = np.cumsum(counts)[:-1]
         return list(zip(np.split(pos, bounds), np.split(orig.astype(np.int64), bounds)))
 
-    def _mlm_targets(self, ds: Dataset, indices: np.ndarray, seqs, src, rng):
+    def _mlm_targets(self, ds: Dataset, indices: np.ndarray, seqs, src, rngs):
         """Flat predicted positions and their original ids; applies the masks to src."""
-        rows = self._masked(ds, indices, seqs, src, rng)
+        rows = self._masked(ds, indices, seqs, src, rngs)
         return flat_targets([p for p, _ in rows], [t for _, t in rows], src.shape[1])
 
 
@@ -408,12 +410,12 @@ class BertBuilder(SpanBuilder):
         return [np.concatenate([[sp.cls], read(a, a + la), [sp.sep], read(b, b + lb), [sp.sep]]).astype(np.int64)
                 for a, la, b, lb in spans.tolist()]
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         spans = ds.rows("spans", indices)
         seqs = self.assemble(spans, lambda a, b: ds.read("store", a, b))
         src = pad_rows(seqs, self.special.pad)
         seg = segments(spans[:, 1] + 2, seqs, src.shape[1])
-        mlm_pos, mlm_tgt = self._mlm_targets(ds, indices, seqs, src, rng)
+        mlm_pos, mlm_tgt = self._mlm_targets(ds, indices, seqs, src, rngs)
         return {"src": src, "seg": seg, "mlm_pos": mlm_pos, "mlm_tgt": mlm_tgt, "label": labels(ds, indices)}
 
     def stored(self, ds, i):
@@ -453,9 +455,9 @@ class MlmBuilder(SpanBuilder):
     def assemble(self, spans, read):
         return [read(a, a + n).astype(np.int64) for a, n in spans.tolist()]
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         seqs, src = self._pad_batch(ds, indices)
-        mlm_pos, mlm_tgt = self._mlm_targets(ds, indices, seqs, src, rng)
+        mlm_pos, mlm_tgt = self._mlm_targets(ds, indices, seqs, src, rngs)
         return {"src": src, "seg": real_mask(seqs, src.shape[1]), "mlm_pos": mlm_pos, "mlm_tgt": mlm_tgt}
 
 
@@ -496,10 +498,10 @@ class T5Builder(MlmBuilder):
         return (np.concatenate(src).astype(np.int64),
                 np.concatenate(body).astype(np.int64) if body else np.zeros(0, np.int64))
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         seqs, src = self._pad_batch(ds, indices)
         sp, T = self.special, self.cfg.tgt_seq_length
-        rows = self._masked(ds, indices, seqs, src, rng)
+        rows = self._masked(ds, indices, seqs, src, rngs)
         if self.cfg.sentinel_tokens:
             seqs, bodies = zip(*[self.corrupt(s, pos) for s, (pos, _) in zip(seqs, rows)])
             src = pad_rows(seqs, sp.pad)
@@ -537,7 +539,7 @@ class LmBuilder(UnmaskedBuilder):
                 out.add(tokens=doc[start:start + n])
         return out.to_chunk()
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         pieces = [np.asarray(ds.ragged("tokens", int(i))) for i in indices]
         seqs = [p[:self.cfg.seq_length] for p in pieces]
         src = pad_rows(seqs, self.special.pad)
@@ -562,7 +564,7 @@ class BilmBuilder(UnmaskedBuilder):
                 out.add(tokens=ids[start:start + S])
         return out.to_chunk()
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         sp = self.special
         seqs, src = self._pad_batch(ds, indices)
         width = src.shape[1]
@@ -595,7 +597,7 @@ class MtBuilder(UnmaskedBuilder):
                         :self.cfg.tgt_seq_length + 1])
         return out.to_chunk()
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         seqs = self.instance_tokens(ds, indices)
         return seq2seq_batch(seqs, [np.asarray(ds.ragged("tgt_tokens", int(i))) for i in indices],
                              self.special.pad)
@@ -656,8 +658,8 @@ class GsgBuilder(UnmaskedBuilder):
                         tgt_tokens=np.concatenate([[sp.cls], *tgt, [sp.sep]]).astype(np.int64)[:T + 1])
         return out.to_chunk()
 
-    def collate(self, ds, indices, rng):
-        return MtBuilder.collate(self, ds, indices, rng)
+    def collate(self, ds, indices, rngs):
+        return MtBuilder.collate(self, ds, indices, rngs)
 
 
 @register(INSTANCE_BUILDERS, "bart")
@@ -729,11 +731,11 @@ class BartBuilder(GsgBuilder):
                         tgt_tokens=np.concatenate([[sp.cls], *run, [sp.sep]]).astype(np.int64)[:T + 1])
         return out.to_chunk()
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         if not self.cfg.dynamic_masking:
-            return super().collate(ds, indices, rng)
+            return super().collate(ds, indices, rngs)
         seqs, tgts, T = [], [], self.cfg.tgt_seq_length
-        for i in indices:
+        for i, rng in zip(indices, rngs):
             tokens = np.asarray(ds.ragged("tokens", int(i))).astype(np.int64)
             bounds = np.cumsum(np.asarray(ds.ragged("sent_lengths", int(i))).astype(np.int64))
             seqs.append(self.noise(np.split(tokens[1:-1], bounds[:-1]), rng))
@@ -765,7 +767,7 @@ class PrefixLmBuilder(UnmaskedBuilder):
             out.add(tokens=tokens, seg_split=len(prefix))
         return out.to_chunk()
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         seqs, src = self._pad_batch(ds, indices)
         splits = np.asarray(ds.arrays["seg_split"][np.asarray(indices)]).astype(np.int64)
         # position p predicts token p + 1, from the prefix's [SEP] (p = split - 1) to the end
@@ -801,7 +803,7 @@ class ClsBuilder(UnmaskedBuilder):
             out.add(tokens=src, seg_split=min(split, len(src)), label=int(corpus.doc_label[d]))
         return out.to_chunk()
 
-    def collate(self, ds, indices, rng):
+    def collate(self, ds, indices, rngs):
         seqs, src = self._pad_batch(ds, indices)
         splits = np.asarray(ds.arrays["seg_split"][np.asarray(indices)])
         return {"src": src, "seg": segments(splits, seqs, src.shape[1]), "label": labels(ds, indices)}

@@ -1,10 +1,15 @@
-"""Training data loader: each rank reads only its contiguous share of the memory-mapped dataset,
-visits it in a fresh permutation every epoch, and yields padded batches through
-torch.utils.data.DataLoader (a worker process builds them ahead).
+"""Training data loader: one global sample order, whatever the topology, of which each rank
+takes its part of every optimizer step, read from the memory-mapped dataset and yielded as padded
+batches through torch.utils.data.DataLoader (a worker process builds them ahead).
 
-The position in the stream is (epoch, batch index); every random draw of a batch (the
-permutation, dynamic masks) comes from generators seeded by (seed, rank, epoch[, batch]), so a
-batch can be recomputed from its position alone.
+Epoch e is a permutation of the whole dataset seeded by (seed, e); the epochs one after the other
+are a stream, and optimizer step k takes its instances [kG, (k+1)G), G the global batch
+(batch_size x accumulation_steps x processes). The random draws of an instance (dynamic masks,
+BART's noise) are seeded by (seed, epoch, instance). So a step's instances and their masks do not
+depend on how many processes share it, how each cuts its part into micro-batches, or where a run
+was resumed: a run continues on another topology with the very samples it would have had, as long
+as G stays. (Each rank holds the epoch's order and, with length buckets, every instance's length:
+4 + 4 bytes an instance.)
 """
 from __future__ import annotations
 
@@ -36,56 +41,84 @@ PREFETCH_BATCHES = 16  # batches ready ahead at most: enough to hide the loader,
 
 
 def shard(n: int, rank: int, world_size: int) -> range:
-    """The contiguous share of rank r: disjoint shares that together cover [0, n)."""
+    """The contiguous share of rank r: disjoint shares that together cover [0, n) (evaluation)."""
     return range(n * rank // world_size, n * (rank + 1) // world_size)
 
 
 class BatchSampler(torch.utils.data.Sampler):
-    """One rank's batches as (epoch, index, instance indices), from batch `start` on, forever.
-    Each epoch is a permutation of the share; with length buckets, each window of BUCKET_BATCHES
-    optimizer steps of it is sorted by length, cut into steps (batch_size x accumulation_steps
-    instances), and the steps of the window are shuffled. A function of (seed, rank, epoch) only,
-    so a resumed run continues with the very batches it would have had."""
+    """One rank's micro-batches as (epochs, instances), from micro-batch `start` on, forever. Step k
+    is the global order's instances [kG, (k+1)G) (see the module's docstring): rank r takes the r-th
+    of its `world_size` consecutive parts, cut into `accumulation_steps` micro-batches. With length
+    buckets, each window of BUCKET_BATCHES steps of an epoch is sorted by length, cut into steps and
+    the steps shuffled. A function of (seed, epoch) only: a resumed run continues with the very
+    samples it would have had, on any topology of the same global batch."""
 
-    def __init__(self, share: range, batch_size: int, seed: int, rank: int, step_size: int, lengths=None):
-        self.share, self.batch_size, self.seed, self.rank = share, batch_size, seed, rank
-        self.step_size = step_size  # a bucket is cut into whole optimizer steps
-        self.lengths = lengths      # None: no buckets; else a function giving the share's lengths
-        self.batches_per_epoch = -(-len(share) // batch_size)
+    def __init__(self, n: int, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1,
+                 accumulation_steps: int = 1, lengths=None):
+        self.n, self.batch_size, self.seed, self.rank = n, batch_size, seed, rank
+        self.accumulation_steps = accumulation_steps
+        self.global_batch = batch_size * accumulation_steps * world_size
+        self.lengths = lengths      # None: no buckets; else a function giving every instance's length
         self.start = 0
-        self._lengths, self._cached = None, (None, None)
+        self._lengths, self._orders = None, {}
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        if self._cached[0] == epoch:
-            return self._cached[1]
-        rng = np.random.default_rng([self.seed, self.rank, epoch])
-        n = len(self.share)
-        index = np.int32 if self.share.stop < 2**31 else np.int64  # 4 bytes an instance
-        order = rng.permutation(n).astype(index)
+        """The instances of an epoch in the order training visits them."""
+        if epoch in self._orders:
+            return self._orders[epoch]
+        rng = np.random.default_rng([self.seed, epoch])
+        n = self.n
+        order = rng.permutation(n).astype(np.int32 if n < 2**31 else np.int64)  # 4 bytes an instance
         if self.lengths is not None:
             if self._lengths is None:
                 self._lengths = self.lengths()
-            unit = self.step_size  # so accumulation gives the same steps as one bigger batch
+            unit = self.global_batch  # a bucket is cut into whole optimizer steps
             window = unit * BUCKET_BATCHES
-            # window by window (no temporary of the share's size): sort by length (stable), cut
+            # the epoch's first steps start where the stream's do: the instances before that end
+            # the last epoch's partial step, unsorted
+            first = -epoch * n % unit
+            # window by window (no temporary of the dataset's size): sort by length (stable), cut
             # into whole steps, shuffle the steps; a last partial step stays last
-            for w in range(0, n, window):
+            for w in range(min(first, n), n, window):
                 part = order[w:w + window]
                 part = part[np.argsort(self._lengths[part], kind="stable")]
                 full = len(part) // unit * unit
                 steps = part[:full].reshape(-1, unit)[rng.permutation(full // unit)]
                 order[w:w + full] = steps.ravel()
                 order[w + full:w + len(part)] = part[full:]
-        self._cached = (epoch, self.share.start + order)
-        return self._cached[1]
+        if len(self._orders) > 1:  # a batch spans two epochs at most
+            del self._orders[min(self._orders)]
+        self._orders[epoch] = order
+        return order
+
+    def positions(self, j: int) -> range:
+        """Where this rank's micro-batch j lies in the global order."""
+        k, m = divmod(j, self.accumulation_steps)
+        lo = k * self.global_batch + (self.rank * self.accumulation_steps + m) * self.batch_size
+        return range(lo, lo + self.batch_size)
+
+    def instances(self, positions: range) -> tuple[np.ndarray, np.ndarray]:
+        """(epoch, instance) of each position of the global order."""
+        epochs, at = np.divmod(np.arange(positions.start, positions.stop, dtype=np.int64), self.n)
+        out = np.empty(len(at), dtype=np.int64)
+        for e in np.unique(epochs).tolist():
+            here = epochs == e
+            out[here] = self.epoch_order(e)[at[here]]
+        return epochs, out
 
     def __iter__(self):
-        epoch, b = divmod(self.start, self.batches_per_epoch)
+        j = self.start
         while True:
-            order = self.epoch_order(epoch)
-            for b in range(b, self.batches_per_epoch):
-                yield epoch, b, order[b * self.batch_size:(b + 1) * self.batch_size]
-            epoch, b = epoch + 1, 0
+            yield self.instances(self.positions(j))
+            j += 1
+
+
+def instance_rngs(seed: int, epochs: np.ndarray, instances: np.ndarray, purpose: int) -> list[np.random.Generator]:
+    """One generator an instance, a stream of its own: counter-based Philox keyed by (seed, epoch),
+    its counter starting at (instance, purpose) in the high words (half the cost of a seeded PCG64,
+    which hashes its seed)."""
+    return [np.random.Generator(np.random.Philox(key=[seed % 2**64, e], counter=[0, 0, i, purpose]))
+            for e, i in zip(epochs.tolist(), instances.tolist())]
 
 
 class BatchLoader:
@@ -97,26 +130,28 @@ class BatchLoader:
         self.builder = builder_for(dataset, special, masking, words)
         self.batch_size = batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.share = shard(len(dataset), rank, world_size)
+        self.share = shard(len(dataset), rank, world_size)  # (evaluation: each rank one part of the file)
         if len(self.share) == 0:
             raise UerError(f"dataset {dataset.path} has {len(dataset)} instances, too few for "
                            f"{world_size} processes")
-        lengths = (lambda: self.builder.lengths(dataset, self.share.start, self.share.stop)) if length_buckets else None
-        self.sampler = BatchSampler(self.share, batch_size, seed, rank, batch_size * accumulation_steps, lengths)
-        self.batches_per_epoch = self.sampler.batches_per_epoch
+        lengths = (lambda: self.builder.lengths(dataset, 0, len(dataset))) if length_buckets else None
+        self.sampler = BatchSampler(len(dataset), batch_size, seed, rank=rank, world_size=world_size,
+                                    accumulation_steps=accumulation_steps, lengths=lengths)
+        self.batches_per_epoch = -(-len(self.share) // batch_size)  # of ordered()
         tgt_size = header.get("tgt_vocab_size", header["vocab_size"])
         self._id_limits = {"src": header["vocab_size"], "mlm_tgt": header["vocab_size"],
                            "tgt_in": tgt_size, "dec_tgt": tgt_size}
         self._stream = None
 
     def seek(self, batches_consumed: int) -> None:
-        """Continue as if `batches_consumed` batches had been taken (the stream is a function of
-        its position)."""
+        """Continue as if this rank had taken `batches_consumed` micro-batches (the stream is a
+        function of its position)."""
         self.sampler.start, self._stream = batches_consumed, None
 
-    def batch(self, epoch: int, b: int, indices: np.ndarray) -> dict:
-        """The arrays of batch b of an epoch; its draws (dynamic masks) are seeded by its position."""
-        return self._collate(indices, np.random.default_rng([self.seed, self.rank, epoch, b, 1]))
+    def batch(self, epochs: np.ndarray, indices: np.ndarray) -> dict:
+        """The arrays of these instances of these epochs; each one's draws (dynamic masks) seeded
+        by (seed, epoch, instance), whatever batch it is in."""
+        return self._collate(indices, instance_rngs(self.seed, epochs, indices, 1))
 
     def next_arrays(self) -> dict:
         """The next batch, built here (no worker)."""
@@ -128,18 +163,18 @@ class BatchLoader:
 
     def ordered(self):
         """One pass over this rank's share in file order (evaluation); draws such as dynamic masks
-        are seeded by the batch index, so every pass is the same."""
+        are seeded by the instance, so every pass, on any number of processes, is the same."""
         for b in range(self.batches_per_epoch):
             indices = np.arange(self.share.start + b * self.batch_size,
                                 min(self.share.start + (b + 1) * self.batch_size, self.share.stop))
-            rng = np.random.default_rng([self.seed, self.rank, b, 2])
-            yield tensors(self._collate(indices, rng))
+            yield tensors(self._collate(indices, instance_rngs(self.seed, np.zeros_like(indices), indices, 2)))
 
-    def _collate(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
-        """The builder's batch, with its ids checked: a damaged file must not reach an embedding."""
+    def _collate(self, indices: np.ndarray, rngs: list) -> dict:
+        """The builder's batch (rngs: one generator an instance), with its ids checked: a damaged
+        file must not reach an embedding."""
         bad = None
         try:
-            arrays = self.builder.collate(self.ds, indices, rng)
+            arrays = self.builder.collate(self.ds, indices, rngs)
         except IndexError as e:  # an id beyond a lookup table
             bad = str(e)
         else:

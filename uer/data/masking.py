@@ -109,51 +109,64 @@ class Masker:
             chosen = [int(order[np.argmin(size[order])])]
         return np.array(chosen, dtype=np.int64), rng.random(len(chosen))
 
-    def _apply(self, ids: np.ndarray, positions: np.ndarray, fate: np.ndarray, rng: np.random.Generator):
+    def _apply(self, ids: np.ndarray, positions: np.ndarray, fate: np.ndarray, random_ids):
         """(masked copy of ids, original ids at positions): each picked position becomes [MASK]
-        (fate < 0.8), a random non-special id (fate < 0.9) or stays."""
+        (fate < 0.8), a random non-special id (fate < 0.9: random_ids, one a position, or drawn
+        from the generator given instead) or stays."""
         originals = ids[positions].copy()
         out = ids.copy()
         out[positions[fate < 0.8]] = self.special.mask
-        to_rand = positions[(fate >= 0.8) & (fate < 0.9)]
-        if len(to_rand):
-            pool = self._replacement_pool
-            out[to_rand] = pool[rng.integers(0, len(pool), len(to_rand))]
+        to_rand = (fate >= 0.8) & (fate < 0.9)
+        if to_rand.any():
+            if isinstance(random_ids, np.random.Generator):
+                pool = self._replacement_pool
+                out[positions[to_rand]] = pool[random_ids.integers(0, len(pool), int(to_rand.sum()))]
+            else:
+                out[positions[to_rand]] = random_ids[to_rand]
         return out, originals
 
-    def mask_flat(self, flat: np.ndarray, lengths, rng: np.random.Generator):
+    def mask_flat(self, flat: np.ndarray, lengths, rng):
         """Mask many instances at once: `flat` holds them one after the other, `lengths` their
-        sizes. Returns (masked flat ids, positions within each instance, masked count per
-        instance, original ids); positions are sorted within an instance. Token mode is
-        vectorised over all instances; span and whole word modes go one instance at a time."""
+        sizes; rng: one generator for all, or a list of one generator an instance (its draws its
+        own, the same in any batch). Returns (masked flat ids, positions within each instance,
+        masked count per instance, original ids); positions are sorted within an instance. Token
+        mode is vectorised over all instances; span and whole word modes go one instance at a time."""
         if self.cfg.whole_word_masking and self.words is None:
             raise ValueError("whole word masking needs the vocabulary's word boundaries (words=WordSplitter)")
         flat = np.asarray(flat)
         lengths = np.asarray(lengths, dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         if self.cfg.span_masking or self.cfg.whole_word_masking:
-            parts = [self(flat[a:a + n], rng) for a, n in zip(starts, lengths)]
+            rngs = rng if isinstance(rng, list) else [rng] * len(lengths)
+            parts = [self(flat[a:a + n], g) for a, n, g in zip(starts, lengths, rngs)]
             if not parts:
                 return flat.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64), flat[:0].copy()
             return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                     np.array([len(p[1]) for p in parts], dtype=np.int64), np.concatenate([p[2] for p in parts]))
+        # per position: a sort key, a fate and a replacement id, drawn before knowing the choice
+        pool = len(self._replacement_pool)
+        if isinstance(rng, list):
+            draws = [(g.random((2, n)), g.integers(0, pool, n)) for g, n in zip(rng, lengths.tolist())]
+            uniform = np.concatenate([d[0] for d in draws], axis=1) if draws else np.zeros((2, 0))
+            spare = np.concatenate([d[1] for d in draws]) if draws else np.zeros(0, np.int64)
+        else:
+            uniform, spare = rng.random((2, len(flat))), rng.integers(0, pool, len(flat))
         eligible = ~self._special_table[flat]
-        # budget K = max(1, round(0.15 n)), half to even as Python's round
+        # budget K = max(1, round(0.15 n)), half to even as Python's round: the K eligible
+        # positions of smallest key (a uniform K-subset), one row per instance
         budget = np.maximum(1, np.round(MASK_RATE * lengths)).astype(np.int64)
-        # a random subset of K eligible positions per instance: shuffle each instance's row of
-        # candidate positions (one row per instance, -1 where not eligible) and keep the first K
         width = int(lengths.max(initial=0))
         inside = np.arange(width)[None, :] < lengths[:, None]
-        cand = np.full(inside.shape, -1, dtype=np.int64)
-        cand[inside] = np.where(eligible, np.arange(len(flat)), -1)
-        cand = rng.permuted(cand, axis=1)
-        ok = cand >= 0
-        chosen = ok & (np.cumsum(ok, axis=1, dtype=np.int32) <= budget[:, None])
+        keys = np.full(inside.shape, 3.0)
+        keys[inside] = np.where(eligible, uniform[0], 2.0)  # the ineligible after every eligible one
+        order = np.argsort(keys, axis=1)
+        rank_ok = np.arange(width)[None, :] < budget[:, None]
+        chosen = rank_ok & (np.take_along_axis(keys, order, axis=1) < 2.0)
         picked = np.zeros(len(flat), dtype=bool)
-        picked[cand[chosen]] = True
+        picked[(starts[:, None] + order)[chosen]] = True
         positions = np.flatnonzero(picked)  # sorted, without a sort
         row = np.repeat(np.arange(len(lengths)), lengths)[positions]
-        out, originals = self._apply(flat, positions, rng.random(len(positions)), rng)
+        out, originals = self._apply(flat, positions, uniform[1][positions], self._replacement_pool[spare[positions]])
         counts = np.bincount(row, minlength=len(lengths)).astype(np.int64)
         return out, positions - starts[row], counts, originals
 

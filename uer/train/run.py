@@ -30,12 +30,33 @@ def new_identity() -> dict:
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+#: the data order of the runs this version writes: one global sample order (uer.data.loader)
+SAMPLE_ORDER = "global"
+#: how the global batch is shared out; any of them may change when a run continues
+TOPOLOGY = ("world_size", "batch_size", "accumulation_steps")
+
+
 def run_shape(tcfg, world_size: int) -> dict:
-    """What must not change for a resumed run to continue exactly."""
+    """The run's shape: what must not change for a resumed run to continue exactly (all but the
+    TOPOLOGY, which may change as long as the global batch stays)."""
     return {"world_size": world_size, "batch_size": tcfg.batch_size,
-            "accumulation_steps": tcfg.accumulation_steps, "seed": tcfg.seed, "total_steps": tcfg.total_steps,
-            "warmup": tcfg.warmup, "dataset_path": os.path.abspath(tcfg.dataset_path),
-            "length_buckets": tcfg.length_buckets}
+            "accumulation_steps": tcfg.accumulation_steps,
+            "global_batch": tcfg.batch_size * tcfg.accumulation_steps * world_size, "seed": tcfg.seed,
+            "total_steps": tcfg.total_steps, "warmup": tcfg.warmup, "dataset_path": os.path.abspath(tcfg.dataset_path),
+            "length_buckets": tcfg.length_buckets, "sample_order": SAMPLE_ORDER}
+
+
+def _global_batch_problem(saved: dict, now: dict) -> str:
+    """The refusal of a changed global batch, with the batch sizes that would keep it."""
+    g, w = saved["global_batch"], now["world_size"]
+    said = (f"global batch (batch_size x accumulation_steps x processes): {g} "
+            f"({saved['batch_size']} x {saved['accumulation_steps']} x {saved['world_size']}) -> "
+            f"{now['global_batch']} ({now['batch_size']} x {now['accumulation_steps']} x {w})")
+    if g % w:
+        return said + f"; {w} processes cannot share {g} instances a step evenly: use a number that divides {g}"
+    ways = [f"--batch_size {g // w // a}" + (f" --accumulation_steps {a}" if a > 1 else "")
+            for a in range(1, g // w + 1) if (g // w) % a == 0][:3]
+    return said + f"; with {w} processes keep it with " + " or ".join(ways)
 
 
 def _plain(value):
@@ -70,9 +91,16 @@ def resume_changes(saved: dict, tcfg, mcfg, world_size: int) -> tuple[list[str],
     `name: saved -> now`. Refused ones stop the resume; the rest are used from here on."""
     refused, applied = [], []
     now_shape = run_shape(tcfg, world_size)
+    shape = dict(saved["shape"])
+    shape.setdefault("global_batch", shape["batch_size"] * shape["accumulation_steps"] * shape["world_size"])
+    if shape.get("sample_order") != SAMPLE_ORDER:  # written before the order was global
+        applied.append("sample order: each process its own part of the dataset -> one global order (the "
+                       "samples from here on are not the ones the earlier version would have given)")
     for k, v in now_shape.items():
-        if saved["shape"].get(k) != v:
-            refused.append(f"{k}: {saved['shape'].get(k)} -> {v}")
+        if k == "global_batch" and shape[k] != v:
+            refused.append(_global_batch_problem(shape, now_shape))
+        elif k != "sample_order" and shape.get(k) != v:
+            (applied if k in TOPOLOGY else refused).append(f"{k}: {shape.get(k)} -> {v}")
     for k, v in as_saved(mcfg, saved["model"]).items():
         old = saved["model"].get(k)
         if old != _plain(v):

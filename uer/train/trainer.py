@@ -143,9 +143,9 @@ def _all_reduce(t: torch.Tensor, rank: Rank) -> torch.Tensor:
 def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: SpecialIds,
           masking: MaskingConfig | None = None, log=None, rank: Rank = Rank(), progress=None,
           worker: str = "process", card: dict | None = None, words=None) -> dict:
-    """Train on this rank's share of the dataset. With several ranks the model is wrapped in DDP,
-    gradients are synchronised once per optimizer step, loss counts and report metrics are summed
-    over all ranks, and only rank 0 logs and saves. progress: an object with update(n) (a tqdm
+    """Train on this rank's part of every step of the global sample order. With several ranks the
+    model is wrapped in DDP (or sharded, --fsdp), gradients are synchronised once per optimizer
+    step, loss counts and report metrics are summed over all ranks, and only rank 0 logs and saves. progress: an object with update(n) (a tqdm
     bar) told of every step; worker: how batches are built ahead (BatchLoader.prefetch); log: a
     callable for the run's lines instead of the "uer.train.trainer" logger (they reach --log_path
     only if it logs them). Changes
@@ -384,7 +384,12 @@ def restore(path: str, step: int, tcfg: TrainConfig, mcfg: ModelConfig, rank: Ra
     apply_to_optimizer(tcfg, optimizer, scheduler)
     if state["scaler"]:
         precision.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"][rank.rank], device)
+    if len(state["rng"]) == rank.world_size:
+        set_rng_state(state["rng"][rank.rank], device)
+    else:  # another number of processes: dropout draws anew (they differ between ranks anyway)
+        torch.manual_seed(tcfg.seed + rank.rank + 1_000_003 * step)
+        applied = applied + [f"random state (dropout): that of {len(state['rng'])} processes -> drawn anew for "
+                             f"{rank.world_size}"]
     log(f"Resuming {which} from {path} at step {step}."
         + (f" Options changed since, used from step {step + 1} on: {'; '.join(applied)}." if applied else "")
         + (" The learning rate keeps its place on the schedule." if any(a.startswith("learning_rate:")
@@ -427,7 +432,7 @@ def save_checkpoint(step: int, model, optimizer, scheduler, precision: Precision
     state = {"step": step, "optimizer": moments, "scheduler": copy.deepcopy(scheduler.state_dict()),
              "scaler": precision.scaler.state_dict(), "rng": rngs, "run": run,
              "weights": None if weights is None else fingerprint(weights),
-             "batches_consumed_per_rank": step * tcfg.accumulation_steps}
+             "samples_consumed": step * tcfg.batch_size * tcfg.accumulation_steps * rank.world_size}
 
     def finish() -> None:  # rank 0, once the model part is complete
         save_training_state(state_path(path), state)
