@@ -1,7 +1,7 @@
 """Resume on another topology (#30 item 4): one global sample order, whatever the number of
 processes and the way each cuts its part of a step into micro-batches; masks drawn per instance; a
 run checkpointed with 2 DDP processes continues with 3 FSDP ones, whose checkpoint continues as one
-plain process, the loss curve staying the uninterrupted run's; a changed global batch is refused
+plain process, and that one's as 2 FSDP processes, the loss curve staying the uninterrupted run's; a changed global batch is refused
 with the batch sizes that would keep it."""
 import csv
 import os
@@ -110,7 +110,7 @@ def _pretrain(d, out, world, batch, accumulation, *extra):
                                   "gloo", "--master_ip", f"tcp://127.0.0.1:{free_port()}"]
     proc = run_script(os.path.join("pretrain.py"), "--dataset_path", str(d / "d.pt"), "--vocab_path", ZH_VOCAB,
                       "--config_path", str(d / "tiny.json"), "--dropout", "0", "--target", "mlm",
-                      "--output_model_path", str(out), "--total_steps", "9", "--save_checkpoint_steps", "3",
+                      "--output_model_path", str(out), "--total_steps", "12", "--save_checkpoint_steps", "3",
                       "--report_steps", "1", "--learning_rate", "1e-3", "--batch_size", str(batch),
                       "--accumulation_steps", str(accumulation), "--metrics_path", str(out) + ".csv", "--resume",
                       *dist, *extra, timeout=400)
@@ -130,25 +130,29 @@ def _continue(source, step, out):
 @pytest.mark.e2e
 def test_a_run_continues_on_another_topology_with_the_same_curve(tmp_path, tiny_mlm):
     """2 DDP processes (batch 6) to step 3; from there 3 FSDP processes (batch 4) to step 6; from
-    their distributed checkpoint one plain process (batch 6 x 2 accumulated) to step 9: the loss of
-    every step and the final weights are the uninterrupted 2-process run's."""
+    their distributed checkpoint one plain process (batch 6 x 2 accumulated) to step 9; from its
+    checkpoint 2 FSDP processes (batch 3 x 2) to step 12: the loss of every step and the final
+    weights are the uninterrupted 2-process run's."""
     full = tmp_path / "full" / "m.bin"
     _, reference = _pretrain(tiny_mlm, full, 2, 6, 1)
-    assert sorted(reference) == list(range(1, 10))
-    fsdp = tmp_path / "fsdp" / "m.bin"
-    _continue(full, 3, fsdp)
-    said, curve = _pretrain(tiny_mlm, fsdp, 3, 4, 1, "--fsdp")
-    assert "at step 3" in said and "world_size: 2 -> 3" in said and "batch_size: 6 -> 4" in said, said
-    assert os.path.isfile(f"{fsdp}-6/.metadata")  # a distributed checkpoint, of three ranks' shards
-    plain = tmp_path / "plain" / "m.bin"
-    _continue(fsdp, 6, plain)
-    _, rest = _pretrain(tiny_mlm, plain, 1, 6, 2)
-    curve.update(rest)
-    assert sorted(curve) == list(range(4, 10))
+    assert sorted(reference) == list(range(1, 13))
+    curve, source = {}, full
+    for step, name, topology, extra in ((3, "fsdp3", (3, 4, 1), ["--fsdp"]), (6, "plain", (1, 6, 2), []),
+                                        (9, "fsdp2", (2, 3, 2), ["--fsdp"])):
+        out = tmp_path / name / "m.bin"
+        _continue(source, step, out)
+        said, part = _pretrain(tiny_mlm, out, *topology, *extra)
+        assert f"at step {step}" in said, said
+        assert sorted(part) == list(range(step + 1, 13))
+        curve.update({k: v for k, v in part.items() if k <= step + 3})
+        source = out
+    assert "world_size: 1 -> 2" in said and "batch_size: 6 -> 3" in said, said
+    assert os.path.isfile(f"{tmp_path / 'fsdp3' / 'm.bin'}-6/.metadata")  # a distributed checkpoint, 3 ranks'
+    assert sorted(curve) == list(range(4, 13))
     for step, (loss, count) in curve.items():
         assert count == reference[step][1], step  # the same samples, the same masks
         assert loss == pytest.approx(reference[step][0], rel=1e-5, abs=1e-6), step
-    a, b = read_state_dict(str(full)), read_state_dict(str(plain))
+    a, b = read_state_dict(str(full)), read_state_dict(str(source))
     for k in a:
         # (fp32 summation order: Adam's update m / sqrt(v) magnifies it where a rare id's v is tiny)
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-5, msg=k)
