@@ -1,8 +1,8 @@
 """Resume on another topology (#30 item 4): one global sample order, whatever the number of
 processes and the way each cuts its part of a step into micro-batches; masks drawn per instance; a
 run checkpointed with 2 DDP processes continues with 3 FSDP ones, whose checkpoint continues as one
-plain process, and that one's as 2 FSDP processes, the loss curve staying the uninterrupted run's; a changed global batch is refused
-with the batch sizes that would keep it."""
+plain process, and that one's as 2 FSDP processes, the loss curve staying the uninterrupted run's;
+a changed global batch is refused with the batch sizes that would keep it."""
 import csv
 import os
 import shutil
