@@ -52,9 +52,12 @@ class Attention(nn.Module):
 
 def token_terms(logits: torch.Tensor, labels: torch.Tensor):
     """(summed cross-entropy, correct, count) over rows whose label is not -100."""
-    loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+    scores = logits.float()
+    loss = F.cross_entropy(scores, labels, ignore_index=-100, reduction="sum")
     valid = labels != -100
-    return loss, ((logits.argmax(-1) == labels) & valid).sum(), valid.sum()
+    # the argmax of the fp32 copy: on the CPU a bf16 argmax takes 4x as long (24 ms against 6 for
+    # BERT-tiny's [608, 21128] logits, 4 % of its bf16 step)
+    return loss, ((scores.argmax(-1) == labels) & valid).sum(), valid.sum()
 
 
 class OutputLoss(nn.Module):
