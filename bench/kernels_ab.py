@@ -5,7 +5,9 @@ machine's speed hits every version alike): every kernel, every kernel but one (f
 PyTorch's stock ops alone. Reported: each version's median step time and its ratio to the
 version with every kernel; a kernel pays what leaving it out costs.
 
-    python3 bench/kernels_ab.py --recipes tiny small --targets bert mlm lm --steps 12
+    python3 bench/kernels_ab.py --recipes tiny small --targets bert mlm lm --steps 12 [--bf16]
+
+(The first step of a version with CompiledOutputLoss compiles it: the warm-up steps hold that.)
 """
 from __future__ import annotations
 
@@ -36,9 +38,10 @@ def versions() -> dict[str, dict]:
     return out
 
 
-def step(model, optimizer, batch: dict) -> None:
+def step(model, optimizer, batch: dict, bf16: bool = False) -> None:
     batch = model.prepare({k: v for k, v in batch.items() if k != "tokens"})
-    out = model(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(batch)
     loss = sum(out[k][0] / out[k][2].clamp(min=1) for k in out)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -54,6 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seq_length", type=int, default=128)
+    p.add_argument("--bf16", action="store_true", help="Under bf16 autocast, as pretrain.py --bf16.")
     args = p.parse_args(argv)
 
     from uer.data.dataset import Dataset
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
                     for name, (model, optimizer, times) in runs.items():
                         torch.manual_seed(i)
                         t = time.perf_counter()
-                        step(model, optimizer, dict(batch))
+                        step(model, optimizer, dict(batch), args.bf16)
                         if i >= args.warmup:
                             times.append(time.perf_counter() - t)
                 ref = statistics.median(runs["every kernel"][2])
@@ -91,7 +95,8 @@ def main(argv=None) -> int:
                     t = statistics.median(times)
                     rows.append([recipe, target, name, f"{t * 1000:.0f}", f"{t / ref:.3f}x"])
                     print(" | ".join(rows[-1]), flush=True)
-    print(f"\nbatch {args.batch_size} x seq {args.seq_length}, fp32, {torch.get_num_threads()} threads, "
+    print(f"\nbatch {args.batch_size} x seq {args.seq_length}, {'bf16 autocast' if args.bf16 else 'fp32'}, "
+          f"{torch.get_num_threads()} threads, "
           f"{args.steps} timed steps of each version, alternating; median step")
     print(table(["recipe", "target", "version", "step ms", "time vs every kernel"], rows))
     return 0
