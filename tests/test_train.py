@@ -271,14 +271,14 @@ def test_manual_first_example_end_to_end(tmp_path, bert_dataset):
                       "--output_model_path", "models/output_model.bin",
                       "--config_path", "models/bert_tiny_config.json", "--embedding", "word_pos_seg",
                       "--encoder", "transformer", "--mask", "fully_visible", "--target", "bert",
-                      "--total_steps", "20", "--save_checkpoint_steps", "10", "--report_steps", "5",
+                      "--total_steps", "10", "--save_checkpoint_steps", "5", "--report_steps", "5",
                       cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     reports = [l for l in proc.stdout.splitlines() if l.startswith("|")]
-    assert len(reports) == 4
+    assert len(reports) == 2
     for field in ("loss", "loss_mlm:", "loss_nsp:", "acc_mlm:", "acc_nsp:", "tokens/s"):
         assert all(field in r for r in reports), field
-    for name in ("output_model.bin-10", "output_model.bin-20", "output_model.bin"):
+    for name in ("output_model.bin-5", "output_model.bin-10", "output_model.bin"):
         assert (tmp_path / "models" / name).is_file(), name
     state = torch.load(tmp_path / "models" / "output_model.bin")
     assert len(state) == 5 + 3 * 16 + 10
