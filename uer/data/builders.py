@@ -177,7 +177,7 @@ class InstanceBuilder:
             return rows
         lengths = np.array([len(q) for q in seqs], dtype=np.int64)
         masked, pos, counts, orig = self.masker.mask_flat(np.concatenate(seqs) if len(seqs) else
-                                                          np.zeros(0, np.int64), lengths, list(rngs))
+                                                          np.zeros(0, np.int64), lengths, rngs)
         src[real_mask(seqs, src.shape[1]) > 0] = masked  # rows are left-aligned
         bounds = np.cumsum(counts)[:-1]
         return list(zip(np.split(pos, bounds), np.split(orig.astype(np.int64), bounds)))

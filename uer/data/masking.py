@@ -75,7 +75,8 @@ class Masker:
         fates = np.repeat(fate, reps)
         srt = np.argsort(positions, kind="stable")
         positions, fates = positions[srt].astype(np.int64), fates[srt]
-        out, originals = self._apply(ids, positions, fates, rng)
+        random_ids = self._replacement_pool[rng.integers(0, len(self._replacement_pool), len(positions))]
+        out, originals = self._apply(ids, positions, fates, random_ids)
         return out, positions, originals
 
     def _words(self, ids: np.ndarray):
@@ -109,20 +110,14 @@ class Masker:
             chosen = [int(order[np.argmin(size[order])])]
         return np.array(chosen, dtype=np.int64), rng.random(len(chosen))
 
-    def _apply(self, ids: np.ndarray, positions: np.ndarray, fate: np.ndarray, random_ids):
+    def _apply(self, ids: np.ndarray, positions: np.ndarray, fate: np.ndarray, random_ids: np.ndarray):
         """(masked copy of ids, original ids at positions): each picked position becomes [MASK]
-        (fate < 0.8), a random non-special id (fate < 0.9: random_ids, one a position, or drawn
-        from the generator given instead) or stays."""
+        (fate < 0.8), its random non-special id of random_ids (fate < 0.9) or stays."""
         originals = ids[positions].copy()
         out = ids.copy()
         out[positions[fate < 0.8]] = self.special.mask
         to_rand = (fate >= 0.8) & (fate < 0.9)
-        if to_rand.any():
-            if isinstance(random_ids, np.random.Generator):
-                pool = self._replacement_pool
-                out[positions[to_rand]] = pool[random_ids.integers(0, len(pool), int(to_rand.sum()))]
-            else:
-                out[positions[to_rand]] = random_ids[to_rand]
+        out[positions[to_rand]] = random_ids[to_rand]
         return out, originals
 
     def mask_flat(self, flat: np.ndarray, lengths, rng):
