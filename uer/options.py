@@ -247,7 +247,8 @@ _DECLARED = [
     Option("batch_worker", "What builds batches ahead: a forked DataLoader worker process, or none (the training "
                            "loop itself).", "process", choices=("process", "none")),
     Option("keep_freed_memory", "Let glibc keep the memory a step frees for the next step (no fresh, zeroed pages "
-                                "every step); false: glibc's defaults.", True, _bool),
+                                "every step; the process keeps its peak memory); false: glibc's defaults.", True,
+           _bool),
     Option("progress_bar", "A progress bar on a terminal (never when stderr is not one).", True, _bool),
     Option("world_size", "Total number of processes.", 1, int),
     Option("gpu_ranks", "Global ranks of the processes on this node (one GPU each).", [], int, nargs="+"),
