@@ -10,8 +10,8 @@ with uer's kernels:
   the masters' fp32 gradients, and the masters are copied back into the bf16 weights after each
   step. Biases and norm weights stay fp32 (the CPU's layer_norm takes fp32 weights under autocast).
 
-Reported: each version's median step time, the ratio, and the losses of the last step (the two
-follow the same batches from the same weights, so they stay close).
+Reported: each version's median step time, the ratio, and the losses of the first and last steps
+(the two follow the same batches from the same weights, so they stay close).
 
     python3 bench/bf16_weights.py --recipes tiny small --targets bert mlm lm --steps 12 [--accumulation_steps 4]
 """

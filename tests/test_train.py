@@ -388,7 +388,6 @@ def test_compile_trains_as_eager_does(tmp_path, eight, world):
         torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
-
 @pytest.mark.e2e
 def test_freed_memory_is_kept_for_reuse_above_two_gib():
     """--keep_freed_memory (the default): a block freed at the top of the heap stays there however
