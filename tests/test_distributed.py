@@ -3,6 +3,7 @@ identical ranks, metrics summed over ranks, two "nodes" on one machine, torchrun
 for every misconfiguration, a missing peer included."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from conftest import ROOT, TINY, ZH_VOCAB, assert_clean_error, free_port, pretrain_args, run_script
 from uer.config import ModelConfig, TrainConfig
 from uer.data.dataset import Dataset
+from uer.errors import UerError
 from uer.train.distributed import Rank, finish, init, run_ranks
 from uer.train.trainer import train
 from uer.vocab import Vocab
@@ -112,6 +114,29 @@ def test_misconfigurations_are_clear_errors(tmp_path, eight):
     assert any("--fsdp with --fp16: not available" in q for q in launch_problems(TrainConfig(
         dataset_path="d", output_model_path="o", fp16=True, fsdp=True, world_size=2, gpu_ranks=(0, 1))))
     assert not (tmp_path / "m.bin").exists()
+
+
+def _crash(rank: Rank, how: str) -> None:
+    if rank.rank == 1:
+        _die_in_native_code(how)
+
+
+def _die_in_native_code(how: str) -> None:
+    if how == "abort":
+        os.abort()  # where a C++ std::terminate ends
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_rank_killed_by_a_signal_says_which_and_a_crash_where(tmp_path, capfd):
+    cfg = TrainConfig(dataset_path="d", output_model_path=str(tmp_path / "m.bin"), world_size=2, gpu_ranks=(0, 1),
+                      backend="gloo")
+    with pytest.raises(UerError, match=r"process 1 \(rank 1\) was killed by SIGABRT; the Python stack of each "
+                                       "of its threads is above"):
+        run_ranks(cfg, _crash, "abort")
+    err = capfd.readouterr().err
+    assert "Fatal Python error: Aborted" in err and "in _die_in_native_code" in err, err
+    with pytest.raises(UerError, match=r"rank 1\) was killed by SIGKILL \(out of memory\? the kernel's OOM"):
+        run_ranks(cfg, _crash, "kill")
 
 
 def test_a_peer_that_never_comes_is_a_timeout(tmp_path, eight):

@@ -11,6 +11,7 @@ Three ways to run, all on torch.distributed (DDP) when there is more than one pr
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import logging
 import os
 import socket
@@ -235,17 +236,20 @@ def finish(rank: Rank) -> None:
         dist.destroy_process_group()
 
 
-def end_with_launcher(rank: int) -> None:
-    """Stop this rank when the process that started it dies: after a SIGKILL of the launcher
-    nothing else would stop the ranks, which trained on and wrote checkpoints. (A process started
-    from a shell is never watched: a run under nohup outlives its shell.)"""
+def rank_process(rank: int) -> None:
+    """First thing in a rank's process that a launcher started (uer's or torchrun). It stops when
+    the launcher dies: after a SIGKILL of the launcher nothing else would stop the ranks, which
+    trained on and wrote checkpoints. (A process started from a shell is never watched: a run
+    under nohup outlives its shell.) And a crash in native code (SIGABRT, SIGSEGV, ...) prints the
+    Python stack of each of its threads to stderr, where a bare "Aborted" said nothing of where."""
+    faulthandler.enable(all_threads=True)
     exit_with_parent(f"rank {rank}: its launcher (process {{parent}}) is gone; stopping.")
 
 
 def _worker(index: int, ranks: list[Rank], fn, args) -> None:
     from uer.errors import UerError
 
-    end_with_launcher(ranks[index].rank)
+    rank_process(ranks[index].rank)
     try:
         fn(ranks[index], *args)
     except UerError as e:
@@ -253,6 +257,16 @@ def _worker(index: int, ranks: list[Rank], fn, args) -> None:
             raise SystemExit(e.code)
         print(f"error (rank {ranks[index].rank}): {e}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+
+
+def _ended(e) -> str:
+    """How a rank's process ended, for the launcher's error."""
+    if e.signal_name is None:
+        return f"stopped with exit code {e.exit_code}; its message is above"
+    if e.signal_name == "SIGKILL":
+        return "was killed by SIGKILL (out of memory? the kernel's OOM killer sends it)"
+    crash = e.signal_name in ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL")  # faulthandler's
+    return f"was killed by {e.signal_name}" + ("; the Python stack of each of its threads is above" if crash else "")
 
 
 def run_ranks(cfg: TrainConfig, fn, *args) -> None:
@@ -287,8 +301,7 @@ def run_ranks(cfg: TrainConfig, fn, *args) -> None:
                 p.join()
             raise Stopped(f"stopped by {signal.Signals(e.exit_code - 128).name}; the checkpoint of the step "
                           "the ranks stopped after is written (continue with --resume)", e.exit_code - 128) from None
-        raise UerError(f"process {e.error_index} (rank {ranks[e.error_index].rank}) stopped with exit code "
-                       f"{e.exit_code}; its message is above") from None
+        raise UerError(f"process {e.error_index} (rank {ranks[e.error_index].rank}) {_ended(e)}") from None
     except mp.ProcessRaisedException as e:
         raise UerError(f"a training process failed:\n{e}") from None
     finally:

@@ -31,7 +31,7 @@ from uer.errors import UerError
 from uer.model import build_model, count_parameters
 from uer.train.checkpoint import latest_checkpoint, load_model, load_training_state, prune_checkpoints, \
     read_state_dict, save_model, save_training_state, state_path, state_problems
-from uer.train.distributed import Rank, agree, end_with_launcher, finish, from_torchrun, init
+from uer.train.distributed import Rank, agree, finish, from_torchrun, init, rank_process
 from uer.kernels import use_kernels
 from uer.train.optim import build_optimizer, build_scheduler
 from uer.train.precision import NonFinite, Precision, autocast
@@ -145,13 +145,13 @@ def train(tcfg: TrainConfig, mcfg: ModelConfig, dataset: Dataset, special: Speci
           worker: str = "process", card: dict | None = None, words=None) -> dict:
     """Train on this rank's part of every step of the global sample order. With several ranks the
     model is wrapped in DDP (or sharded, --fsdp), gradients are synchronised once per optimizer
-    step, loss counts and report metrics are summed over all ranks, and only rank 0 logs and saves. progress: an object with update(n) (a tqdm
-    bar) told of every step; worker: how batches are built ahead (BatchLoader.prefetch); log: a
-    callable for the run's lines instead of the "uer.train.trainer" logger (they reach --log_path
-    only if it logs them). Changes
-    nothing else in the process: the command line decides the allocator and the worker. card: the
-    model card (uer.card) written beside every model file. words: the vocabulary's word
-    boundaries (uer.data.words), for dynamic whole word masking."""
+    step, loss counts and report metrics are summed over all ranks, and only rank 0 logs and saves.
+    progress: an object with update(n) (a tqdm bar) told of every step; worker: how batches are
+    built ahead (BatchLoader.prefetch); log: a callable for the run's lines instead of the
+    "uer.train.trainer" logger (they reach --log_path only if it logs them). Changes nothing else
+    in the process: the command line decides the allocator and the worker. card: the model card
+    (uer.card) written beside every model file. words: the vocabulary's word boundaries
+    (uer.data.words), for dynamic whole word masking."""
     device = torch.device(rank.device)
     if log is None:
         logs.configured()
@@ -637,7 +637,7 @@ def pretrain_worker(rank: Rank, tcfg: TrainConfig, mcfg: ModelConfig, dataset_pa
     if process["keep_freed_memory"]:
         retain_freed_memory()
     if from_torchrun():  # torchrun's agent is the launcher
-        end_with_launcher(rank.rank)
+        rank_process(rank.rank)
     init(rank, tcfg)
     try:
         dataset, problem = None, None
