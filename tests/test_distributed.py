@@ -123,6 +123,9 @@ def _crash(rank: Rank, how: str) -> None:
 
 def _die_in_native_code(how: str) -> None:
     if how == "abort":
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file where dumps are enabled
         os.abort()  # where a C++ std::terminate ends
     os.kill(os.getpid(), signal.SIGKILL)
 
