@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import table  # noqa: E402
+from common import refuse_emulated_bf16, table  # noqa: E402
 from train_speed import VOCAB, batches, build_dataset, model_config  # noqa: E402
 
 
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq_length", type=int, default=128)
     p.add_argument("--accumulation_steps", type=int, default=1, help="Micro-steps per optimizer step.")
     args = p.parse_args(argv)
+    refuse_emulated_bf16(p)  # both versions run under bf16 autocast
 
     from uer.data.dataset import Dataset
     from uer.kernels import use_kernels

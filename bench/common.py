@@ -84,3 +84,19 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def python() -> str:
     return sys.executable
+
+
+def refuse_emulated_bf16(parser, device: str = "cpu") -> None:
+    """A bf16 benchmark on a CPU without native bf16 measures torch's emulation, not uer: there a
+    bf16 product runs about two orders of magnitude slower than fp32 (a 1024^2 one at 0.7 GFLOP/s
+    against 84 on an AVX2 EPYC), and train_speed.py's first bf16 peak alone takes over 10 minutes.
+    So the command stops at once and says why (parser.error: exit code 2)."""
+    if device != "cpu":
+        return
+    from uer.train import precision  # looked up at call time: tests stand in for the CPU check
+
+    if not precision.cpu_has_native_bf16():
+        parser.error("--bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX; lscpu shows neither "
+                     "avx512_bf16 nor amx_bf16), so torch emulates it, far slower than fp32, and the "
+                     "figures would measure that emulation; run the bf16 rows on a CPU that has it "
+                     "(uer.utils.cpu_has_native_bf16() prints True) or on a GPU (--device cuda)")

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import table  # noqa: E402
+from common import refuse_emulated_bf16, table  # noqa: E402
 from train_speed import VOCAB, batches, build_dataset, model_config  # noqa: E402
 
 
@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--seq_length", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="Under bf16 autocast, as pretrain.py --bf16.")
     args = p.parse_args(argv)
+    if args.bf16:
+        refuse_emulated_bf16(p)
 
     from uer.data.dataset import Dataset
     from uer.kernels import swap

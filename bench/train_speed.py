@@ -51,7 +51,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import ROOT, SHARED, table  # noqa: E402
+from common import ROOT, SHARED, refuse_emulated_bf16, table  # noqa: E402
 
 VOCAB = os.path.join(SHARED, "models", "google_zh_vocab.txt")
 CORPORA = {"bert": "CLUECorpusSmall_bert_sampled.txt", "mlm": "CLUECorpusSmall_sampled.txt",
@@ -400,6 +400,8 @@ def main(argv=None) -> int:
         args.device = f"cuda:{torch.device(args.device).index or 0}"
     elif args.device != "cpu":
         p.error(f"--device {args.device}: expected cpu, cuda or cuda:N")
+    if args.bf16:
+        refuse_emulated_bf16(p, args.device)
     if args.job:
         print("RESULT " + json.dumps(run_one(json.loads(args.job), args)), flush=True)
         return 0

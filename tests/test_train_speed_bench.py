@@ -77,3 +77,33 @@ def test_model_flops_count_every_linear_of_the_model(target):
     n, predicted = 50, 49
     want = 3 * (2 * linear * n + 4 * cfg.layers_num * cfg.hidden_size * n * n + 2 * cfg.hidden_size * 1000 * predicted)
     assert model_flops(cfg, [n], predicted, 1) == want
+
+
+@pytest.mark.parametrize("bench, argv", [("train_speed", ["--bf16"]), ("kernels_ab", ["--bf16"]),
+                                         ("bf16_weights", [])])
+def test_a_bf16_bench_on_a_cpu_that_emulates_bf16_stops_at_once_and_says_why(bench, argv, monkeypatch, capsys):
+    """Emulated bf16 products are ~100x slower than fp32 (an AVX2 CPU): the bf16 benches would
+    run for hours measuring torch's emulation, so they refuse before any work (anything past the
+    check fails the test here at once, rather than running it)."""
+    import importlib
+
+    import uer.utils
+    from uer.train import precision
+
+    module = importlib.import_module(bench)
+
+    def past_the_check(*_args, **_kw):
+        raise AssertionError("the bench went past the bf16 check")
+
+    monkeypatch.setattr(uer.utils, "retain_freed_memory", past_the_check)  # kernels_ab, bf16_weights
+    monkeypatch.setattr(importlib.import_module("train_speed"), "spell_peak", past_the_check)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(SystemExit) as stopped:
+        module.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "--bf16: this CPU has no native bf16" in err and "--device cuda" in err
+    # where the CPU has it, the same command goes on (here, to the stand-in that stops it)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    with pytest.raises(AssertionError, match="past the bf16 check"):
+        module.main(argv)
