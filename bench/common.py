@@ -87,10 +87,8 @@ def python() -> str:
 
 
 def refuse_emulated_bf16(parser, device: str = "cpu") -> None:
-    """A bf16 benchmark on a CPU without native bf16 measures torch's emulation, not uer: there a
-    bf16 product runs about two orders of magnitude slower than fp32 (a 1024^2 one at 0.7 GFLOP/s
-    against 84 on an AVX2 EPYC), and train_speed.py's first bf16 peak alone takes over 10 minutes.
-    So the command stops at once and says why (parser.error: exit code 2)."""
+    """A bf16 benchmark on a CPU without native bf16 measures torch's emulation, not uer, for hours
+    (docs/performance.md, 2026-12-07), so the command stops at once and says why (exit code 2)."""
     if device != "cpu":
         return
     from uer.train import precision  # looked up at call time: tests stand in for the CPU check

@@ -400,11 +400,11 @@ def main(argv=None) -> int:
         args.device = f"cuda:{torch.device(args.device).index or 0}"
     elif args.device != "cpu":
         p.error(f"--device {args.device}: expected cpu, cuda or cuda:N")
-    if args.bf16:
-        refuse_emulated_bf16(p, args.device)
     if args.job:
         print("RESULT " + json.dumps(run_one(json.loads(args.job), args)), flush=True)
         return 0
+    if args.bf16:  # once, in the command (its jobs come after it)
+        refuse_emulated_bf16(p, args.device)
 
     from uer.data.dataset import Dataset
     from uer.vocab import load_vocab
